@@ -27,6 +27,50 @@ flags.DEFINE_integer("process_id", 0, "this process's index (jax.distributed)")
 FLAGS = flags.FLAGS
 
 
+def _config_keys(config, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in config.items():
+        keys.append(prefix + k)
+        if hasattr(v, "items"):
+            keys += _config_keys(v, prefix + k + ".")
+    return keys
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Refuse `--config.KEY=...` overrides that name no field, before absl's traceback does.
+
+    Names the unknown key and the closest valid ones (difflib), e.g. train.learning_rate ->
+    train.lr. Loads the same config file absl will load (default: configs/demo.py).
+    """
+    import difflib
+    import importlib.util
+
+    path, overrides = _DEMO, []
+    for arg in argv[1:]:
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg.startswith("--config."):
+            overrides.append(arg[len("--config."):].split("=", 1)[0])
+    if not overrides:
+        return
+    path, _, cfg_arg = path.partition(":")
+    if not os.path.isfile(path):
+        return  # absl reports a missing config file itself
+    spec = importlib.util.spec_from_file_location("_searche1_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(cfg_arg) if cfg_arg else module.get_config()
+    valid = _config_keys(config)
+    for key in overrides:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            parent = key.rpartition(".")[0]
+            if not close and parent:
+                close = [k for k in valid if k.startswith(parent + ".")][:8]
+            hint = f"; did you mean {' or '.join('--config.' + c for c in close)}?" if close else ""
+            raise SystemExit(f"error: unknown config key --config.{key} (not a field of {path}){hint}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE overrides")
@@ -36,10 +80,12 @@ def main(argv):
     if FLAGS.coordinator:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    from searche1_jax.train.checkpoint import check_workdir
     from searche1_jax.train.loop import Trainer
     from searche1_jax.train.setup import Experiment
 
     config = FLAGS.config
+    check_workdir(FLAGS.workdir)
     print(f"searche1_jax: {jax.device_count()} devices ({jax.devices()[0].platform}), "
           f"workdir {os.path.abspath(FLAGS.workdir)}", flush=True)
     exp = Experiment(config)
@@ -49,4 +95,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv)
     sys.exit(app.run(main))

@@ -9,7 +9,37 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from searche1_jax.train.state import TrainState, unflatten
+from searche1_jax.train.state import TrainState, flatten, unflatten
+
+
+def check_workdir(workdir: str) -> None:
+    """Fail early, naming the directory, if a run cannot write its checkpoints and metrics."""
+    path = os.path.abspath(workdir)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_probe_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"workdir {path} is not a writable directory ({e.strerror or e}); "
+                         f"pass --workdir=DIR with a directory you can write to") from None
+
+
+def param_shapes(params: dict) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in flatten(params).items()}
+
+
+def _shape_mismatch(saved: dict, expected: dict) -> str | None:
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    if missing or extra:
+        return (f"{len(missing)} parameters missing (e.g. {missing[:2]}), {len(extra)} unexpected "
+                f"(e.g. {extra[:2]})")
+    for k in sorted(expected):
+        if list(saved[k]) != list(expected[k]):
+            return f"parameter {k} has shape {tuple(saved[k])} in the checkpoint, {tuple(expected[k])} in this model"
+    return None
 
 
 class Checkpointer:
@@ -26,8 +56,9 @@ class Checkpointer:
         """Save under the next save index (OFSD rounds change the state without a GRPO step)."""
         latest = self.manager.latest_step()
         index = 0 if latest is None else latest + 1
+        meta = dict(state.meta, param_shapes=param_shapes(state.params))
         return self.manager.save(index, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state.arrays()), meta=ocp.args.JsonSave(state.meta)), force=force)
+            state=ocp.args.StandardSave(state.arrays()), meta=ocp.args.JsonSave(meta)), force=force)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -37,14 +68,20 @@ class Checkpointer:
         step = self.manager.latest_step()  # a save index, not the train step
         if step is None:
             return None
+        meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        saved = meta.pop("param_shapes", None)
+        problem = _shape_mismatch(saved, param_shapes(like.params)) if saved is not None else None
+        if problem:
+            raise ValueError(f"checkpoint {self.directory}/{step} was written by a different model: "
+                             f"{problem}. Use a new --workdir for this config, or the config that "
+                             f"wrote this checkpoint")
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like.arrays())
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         arrays = out["state"]
         return TrainState(params=unflatten(arrays["params"]), opt_state=arrays["opt_state"],
                           ref_params=unflatten(arrays["ref_params"]) if arrays["ref_params"] else None,
                           step=int(arrays["step"]), rng=jax.random.wrap_key_data(arrays["rng"]),
-                          meta=dict(out["meta"]))
+                          meta=meta)
 
     def wait(self):
         self.manager.wait_until_finished()

@@ -59,6 +59,15 @@ class Experiment:
     def __init__(self, config, *, need_train_data: bool = True):
         self.config = c = config
         check_config(c)
+        self.train_data = None  # read first: a malformed line fails before minutes of model loading
+        if need_train_data:
+            from searche1_jax.data.loader import QuestionStream
+            if not c.data.train:
+                raise ValueError("config.data.train must name a training file (jsonl or Search-R1 parquet)")
+            self.train_data = QuestionStream.from_file(c.data.train, seed=c.data.seed,
+                                                       process_index=jax.process_index(),
+                                                       process_count=jax.process_count())
+
         self.mesh = make_mesh(dict(c.mesh)) if len(jax.devices()) > 1 else None
         overrides = dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
         tok_path = resolve_checkpoint(c.model.tokenizer or c.model.checkpoint)
@@ -89,15 +98,6 @@ class Experiment:
             max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
             max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket),
             use_chat_template=r.chat_template)
-
-        self.train_data = None
-        if need_train_data:
-            from searche1_jax.data.loader import QuestionStream
-            if not c.data.train:
-                raise ValueError("config.data.train must name a training file (jsonl or Search-R1 parquet)")
-            self.train_data = QuestionStream.from_file(c.data.train, seed=c.data.seed,
-                                                       process_index=jax.process_index(),
-                                                       process_count=jax.process_count())
 
         total = c.train.rounds * c.grpo.steps_per_round
         self.optimizer = make_optimizer(c.train.lr, total_steps=total, warmup_ratio=c.train.warmup_ratio,

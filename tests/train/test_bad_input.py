@@ -1,0 +1,73 @@
+"""Bad input to a training run fails early with a message that names the problem and the fix."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from searche1_jax.train.checkpoint import Checkpointer, check_workdir
+from searche1_jax.train.state import TrainState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config():
+    spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs", "tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def state_with(d_model):
+    params = {"embed": {"embedding": jnp.zeros((10, d_model))}, "norm": {"scale": jnp.ones((d_model,))}}
+    return TrainState(params, {"count": jnp.int32(0)}, None, 0, __import__("jax").random.key(0),
+                      {"round": 0, "phase": "grpo", "round_step": 0, "data": {}})
+
+
+def test_unknown_config_key_names_the_closest_valid_one(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "searche1_jax.main", f"--config={ROOT}/configs/tiny.py",
+                          f"--workdir={tmp_path}", "--config.train.learning_rate=1e-6"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    msg = out.stdout + out.stderr
+    assert "unknown config key --config.train.learning_rate" in msg
+    assert "--config.train.lr" in msg.split("did you mean", 1)[1]
+
+
+def test_checkpoint_from_a_different_model_shape_is_refused(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=2, async_save=False)
+    ckpt.save(state_with(8), force=True)
+    ckpt.wait()
+    # same shapes restore fine, with the meta intact
+    restored = ckpt.restore_latest(state_with(8))
+    assert restored.meta == {"round": 0, "phase": "grpo", "round_step": 0, "data": {}}
+    np.testing.assert_array_equal(restored.params["norm"]["scale"], np.ones(8))
+    with pytest.raises(ValueError, match=r"different model: parameter embed\.embedding has shape "
+                                         r"\(10, 8\) in the checkpoint, \(10, 16\) in this model.*new --workdir"):
+        ckpt.restore_latest(state_with(16))
+    ckpt.close()
+
+
+def test_workdir_not_writable_is_named(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match=r"workdir .*a_file/run is not a writable directory.*--workdir"):
+        check_workdir(str(blocker / "run"))
+    check_workdir(str(tmp_path / "fine"))  # creates it
+    assert os.path.isdir(tmp_path / "fine") and os.listdir(tmp_path / "fine") == []
+
+
+def test_data_line_without_an_answer_is_reported_with_file_and_line(tmp_path):
+    from searche1_jax.train.setup import Experiment
+    good = {"id": "q1", "question": "who wrote hamlet?", "golden_answers": ["Shakespeare"]}
+    bad = {"id": "q2", "question": "capital of france?"}
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    c = tiny_config()
+    c.data.train = str(path)
+    with pytest.raises(ValueError, match=r"train\.jsonl:2: missing 'golden_answers'"):
+        Experiment(c)
