@@ -21,7 +21,8 @@ _DEMO = os.path.join(_ROOT, "configs", "demo.py")
 config_flags.DEFINE_config_file("config", _DEMO, "experiment config file (ml_collections)",
                                 lock_config=True)
 flags.DEFINE_string("workdir", "runs/demo", "checkpoints, metrics.jsonl and TensorBoard logs")
-flags.DEFINE_string("coordinator", "", "jax.distributed coordinator host:port (multi-process runs)")
+flags.DEFINE_string("coordinator", "", "jax.distributed coordinator host:port (multi-process runs); "
+                    "'auto' lets jax detect the cluster (Cloud TPU pods, Slurm, Open MPI)")
 flags.DEFINE_integer("num_processes", 1, "number of processes (jax.distributed)")
 flags.DEFINE_integer("process_id", 0, "this process's index (jax.distributed)")
 FLAGS = flags.FLAGS
@@ -77,7 +78,9 @@ def main(argv):
     import jax
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if FLAGS.coordinator:
+    if FLAGS.coordinator == "auto":
+        jax.distributed.initialize()
+    elif FLAGS.coordinator:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from searche1_jax.train.checkpoint import check_workdir

@@ -1,0 +1,308 @@
+"""Capacity planner: per-device memory and estimated step time of a config on a mesh and device.
+
+    python -m searche1_jax.plan --config=configs/qwen3b.py --mesh=fsdp:8,tensor:1 --device=h100
+    python -m searche1_jax.plan --config=configs/qwen7b.py --mesh=fsdp:64 --device=v5e --fill=0.3
+
+Every number is an *estimate* from formulas (stated next to the code), never a measurement.
+Pure functions (`memory_plan`, `time_plan`, `plan`) return dicts of numbers; `format_plan` prints.
+
+Mesh: data D x fsdp F x tensor T devices. Parameters, gradients and optimiser state are sharded
+over fsdp x tensor (replicated over data); activations and the KV cache over the batch (data x
+fsdp) and, where the head count divides, over tensor. Sharding is taken as ideal (every dim
+divides), which `sharding.py` does not guarantee (e.g. 2 KV heads on tensor=4 replicate).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+from searche1_jax.model.config import PRESETS, ModelConfig, get_preset
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    peak_flops: float   # dense bf16 FLOP/s per device (one JAX device = one GPU / one TPU chip)
+    hbm_bw: float       # bytes/s
+    hbm_bytes: float    # bytes of accelerator memory
+    link_bw: float      # bytes/s one device can receive from its peers (all-gather estimate)
+
+
+# Vendor spec sheets (dense bf16, no sparsity). link_bw: H100 NVLink4 900 GB/s bidirectional
+# -> 450 GB/s each way; TPU ICI per chip: v4 2400 Gbit/s, v5e 1600 Gbit/s.
+DEVICES = {
+    "h100": DeviceSpec("H100 SXM", 989e12, 3.35e12, 80e9, 450e9),
+    "v5e": DeviceSpec("TPU v5e chip", 197e12, 819e9, 16e9, 200e9),
+    "v4": DeviceSpec("TPU v4 chip", 275e12, 1.2e12, 32e9, 300e9),
+}
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# Config files that load a checkpoint name no preset; their file names say which model.
+_CONFIG_MODELS = {"qwen3b": "qwen2.5-3b", "qwen7b": "qwen2.5-7b"}
+
+
+def dtype_bytes(name: str) -> int:
+    if name not in _DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {name!r}; known: {sorted(_DTYPE_BYTES)}")
+    return _DTYPE_BYTES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunShape:
+    """The numbers of a config that size a step (field names follow configs/common.py)."""
+    questions_per_step: int
+    group_size: int
+    micro_batch: int          # trajectories per forward/backward (global, sharded over the batch)
+    epochs: int
+    max_turns: int
+    max_turn_tokens: int
+    max_obs_tokens: int
+    max_response_tokens: int
+    prompt_tokens: int        # assumed prompt length (the config only has the guard max_prompt_tokens)
+    fill: float               # fraction of the turn/observation budgets a trajectory uses
+    grpo_chunk: int
+    ofsd_chunk: int
+    param_dtype: str
+    dtype: str
+    remat: bool
+
+    @property
+    def rows(self) -> int:
+        return self.questions_per_step * self.group_size
+
+    @property
+    def sampled_tokens(self) -> int:
+        """Policy tokens per trajectory: fill x (max_turns + 1) turns x max_turn_tokens, capped."""
+        return min(int(self.fill * (self.max_turns + 1) * self.max_turn_tokens), self.max_response_tokens)
+
+    @property
+    def obs_tokens(self) -> int:
+        """Observation tokens per trajectory: fill x max_turns x max_obs_tokens, within the budget."""
+        return min(int(self.fill * self.max_turns * self.max_obs_tokens),
+                   self.max_response_tokens - self.sampled_tokens)
+
+    @property
+    def seq_len(self) -> int:
+        """Train sequence: prompt + sampled + observations."""
+        return self.prompt_tokens + self.sampled_tokens + self.obs_tokens
+
+    @property
+    def cache_len(self) -> int:
+        """KV cache slots per row, as the agent allocates them: prompt + max_response_tokens."""
+        return self.prompt_tokens + self.max_response_tokens
+
+
+def run_shape_from_config(c, *, prompt_tokens: int = 256, fill: float = 1.0) -> RunShape:
+    if not 0 < fill <= 1:
+        raise ValueError(f"--fill must be in (0, 1], got {fill}")
+    return RunShape(
+        questions_per_step=c.grpo.questions_per_step, group_size=c.rollout.group_size,
+        micro_batch=c.grpo.micro_batch, epochs=c.grpo.epochs, max_turns=c.rollout.max_turns,
+        max_turn_tokens=c.rollout.max_turn_tokens, max_obs_tokens=c.rollout.max_obs_tokens,
+        max_response_tokens=c.rollout.max_response_tokens, prompt_tokens=prompt_tokens, fill=fill,
+        grpo_chunk=c.grpo.logit_chunk, ofsd_chunk=c.ofsd.logit_chunk,
+        param_dtype=c.model.param_dtype, dtype=c.model.dtype, remat=bool(c.model.remat))
+
+
+def model_config_for(c, name: str = "", config_path: str = "") -> ModelConfig:
+    """The ModelConfig a config trains: --model, else config.model.preset, else the file name."""
+    if not name:
+        name = c.model.preset
+    if not name:
+        stem = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+        name = _CONFIG_MODELS.get(stem, "")
+    if not name:
+        raise ValueError(f"cannot tell which model {config_path!r} trains: pass --model=PRESET "
+                         f"(one of {sorted(PRESETS)})")
+    return get_preset(name)
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """"fsdp:8,tensor:1" -> {"data": 1, "fsdp": 8, "tensor": 1}."""
+    mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+    for part in filter(None, text.split(",")):
+        axis, _, size = part.partition(":")
+        if axis not in mesh or not size.isdigit() or int(size) < 1:
+            raise ValueError(f"--mesh wants axis:size pairs over data/fsdp/tensor, e.g. fsdp:8,tensor:1; "
+                             f"got {part!r}")
+        mesh[axis] = int(size)
+    return mesh
+
+
+def activation_bytes_per_token_layer(m: ModelConfig, run: RunShape, seq: int) -> tuple[int, int]:
+    """(linear, attention) bytes one token keeps for the backward pass of one block, no remat.
+
+    linear = (4d + 3·h·hd + 3·kv·hd + 4·mlp) x bytes(dtype): two norm inputs/outputs (4d);
+    q, roped q, attention output (3·h·hd); k, roped k, v (3·kv·hd); gate, up, silu(gate),
+    gate·up (4·mlp). attention = h x seq x 6: our `attend` materialises fp32 softmax output
+    (4 B) and its compute-dtype copy (2 B) over the whole (masked) key axis; no flash attention.
+    """
+    b = dtype_bytes(run.dtype)
+    hd, h, k = m.head_dim, m.n_heads, m.n_kv_heads
+    linear = (4 * m.d_model + 3 * h * hd + 3 * k * hd + 4 * m.mlp_dim) * b
+    return linear, h * seq * 6
+
+
+def memory_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int]) -> dict[str, float]:
+    """Bytes per device of each resident buffer (see module docstring for the sharding)."""
+    d_, f, t = mesh["data"], mesh["fsdp"], mesh["tensor"]
+    n = m.num_params
+    shard = f * t
+    pb, cb = dtype_bytes(run.param_dtype), dtype_bytes(run.dtype)
+    out = {"num_params": float(n), "devices": float(d_ * f * t)}
+    out["params"] = n * pb / shard
+    # optax AdamW keeps the master copy only when params are stored below fp32
+    out["master_fp32"] = n * 4 / shard if pb < 4 else 0.0
+    out["adam_mv_fp32"] = n * 8 / shard
+    # the scan in train/steps.py holds the accumulated gradients plus one micro-batch's gradients
+    out["grads"] = 2 * n * pb / shard
+    out["ref_params"] = n * pb / shard                 # GRPO reference policy (TrainState.ref_params)
+    out["ofsd_teacher"] = n * pb / shard               # frozen theta_k snapshot, OFSD rounds only
+
+    rows_dev = math.ceil(run.micro_batch / (d_ * f))
+    tokens_dev = rows_dev * run.seq_len
+    lin, att = activation_bytes_per_token_layer(m, run, run.seq_len)
+    per_layer = tokens_dev * (lin + att / t)
+    out["act_tokens_per_device"] = float(tokens_dev)
+    out["activations_no_remat"] = m.n_layers * per_layer
+    # remat: each block keeps its input [tokens, d]; one block's full set is live while recomputed
+    out["activations_remat"] = m.n_layers * tokens_dev * m.d_model * cb + per_layer
+    v = m.vocab_size
+    # GRPO chunked log-prob/entropy: logits, softmax, dlogits [chunk, V] fp32 (factor 3)
+    out["grpo_logits_chunk"] = run.grpo_chunk * v * 4 * 3 / t
+    # OFSD fused KL: z_S, z_T, p_T, dz_S = softmax(z_S) - p_T [chunk, V] fp32 (factor 4), plus the
+    # fp32 [d, V] head-gradient accumulator and its per-chunk term (divergence.py backward)
+    out["ofsd_logits_chunk"] = (run.ofsd_chunk * v * 4 * 4 + 2 * m.d_model * v * 4) / t
+
+    kv_shard = (d_ * f) * (t if m.n_kv_heads % t == 0 else 1)
+    out["rollout_rows"] = float(run.rows)
+    out["kv_cache"] = (2 * m.n_layers * run.rows * run.cache_len * m.n_kv_heads * m.head_dim * cb
+                       / kv_shard)
+    # extend() over an observation/prompt chunk builds fp32 scores [rows, h, width, cache_len]
+    width = max(run.prompt_tokens, math.ceil(run.max_obs_tokens / 64) * 64)
+    out["rollout_scores_transient"] = (run.rows * m.n_heads * width * run.cache_len * 4
+                                       / ((d_ * f) * (t if m.n_heads % t == 0 else 1)))
+    states = out["params"] + out["master_fp32"] + out["adam_mv_fp32"] + out["ref_params"]
+    act = out["activations_remat"] if run.remat else out["activations_no_remat"]
+    out["peak_train"] = states + out["grads"] + act + out["grpo_logits_chunk"]
+    out["peak_rollout"] = states + out["kv_cache"] + out["rollout_scores_transient"]
+    out["peak_ofsd"] = (states + out["ofsd_teacher"] + out["grads"] + 2 * act
+                        + out["ofsd_logits_chunk"])  # student and teacher forwards
+    return out
+
+
+def time_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], dev: DeviceSpec, *,
+              mfu: float = 0.4, bw_util: float = 0.7) -> dict[str, float]:
+    """Tokens and estimated seconds of one GRPO step (rollout + old/ref log-probs + update).
+
+    N = num_params (a tied embedding counts once, as the LM-head matmul; lookups are free).
+    train FLOPs = epochs·(6N·tok + 3·A) + 2·(2N·tok + A)  (update; old and ref log-prob passes),
+      A = 4·L·h·hd·T² per row (QKᵀ and PV over the full masked T x T square, as `attend` does).
+    rollout FLOPs = 2N per sampled or appended token + 4·L·h·hd·cache_len per token.
+    Decode is bandwidth-bound: each of the (lockstep) decode steps reads the device's weights
+    in the compute dtype (all of them under FSDP, 1/T under TP) and its KV cache shard at
+    bw_util x HBM bandwidth, and under FSDP all-gathers the other (F-1)/F of the weights.
+    Compute runs at mfu x peak. Retrieval and host work are not counted.
+    """
+    devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
+    n, rows, f, t = m.num_params, run.rows, mesh["fsdp"], mesh["tensor"]
+    cb = dtype_bytes(run.dtype)
+    seq = run.seq_len
+    train_tokens = rows * seq
+    attn = 4 * m.n_layers * m.n_heads * m.head_dim * seq * seq * rows
+    train_flops = run.epochs * (6 * n * train_tokens + 3 * attn) + 2 * (2 * n * train_tokens + attn)
+    appended = run.prompt_tokens + run.obs_tokens
+    rollout_tokens = rows * (run.sampled_tokens + appended)
+    rollout_flops = rollout_tokens * (2 * n + 4 * m.n_layers * m.n_heads * m.head_dim * run.cache_len)
+    decode_steps = run.sampled_tokens            # rows decode in lockstep; the longest row decides
+    kv_dev = memory_plan(m, run, mesh)["kv_cache"]
+    weights_dev = n * cb / t
+    step_bytes = weights_dev + kv_dev
+    gather = n * cb / t * (f - 1) / f / dev.link_bw if f > 1 else 0.0
+    decode_s = decode_steps * (step_bytes / (dev.hbm_bw * bw_util) + gather)
+    rollout_compute_s = rollout_flops / (devices * dev.peak_flops * mfu)
+    train_s = train_flops / (devices * dev.peak_flops * mfu)
+    rollout_s = max(decode_s, rollout_compute_s)
+    return {"train_tokens": float(train_tokens), "rollout_tokens": float(rollout_tokens),
+            "sampled_tokens": float(rows * run.sampled_tokens), "train_flops": float(train_flops),
+            "rollout_flops": float(rollout_flops), "decode_steps": float(decode_steps),
+            "decode_step_s": decode_s / max(decode_steps, 1), "rollout_compute_s": rollout_compute_s,
+            "rollout_s": rollout_s, "train_s": train_s, "step_s": rollout_s + train_s}
+
+
+def plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], device: str, *, mfu: float = 0.4,
+         bw_util: float = 0.7) -> dict:
+    if device not in DEVICES:
+        raise ValueError(f"--device must be one of {sorted(DEVICES)}, got {device!r}")
+    dev = DEVICES[device]
+    return {"device": device, "mesh": dict(mesh), "mfu": mfu, "bw_util": bw_util,
+            "hbm_bytes": dev.hbm_bytes, "seq_len": run.seq_len, "cache_len": run.cache_len,
+            "memory": memory_plan(m, run, mesh),
+            "time": time_plan(m, run, mesh, dev, mfu=mfu, bw_util=bw_util)}
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:8.2f} GB"
+
+
+def format_plan(p: dict, title: str = "") -> str:
+    mem, tm, hbm = p["memory"], p["time"], p["hbm_bytes"]
+    mesh = ",".join(f"{k}:{v}" for k, v in p["mesh"].items())
+    lines = [f"plan {title} on {int(mem['devices'])} x {DEVICES[p['device']].name} (mesh {mesh}); "
+             f"ESTIMATES, not measurements",
+             f"  params {mem['num_params'] / 1e9:.3f}B; train seq {p['seq_len']} tokens; "
+             f"KV cache {p['cache_len']} slots x {int(mem['rollout_rows'])} rollout rows",
+             "  per-device memory:"]
+    for key, label in (("params", "params"), ("master_fp32", "fp32 master copy"),
+                       ("adam_mv_fp32", "AdamW m+v fp32"), ("grads", "grads (accum + micro)"),
+                       ("ref_params", "reference params"), ("ofsd_teacher", "OFSD teacher snapshot"),
+                       ("activations_no_remat", "activations, no remat"),
+                       ("activations_remat", "activations, remat"),
+                       ("grpo_logits_chunk", "GRPO logits chunk"), ("ofsd_logits_chunk", "OFSD logits chunk"),
+                       ("kv_cache", "rollout KV cache"), ("rollout_scores_transient", "rollout extend scores"),
+                       ("peak_rollout", "PEAK rollout"), ("peak_train", "PEAK GRPO update"),
+                       ("peak_ofsd", "PEAK OFSD update")):
+        flag = "  > HBM" if key.startswith("peak") and mem[key] > hbm else ""
+        lines.append(f"    {label:26s}{_gb(mem[key])}{flag}")
+    lines.append(f"    {'device HBM':26s}{_gb(hbm)}")
+    lines += [f"  tokens/step: rollout {tm['rollout_tokens'] / 1e6:.2f}M (sampled "
+              f"{tm['sampled_tokens'] / 1e6:.2f}M), train {tm['train_tokens'] / 1e6:.2f}M",
+              f"  FLOPs/step: rollout {tm['rollout_flops']:.3g}, train {tm['train_flops']:.3g}",
+              f"  time/step (mfu {p['mfu']}, bw_util {p['bw_util']}): rollout {tm['rollout_s']:.1f} s "
+              f"({int(tm['decode_steps'])} decode steps x {tm['decode_step_s'] * 1e3:.1f} ms; compute "
+              f"bound {tm['rollout_compute_s']:.1f} s) + train {tm['train_s']:.1f} s = {tm['step_s']:.1f} s"]
+    return "\n".join(lines)
+
+
+def main(argv):
+    from absl import flags
+    from ml_collections import config_flags
+    f = flags.FLAGS
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE overrides")
+    c, path = f.config, config_flags.get_config_filename(f["config"])
+    model = model_config_for(c, f.model, path)
+    run = run_shape_from_config(c, prompt_tokens=f.prompt_tokens, fill=f.fill)
+    p = plan(model, run, parse_mesh(f.mesh), f.device, mfu=f.mfu, bw_util=f.bw_util)
+    title = f.model or c.model.preset or os.path.basename(path)
+    print(json.dumps(p, indent=1) if f.json else format_plan(p, title))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "experiment config file (ml_collections)")
+    flags.DEFINE_string("mesh", "fsdp:8,tensor:1", "data/fsdp/tensor sizes, e.g. fsdp:8,tensor:1")
+    flags.DEFINE_string("device", "h100", f"one of {sorted(DEVICES)}")
+    flags.DEFINE_string("model", "", "model preset; default: config.model.preset or the config's name")
+    flags.DEFINE_integer("prompt_tokens", 256, "assumed prompt length (instruction + question)")
+    flags.DEFINE_float("fill", 1.0, "fraction of turn/observation budgets used (1 = worst case)")
+    flags.DEFINE_float("mfu", 0.4, "assumed model FLOP utilisation of matmul-bound phases")
+    flags.DEFINE_float("bw_util", 0.7, "assumed fraction of HBM bandwidth reached while decoding")
+    flags.DEFINE_bool("json", False, "print the plan dict as JSON")
+    flags.mark_flag_as_required("config")
+    app.run(main)

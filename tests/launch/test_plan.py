@@ -1,0 +1,108 @@
+"""The capacity planner's formulas, against numbers worked out by hand from the presets' dims."""
+import math
+
+import numpy as np
+import pytest
+
+from searche1_jax import plan as P
+from searche1_jax.model.config import get_preset
+
+TINY = get_preset("tiny")  # V 512, d 64, L 2, 4 q / 2 kv heads x 16, mlp 128, qkv bias, tied
+
+
+def tiny_params_by_hand():
+    embed = 512 * 64
+    attn = 64 * 64 + 64 + 2 * (64 * 32 + 32) + 64 * 64   # q (+bias), k and v (+bias), o
+    mlp = 3 * 64 * 128
+    norms = 2 * 64
+    return embed + 2 * (attn + mlp + norms) + 64          # + final norm; head tied
+
+
+def shape(**kw):
+    base = dict(questions_per_step=4, group_size=4, micro_batch=8, epochs=1, max_turns=2,
+                max_turn_tokens=16, max_obs_tokens=64, max_response_tokens=160, prompt_tokens=32,
+                fill=1.0, grpo_chunk=128, ofsd_chunk=128, param_dtype="float32", dtype="float32",
+                remat=False)
+    base.update(kw)
+    return P.RunShape(**base)
+
+
+def test_tiny_param_count_is_the_hand_count_and_the_real_model_size():
+    from searche1_jax.model.create import abstract_model
+    _, _, flat = abstract_model(TINY)
+    real = sum(int(np.prod(v.get_value().shape)) for v in flat.values())
+    assert tiny_params_by_hand() == 107072 == real
+    mem = P.memory_plan(TINY, shape(), {"data": 1, "fsdp": 4, "tensor": 2})
+    assert mem["num_params"] == 107072
+
+
+def test_qwen3b_has_3_09_billion_parameters():
+    d, L, V, m, hd = 2048, 36, 151936, 11008, 128
+    by_hand = V * d + L * (d * 16 * hd + 2 * d * 2 * hd + 16 * hd * d + (16 + 4) * hd + 3 * d * m + 2 * d) + d
+    n = P.memory_plan(get_preset("qwen2.5-3b"), shape(), {"data": 1, "fsdp": 8, "tensor": 1})["num_params"]
+    assert n == by_hand
+    assert abs(n / 1e9 - 3.09) <= 0.01
+
+
+def test_tiny_state_bytes_per_device():
+    n = tiny_params_by_hand()
+    mem = P.memory_plan(TINY, shape(), {"data": 2, "fsdp": 2, "tensor": 2})
+    shard = 2 * 2                                         # fsdp x tensor; data replicates
+    assert mem["params"] == n * 4 / shard
+    assert mem["master_fp32"] == 0                        # fp32 params are the master copy
+    assert mem["adam_mv_fp32"] == n * 8 / shard
+    assert mem["grads"] == 2 * n * 4 / shard
+    bf16 = P.memory_plan(TINY, shape(param_dtype="bfloat16"), {"data": 2, "fsdp": 2, "tensor": 2})
+    assert bf16["params"] == n * 2 / shard and bf16["master_fp32"] == n * 4 / shard
+
+
+def test_tiny_activations_kv_cache_and_logit_chunks():
+    mesh = {"data": 1, "fsdp": 4, "tensor": 2}
+    s = shape()
+    seq = 32 + min(3 * 16, 160) + min(2 * 64, 160 - 48)  # prompt + sampled + observations
+    assert s.seq_len == seq == 192
+    mem = P.memory_plan(TINY, s, mesh)
+    rows_dev = math.ceil(8 / 4)
+    tokens = rows_dev * seq
+    linear = (4 * 64 + 3 * 4 * 16 + 3 * 2 * 16 + 4 * 128) * 4       # fp32 compute
+    attention = 4 * seq * 6 / 2                                     # heads split over tensor=2
+    assert mem["activations_no_remat"] == pytest.approx(2 * tokens * (linear + attention))
+    assert mem["activations_remat"] == pytest.approx(2 * tokens * 64 * 4 + tokens * (linear + attention))
+    # K and V, 2 layers, 16 rows, prompt + max_response slots, 2 kv heads x 16, fp32; batch / 4, heads / 2
+    assert mem["kv_cache"] == 2 * 2 * 16 * (32 + 160) * 2 * 16 * 4 / (4 * 2)
+    assert mem["grpo_logits_chunk"] == 128 * 512 * 4 * 3 / 2
+    assert mem["ofsd_logits_chunk"] == (128 * 512 * 4 * 4 + 2 * 64 * 512 * 4) / 2
+
+
+def test_step_time_from_flops_and_bandwidth():
+    mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+    s = shape(fill=0.5)
+    n = tiny_params_by_hand()
+    t = P.time_plan(TINY, s, mesh, P.DEVICES["h100"], mfu=0.5, bw_util=1.0)
+    seq, rows = s.seq_len, 16
+    attn = 4 * 2 * 4 * 16 * seq * seq * rows
+    train = 6 * n * rows * seq + 3 * attn + 2 * (2 * n * rows * seq + attn)
+    assert t["train_tokens"] == rows * seq and t["train_flops"] == train
+    assert t["train_s"] == pytest.approx(train / (8 * 989e12 * 0.5))
+    assert t["decode_steps"] == int(0.5 * 3 * 16)
+    assert t["step_s"] == pytest.approx(t["rollout_s"] + t["train_s"])
+
+
+def test_bad_mesh_and_device_speak_to_the_user():
+    assert P.parse_mesh("fsdp:8,tensor:2") == {"data": 1, "fsdp": 8, "tensor": 2}
+    with pytest.raises(ValueError, match="axis:size"):
+        P.parse_mesh("fsdp=8")
+    with pytest.raises(ValueError, match="--device"):
+        P.plan(TINY, shape(), {"data": 1, "fsdp": 1, "tensor": 1}, "a100")
+
+
+def test_cli_prints_the_qwen3b_plan():
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-m", "searche1_jax.plan", f"--config={root}/configs/qwen3b.py",
+                          "--mesh=fsdp:8,tensor:1", "--device=h100"], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "3.086B" in out.stdout and "AdamW m+v fp32" in out.stdout and "time/step" in out.stdout
