@@ -59,11 +59,16 @@ class Progress:
     def update(self, done: int, phase: str, **fields):
         if jax.process_index() != 0:
             return
-        if self.done0 is None:
-            self.done0, self.start = done - 1, time.time() - 1e-9
+        if self.done0 is None:  # a resumed run: count only the steps this process ran
+            self.done0 = done - 1
         elapsed = time.time() - self.start
         rate = (done - self.done0) / max(elapsed, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else float("nan")
         parts = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
         print(f"[{phase}] step {done}/{self.total} {parts} ETA {eta_s}", file=self.stream, flush=True)
+
+    def note(self, message: str):
+        """A line inside a long step (rollout done, updating), so minutes never pass silently."""
+        if jax.process_index() == 0:
+            print(f"  {message} ({time.time() - self.start:.0f}s)", file=self.stream, flush=True)
