@@ -146,6 +146,12 @@ def activation_bytes_per_token_layer(m: ModelConfig, run: RunShape, seq: int) ->
     return linear, h * seq * 6
 
 
+def batch_split(run: RunShape, mesh: dict[str, int]) -> int:
+    """Ways a train micro-batch splits over data x fsdp: all of them, or 1 when it does not divide."""
+    n = mesh["data"] * mesh["fsdp"]
+    return n if run.micro_batch % n == 0 else 1
+
+
 def memory_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int]) -> dict[str, float]:
     """Bytes per device of each resident buffer (see module docstring for the sharding)."""
     d_, f, t = mesh["data"], mesh["fsdp"], mesh["tensor"]
@@ -162,7 +168,10 @@ def memory_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int]) -> dict[str
     out["ref_params"] = n * pb / shard                 # GRPO reference policy (TrainState.ref_params)
     out["ofsd_teacher"] = n * pb / shard               # frozen theta_k snapshot, OFSD rounds only
 
-    rows_dev = math.ceil(run.micro_batch / (d_ * f))
+    # sharding.py drops a mesh axis that does not divide a dim: such a micro-batch is replicated
+    split = batch_split(run, mesh)
+    rows_dev = run.micro_batch // split
+    out["micro_batch_replicated"] = float(split == 1 and d_ * f > 1)
     tokens_dev = rows_dev * run.seq_len
     lin, att = activation_bytes_per_token_layer(m, run, run.seq_len)
     per_layer = tokens_dev * (lin + att / t)
@@ -205,7 +214,8 @@ def time_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], dev: DeviceSp
     Decode is bandwidth-bound: each of the (lockstep) decode steps reads the device's weights
     in the compute dtype (all of them under FSDP, 1/T under TP) and its KV cache shard at
     bw_util x HBM bandwidth, and under FSDP all-gathers the other (F-1)/F of the weights.
-    Compute runs at mfu x peak. Retrieval and host work are not counted.
+    Compute runs at mfu x peak. Retrieval and host work are not counted. A micro-batch that
+    data x fsdp does not divide is replicated by sharding.py, so its update work repeats.
     """
     devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
     n, rows, f, t = m.num_params, run.rows, mesh["fsdp"], mesh["tensor"]
@@ -224,7 +234,8 @@ def time_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], dev: DeviceSp
     gather = n * cb / t * (f - 1) / f / dev.link_bw if f > 1 else 0.0
     decode_s = decode_steps * (step_bytes / (dev.hbm_bw * bw_util) + gather)
     rollout_compute_s = rollout_flops / (devices * dev.peak_flops * mfu)
-    train_s = train_flops / (devices * dev.peak_flops * mfu)
+    # a replicated micro-batch (see batch_split) repeats the update's work on every data x fsdp device
+    train_s = train_flops / (devices * dev.peak_flops * mfu) * (mesh["data"] * f / batch_split(run, mesh))
     rollout_s = max(decode_s, rollout_compute_s)
     return {"train_tokens": float(train_tokens), "rollout_tokens": float(rollout_tokens),
             "sampled_tokens": float(rows * run.sampled_tokens), "train_flops": float(train_flops),
@@ -268,6 +279,9 @@ def format_plan(p: dict, title: str = "") -> str:
         flag = "  > HBM" if key.startswith("peak") and mem[key] > hbm else ""
         lines.append(f"    {label:26s}{_gb(mem[key])}{flag}")
     lines.append(f"    {'device HBM':26s}{_gb(hbm)}")
+    if mem["micro_batch_replicated"]:
+        lines.append("  WARNING: config.grpo.micro_batch is not a multiple of data x fsdp: every device "
+                     "computes the whole micro-batch (set it to a multiple)")
     lines += [f"  tokens/step: rollout {tm['rollout_tokens'] / 1e6:.2f}M (sampled "
               f"{tm['sampled_tokens'] / 1e6:.2f}M), train {tm['train_tokens'] / 1e6:.2f}M",
               f"  FLOPs/step: rollout {tm['rollout_flops']:.3g}, train {tm['train_flops']:.3g}",

@@ -106,3 +106,14 @@ def test_cli_prints_the_qwen3b_plan():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "3.086B" in out.stdout and "AdamW m+v fp32" in out.stdout and "time/step" in out.stdout
+
+
+def test_micro_batch_that_does_not_divide_the_mesh_is_replicated():
+    mesh = {"data": 1, "fsdp": 4, "tensor": 1}
+    split = P.memory_plan(TINY, shape(micro_batch=8), mesh)
+    repl = P.memory_plan(TINY, shape(micro_batch=6), mesh)
+    assert split["act_tokens_per_device"] == 2 * 192 and split["micro_batch_replicated"] == 0
+    assert repl["act_tokens_per_device"] == 6 * 192 and repl["micro_batch_replicated"] == 1
+    t8 = P.time_plan(TINY, shape(micro_batch=8), mesh, P.DEVICES["v4"])
+    t6 = P.time_plan(TINY, shape(micro_batch=6), mesh, P.DEVICES["v4"])
+    assert t6["train_s"] == pytest.approx(4 * t8["train_s"])

@@ -1,0 +1,107 @@
+"""Multi-process data path: process-local rows <-> global arrays, agreed shapes, rollout replicas.
+
+Under `jax.distributed` every process runs the same program. Each one reads its own shard of
+the questions (`QuestionStream(process_index=...)`), rolls them out, and packs its own rows;
+the train steps then see one global batch whose rows are the processes' rows side by side
+(split over the mesh's data x fsdp axes). Jitted calls must have the same shapes everywhere,
+so lengths and row counts are agreed (the max over processes) before arrays are built.
+With one process every helper is the identity (or a plain `np.asarray`).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from searche1_jax.model.sharding import make_mesh, named_sharding
+
+
+def is_multi_process() -> bool:
+    return jax.process_count() > 1
+
+
+def per_process(n: int, field: str) -> int:
+    """Split a global count (questions per step, rows per update) evenly over processes."""
+    p = jax.process_count()
+    if n % p:
+        raise ValueError(f"{field} ({n}) must be a multiple of the number of processes ({p})")
+    return n // p
+
+
+def agree_shapes(batch: dict[str, np.ndarray] | None, dtypes: dict[str, np.dtype],
+                 max_ndim: int = 3) -> dict[str, np.ndarray] | None:
+    """Zero-pad every array to the max shape over processes (None on a process: all zeros).
+
+    Zero rows and columns are padding: valid=False and every mask 0, so they add nothing to a
+    loss. Returns None when no process has a batch. `dtypes` names the keys (and their dtypes
+    for a process without a batch; one with a batch keeps its own).
+    """
+    keys = sorted(dtypes)
+    mine = np.zeros((len(keys), max_ndim), np.int64)
+    for i, k in enumerate(keys):
+        if batch is not None:
+            mine[i, :batch[k].ndim] = batch[k].shape
+    shapes = np.asarray(multihost_utils.process_allgather(mine)).max(axis=0) if is_multi_process() else mine
+    if not shapes.any():
+        return None
+    out = {}
+    for i, k in enumerate(keys):
+        ndim = batch[k].ndim if batch is not None else int((shapes[i] > 0).sum())
+        arr = np.zeros(tuple(shapes[i, :ndim]), batch[k].dtype if batch is not None else dtypes[k])
+        if batch is not None:
+            arr[tuple(slice(0, s) for s in batch[k].shape)] = batch[k]
+        out[k] = arr
+    return out
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh | None, row_axis: int = 0) -> dict:
+    """Process-local rows -> global arrays whose `row_axis` is split over data x fsdp.
+
+    The global row count is process_count x the local one; process p's rows come after
+    process p-1's (the mesh lists devices process by process).
+    """
+    if mesh is None or not is_multi_process():
+        return batch
+    out = {}
+    n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
+    for k, v in batch.items():
+        shape = v.shape[:row_axis] + (v.shape[row_axis] * jax.process_count(),) + v.shape[row_axis + 1:]
+        if shape[row_axis] % n_batch:
+            raise ValueError(f"{shape[row_axis]} rows per micro-batch cannot be split over data x fsdp = "
+                             f"{n_batch} devices: make config.grpo.micro_batch / config.ofsd.micro_batch "
+                             f"a multiple of it")
+        names = (None,) * row_axis + ("batch",) + (None,) * (v.ndim - row_axis - 1)
+        out[k] = jax.make_array_from_process_local_data(named_sharding(names, shape, mesh), v, shape)
+    return out
+
+
+def to_local(x: jax.Array, mesh: Mesh | None, row_axis: int = 0) -> np.ndarray:
+    """This process's rows of a global array (the rows `to_global` took from it); one process: all."""
+    if mesh is None or not is_multi_process():
+        return np.asarray(x)
+    names = (None,) * row_axis + ("batch",) + (None,) * (x.ndim - row_axis - 1)
+    x = jax.jit(lambda a: a, out_shardings=named_sharding(names, x.shape, mesh))(x)
+    blocks = {}
+    for shard in x.addressable_shards:
+        blocks.setdefault(shard.index[row_axis].start or 0, np.asarray(shard.data))
+    return np.concatenate([blocks[s] for s in sorted(blocks)], axis=row_axis)
+
+
+def rollout_replica(params: dict, cfg):
+    """A process-local copy of the policy for rollouts (one process: None, bind the params).
+
+    Rollouts are host-driven and differ per process (own questions, own retrieval), so they
+    run on the process's own devices: the global params are all-gathered in the compute dtype
+    (exact: every matmul and norm casts weights to it) and placed on a mesh of the local devices.
+    """
+    if not is_multi_process():
+        return None
+    from searche1_jax.model.create import model_from_arrays
+    from searche1_jax.train.state import flatten
+    flat = flatten(params)
+    cast = jax.jit(lambda t: jax.tree.map(lambda a: a.astype(cfg.dtype), t))(flat)
+    host = multihost_utils.process_allgather(cast, tiled=True)
+    local = jax.local_devices()
+    mesh = make_mesh({"fsdp": -1}, devices=local) if len(local) > 1 else None
+    return model_from_arrays(cfg.replace(param_dtype=cfg.dtype), host, mesh=mesh, source="rollout replica")

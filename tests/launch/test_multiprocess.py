@@ -1,0 +1,81 @@
+"""Two processes x 4 CPU devices joined by jax.distributed run the tiny GRPO step exactly as one
+process with 8 devices: per-process rows assemble into the same global batch and update."""
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from searche1_jax.model.config import get_preset
+from searche1_jax.model.create import create_model, model_from_arrays
+from searche1_jax.model.sharding import make_mesh, named_sharding
+from searche1_jax.train.batching import pack, to_micro
+from searche1_jax.train.state import Binder, flatten, params_of
+from searche1_jax.train.steps import GRPOLossConfig, make_grpo_step, make_logps_fn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CFG = get_preset("tiny")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def grpo_batch(logps_fn, params, rows=16, length=24, seed=9):
+    rng = np.random.default_rng(seed)
+    seqs, masks = [], []
+    for _ in range(rows):
+        p, r = rng.integers(3, 8), rng.integers(4, length - 8)
+        seqs.append(list(rng.integers(0, CFG.vocab_size, p + r)))
+        masks.append([0] * p + [1] * r)
+    b = pack(seqs, masks, length=length)
+    b["advantages"] = rng.normal(size=rows).astype(np.float32)
+    b["old_logps"] = np.asarray(logps_fn(params, b["tokens"], b["valid"]))
+    b["ref_logps"] = b["old_logps"] + rng.normal(scale=0.1, size=b["old_logps"].shape).astype(np.float32)
+    return b
+
+
+@pytest.mark.slow  # ~2-4 min on a contended 2-core machine: three JAX processes compile
+def test_two_processes_equal_one_process_with_8_devices(tmp_path):
+    model = create_model(CFG, seed=1)
+    params = params_of(model)
+    loss_cfg = GRPOLossConfig(chunk=64)
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    batch = to_micro(grpo_batch(make_logps_fn(Binder(model), loss_cfg), params), 8)  # [2, 8, T]
+    np.savez(tmp_path / "params.npz", **flat)
+    np.savez(tmp_path / "batch.npz", **batch)
+
+    # single process, 8 devices, fsdp over all of them
+    mesh = make_mesh({"fsdp": -1})
+    sharded = model_from_arrays(CFG, flat, mesh=mesh)
+    sp = params_of(sharded)
+    sb = {k: jax.device_put(v, named_sharding((None, "batch") + (None,) * (v.ndim - 2), v.shape, mesh))
+          for k, v in batch.items()}
+    opt = optax.sgd(1.0)
+    ref, _, ref_m = make_grpo_step(Binder(sharded), opt, loss_cfg)(sp, jax.jit(opt.init)(sp), sb)
+
+    port = str(free_port())
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    worker = os.path.join(ROOT, "tests", "launch", "grpo_worker.py")
+    procs = [subprocess.Popen([sys.executable, worker, str(i), port, str(tmp_path)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+
+    got = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(float(got["loss"]), float(ref_m["loss"]), rtol=1e-5, atol=1e-6)
+    for k, v in flatten(ref).items():
+        np.testing.assert_allclose(got[f"param/{k}"], np.asarray(v), atol=1e-5, err_msg=k)
+    # process 0's rows of the first micro-batch: global log-probs came back as its own rows
+    np.testing.assert_allclose(got["old0"], batch["old_logps"][0, :4], atol=1e-5)
+    # the rollout replica on process 0's devices computes the same logits as the global model
+    want = np.asarray(model(jnp.asarray(batch["tokens"][0, :4]), jnp.asarray(batch["valid"][0, :4])))
+    np.testing.assert_allclose(got["rep_logits"], want, atol=1e-4)
