@@ -249,9 +249,14 @@ def plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], device: str, *, mf
     if device not in DEVICES:
         raise ValueError(f"--device must be one of {sorted(DEVICES)}, got {device!r}")
     dev = DEVICES[device]
+    mem = memory_plan(m, run, mesh)
+    # rollout rows one call can hold in 90% of HBM (KV cache and extend scores grow with rows)
+    per_row = (mem["kv_cache"] + mem["rollout_scores_transient"]) / run.rows
+    resident = mem["peak_rollout"] - mem["kv_cache"] - mem["rollout_scores_transient"]
+    fit = max(int((0.9 * dev.hbm_bytes - resident) / per_row), 0)
     return {"device": device, "mesh": dict(mesh), "mfu": mfu, "bw_util": bw_util,
             "hbm_bytes": dev.hbm_bytes, "seq_len": run.seq_len, "cache_len": run.cache_len,
-            "memory": memory_plan(m, run, mesh),
+            "rollout_rows_that_fit": min(fit, run.rows), "memory": mem,
             "time": time_plan(m, run, mesh, dev, mfu=mfu, bw_util=bw_util)}
 
 
@@ -279,6 +284,9 @@ def format_plan(p: dict, title: str = "") -> str:
         flag = "  > HBM" if key.startswith("peak") and mem[key] > hbm else ""
         lines.append(f"    {label:26s}{_gb(mem[key])}{flag}")
     lines.append(f"    {'device HBM':26s}{_gb(hbm)}")
+    if p["rollout_rows_that_fit"] < mem["rollout_rows"]:
+        lines.append(f"  rollout: only ~{p['rollout_rows_that_fit']} of {int(mem['rollout_rows'])} rows fit "
+                     f"one decode batch in 90% of HBM: roll out in chunks of rows")
     if mem["micro_batch_replicated"]:
         lines.append("  WARNING: config.grpo.micro_batch is not a multiple of data x fsdp: every device "
                      "computes the whole micro-batch (set it to a multiple)")
