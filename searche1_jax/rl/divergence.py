@@ -1,8 +1,11 @@
 """Token-level divergences between a teacher and a student over the full vocabulary (METHOD §3.4).
 
 Naive forms take [..., V] logits. Fused forms take hidden states and LM heads and never build
-[N, V]: they scan over chunks of tokens, and a custom VJP recomputes each chunk's logits in the
-backward pass, so peak extra memory is O(chunk × V). Teacher inputs are always under
+[N, V]. By default they work on [chunk, vocab_chunk] logit tiles: the forward pass keeps an
+online log-sum-exp per token, and a custom VJP scans vocabulary slices, recomputing their logits
+and writing each slice of the head gradient once, so the working memory beside the [d, V] head
+gradient is O(chunk × vocab_chunk + N × d). With vocab_chunk=None they scan token chunks only
+(O(chunk × V) plus a per-chunk [d, V] head-gradient temporary). Teacher inputs are always under
 stop-gradient. Per-token divergences, with p_T = softmax(z_T/τ), p_S = softmax(z_S/τ):
     forward:  KL(T‖S) = Σ_v p_T (log p_T − log p_S)            (the OFSD default)
     reverse:  KL(S‖T) = Σ_v p_S (log p_S − log p_T)
@@ -20,6 +23,7 @@ import jax.numpy as jnp
 from searche1_jax.rl.logprobs import chunk_logits, to_chunks
 
 KINDS = ("forward", "reverse", "jsd")
+VOCAB_CHUNK = 2048   # vocabulary columns per logit tile of the fused losses (about d)
 
 
 def divergence_from_logps(logp_s, logp_t, kind: str = "forward", beta: float = 0.5):
@@ -180,10 +184,176 @@ def _fused_sum_eager_bwd(chunk, temperature, kind, beta, res, g):
 _fused_sum_eager.defvjp(_fused_sum_eager_fwd, _fused_sum_eager_bwd)
 
 
+# ---- fused, vocabulary-chunked (the default) ----
+#
+# Neither pass builds [chunk, V] nor a per-chunk [d, V] temporary. The forward pass scans token
+# chunks and, inside each, folds over vocabulary slices with an online log-sum-exp (the
+# flash-attention rescaling), saving per-token log-partitions lse_S, lse_T [N] (and, for the
+# reverse KL and JSD, one more per-token sum) as residuals. The backward pass scans vocabulary
+# slices v: it recomputes z[:, v] for the tokens (in token chunks), forms the logit gradient
+# G[:, v] from p = exp(u − lse) alone, writes d/dhead[:, v] = Hᵀ G[:, v] into its slice once (no
+# [d, V] accumulation) and adds G[:, v] head[:, v]ᵀ into d/dhidden. Working memory is
+# O(chunk·vocab_chunk + N·d + d·vocab_chunk) beside the [d, V] head gradient itself.
+
+def _vocab_fold(f, carry, v: int, vc: int):
+    """carry = f(carry, v0, size) over slices [v0, v0+size) covering [0, v): a scan over the
+    full slices (v0 traced) and, when vc does not divide v, one remainder step (v0 static)."""
+    n_full = v // vc
+    if n_full:
+        carry, _ = jax.lax.scan(lambda c, j: (f(c, j * vc, vc), None), carry,
+                                jnp.arange(n_full, dtype=jnp.int32))
+    if v % vc:
+        carry = f(carry, n_full * vc, v % vc)
+    return carry
+
+
+def _cols(x, v0, size):
+    """x[:, v0:v0+size] (v0 may be traced; size is static)."""
+    return jax.lax.dynamic_slice_in_dim(x, v0, size, axis=1)
+
+
+def _scaled_logits(h, cols, temperature, is_logps):
+    """u = z/τ for one [C, size] tile: h [C, d] @ cols [d, size], or given teacher log-probs."""
+    if is_logps:
+        return cols.astype(jnp.float32) / temperature
+    return chunk_logits(h, cols, temperature)
+
+
+def _lse_step(m, l, u):
+    """Online log-sum-exp over the last axis: (running max m [C], Σexp(u−m) l [C]) ⊕ tile u."""
+    m_new = jnp.maximum(m, u.max(-1))
+    return m_new, l * jnp.exp(m - m_new) + jnp.exp(u - m_new[:, None]).sum(-1)
+
+
+def _vocab_forward(hs, head, teacher, mask, chunk, vc, temperature, kind, beta):
+    """(Σ_t m_t D_t, lse_S [N], lse_T [N], stat [N]); stat_t = D_t for forward/reverse, and
+    KL(S‖M)_t for the JSD (what its backward pass needs)."""
+    n, v = hs.shape[0], head.shape[1]
+    is_logps = len(teacher) == 1
+    t_head = None if is_logps else teacher[1]
+
+    def tiles(hc, tc, v0, size):
+        us = _scaled_logits(hc, _cols(head, v0, size), temperature, False)
+        ut = _scaled_logits(tc, _cols(tc if is_logps else t_head, v0, size), temperature, is_logps)
+        return us, ut
+
+    def body(acc, x):
+        hc, tc, mc = x
+        c = hc.shape[0]
+        neg = jnp.full((c,), -jnp.inf, jnp.float32)
+        zero = jnp.zeros((c,), jnp.float32)
+
+        def pass1(carry, v0, size):
+            ms, ls, mt, lt, cross = carry
+            us, ut = tiles(hc, tc, v0, size)
+            ms2, ls2 = _lse_step(ms, ls, us)
+            mt2, lt2 = _lse_step(mt, lt, ut)
+            if kind == "forward":    # Σ_v exp(u_T − m_T)(u_T − u_S), rescaled as m_T grows
+                cross = cross * jnp.exp(mt - mt2) + (jnp.exp(ut - mt2[:, None]) * (ut - us)).sum(-1)
+            elif kind == "reverse":  # Σ_v exp(u_S − m_S)(u_S − u_T)
+                cross = cross * jnp.exp(ms - ms2) + (jnp.exp(us - ms2[:, None]) * (us - ut)).sum(-1)
+            return ms2, ls2, mt2, lt2, cross
+
+        ms, ls, mt, lt, cross = _vocab_fold(pass1, (neg, zero, neg, zero, zero), v, vc)
+        lse_s, lse_t = ms + jnp.log(ls), mt + jnp.log(lt)
+        if kind == "forward":    # Σ p_T(u_T − u_S) − lse_T + lse_S
+            d = cross / lt - lse_t + lse_s
+            stat = d
+        elif kind == "reverse":
+            d = cross / ls - lse_s + lse_t
+            stat = d
+        else:                    # the JSD's log M needs both partitions: a second sweep
+            def pass2(carry, v0, size):
+                kt, ks = carry
+                us, ut = tiles(hc, tc, v0, size)
+                lps, lpt = us - lse_s[:, None], ut - lse_t[:, None]
+                logm = jnp.logaddexp(lpt + math.log(beta), lps + math.log1p(-beta))
+                return (kt + (jnp.exp(lpt) * (lpt - logm)).sum(-1),
+                        ks + (jnp.exp(lps) * (lps - logm)).sum(-1))
+
+            kl_t, kl_s = _vocab_fold(pass2, (zero, zero), v, vc)
+            d = beta * kl_t + (1.0 - beta) * kl_s
+            stat = kl_s
+        return acc + jnp.sum(jnp.where(mc > 0, d * mc, 0.0)), (lse_s, lse_t, stat)
+
+    total, per_token = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                                    _chunk_xs(hs, teacher, mask, chunk))
+    lse_s, lse_t, stat = (x.reshape(-1)[:n] for x in per_token)
+    return total, lse_s, lse_t, stat
+
+
+def _logit_grad(us, ut, lse_s, lse_t, stat, kind, beta):
+    """d D_t / d u_S for one tile (p = exp(u − lse)); see the module docstring's divergences.
+    forward: p_S − p_T.  reverse: p_S (c − D), c = log p_S − log p_T.
+    jsd: p_S (c − (1−β) KL(S‖M)), c = (1−β)(log p_S − log M)."""
+    lps, lpt = us - lse_s[:, None], ut - lse_t[:, None]
+    ps = jnp.exp(lps)
+    if kind == "forward":
+        return ps - jnp.exp(lpt)
+    if kind == "reverse":
+        return ps * ((lps - lpt) - stat[:, None])
+    logm = jnp.logaddexp(lpt + math.log(beta), lps + math.log1p(-beta))
+    return ps * ((1.0 - beta) * ((lps - logm) - stat[:, None]))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _fused_sum_vocab(hs, head, teacher, mask, chunk, vc, temperature, kind, beta):
+    """Same value as `_fused_sum`, computed tile by tile ([chunk, vc]); see the section note."""
+    return _vocab_forward(hs, head, teacher, mask, chunk, vc, temperature, kind, beta)[0]
+
+
+def _fused_sum_vocab_fwd(hs, head, teacher, mask, chunk, vc, temperature, kind, beta):
+    total, lse_s, lse_t, stat = _vocab_forward(hs, head, teacher, mask, chunk, vc, temperature,
+                                               kind, beta)
+    return total, (hs, head, teacher, mask, lse_s, lse_t, stat)
+
+
+def _fused_sum_vocab_bwd(chunk, vc, temperature, kind, beta, res, g):
+    hs, head, teacher, mask, lse_s, lse_t, stat = res
+    n, d = hs.shape
+    v = head.shape[1]
+    is_logps = len(teacher) == 1
+    # Per-token weight of the logit gradient: m_t · g / τ (u = z/τ); masked tokens get 0.
+    w = jnp.where(mask > 0, mask, 0.0) * (g / temperature)
+    token_xs = tuple(to_chunks(x, chunk) for x in (hs, w, lse_s, lse_t, stat))
+    t_chunks = None if is_logps else to_chunks(teacher[0], chunk)
+
+    def vocab_step(carry, v0, size):
+        d_head, d_hs = carry
+        w_cols = _cols(head, v0, size)
+        t_cols = _cols(teacher[0], v0, size) if is_logps else _cols(teacher[1], v0, size)
+        t_xs = to_chunks(t_cols, chunk) if is_logps else t_chunks
+
+        def token_step(carry, x):
+            d_cols, d_hs = carry
+            i, (hc, wc, lsc, ltc, sc), tc = x
+            us = _scaled_logits(hc, w_cols, temperature, False)
+            ut = _scaled_logits(tc, tc if is_logps else t_cols, temperature, is_logps)
+            gz = wc[:, None] * _logit_grad(us, ut, lsc, ltc, sc, kind, beta)   # [C, size] d/dz
+            d_cols = d_cols + jnp.dot(hc.T, gz, preferred_element_type=jnp.float32)
+            # In place into the [n_chunks, C, d] carry: no stacked per-slice copy of d/dhidden.
+            d_hs = d_hs.at[i].add(jnp.dot(gz, w_cols.T, preferred_element_type=jnp.float32))
+            return (d_cols, d_hs), None
+
+        (d_cols, d_hs), _ = jax.lax.scan(token_step, (jnp.zeros((d, size), jnp.float32), d_hs),
+                                         (jnp.arange(n_chunks), token_xs, t_xs))
+        d_head = jax.lax.dynamic_update_slice_in_dim(d_head, d_cols.astype(head.dtype), v0, axis=1)
+        return d_head, d_hs
+
+    n_chunks = token_xs[0].shape[0]
+    d_head, d_hs = _vocab_fold(vocab_step, (jnp.zeros(head.shape, head.dtype),
+                                            jnp.zeros((n_chunks, chunk, d), jnp.float32)), v, vc)
+    # Teacher and mask get zero cotangents: the teacher is under stop-gradient (METHOD §3.4).
+    return d_hs.reshape(-1, d)[:n].astype(hs.dtype), d_head, None, None
+
+
+_fused_sum_vocab.defvjp(_fused_sum_vocab_fwd, _fused_sum_vocab_bwd)
+
+
 def fused_divergence_sum(student_hidden, head, teacher_hidden=None, teacher_head=None,
                          teacher_logps=None, mask=None, *, chunk: int = 512,
                          temperature: float = 1.0, kind: str = "forward", beta: float = 0.5,
-                         grad_in_forward: bool = False):
+                         grad_in_forward: bool = False, vocab_chunk: int | None = VOCAB_CHUNK):
     """(Σ_t m_t D_t, Σ_t m_t) without building [N, V]; for exact accumulation over micro-batches.
 
     student_hidden: [N, d] hidden states whose logits score the response tokens;
@@ -191,11 +361,16 @@ def fused_divergence_sum(student_hidden, head, teacher_hidden=None, teacher_head
     teacher: either teacher_hidden [N, d] + teacher_head [d, V], or teacher_logps [N, V]
     (precomputed log-probs at temperature 1); both under stop-gradient;
     mask: [N], 1 on sampled tokens (None: all tokens); chunk: tokens per scan step.
-    grad_in_forward: False (default): the backward pass recomputes each chunk's logits
-    (6 chunk matmuls in all); True: under differentiation the forward pass computes the
-    gradients too and the backward pass only scales them (4 chunk matmuls, the naive
-    count; d/dhead [d, V] f32 and d/dhidden [N, d] are held between the passes).
-    Both never build [N, V].
+    vocab_chunk (default): logits are built [chunk, vocab_chunk] at a time in both passes; the
+    backward pass scans vocabulary slices, recomputes their logits and writes each slice of
+    d/dhead once (6 tile matmuls per token, like the token-chunked recompute, but no [chunk, V]
+    buffer and no per-chunk [d, V] temporary). vocab_chunk=None: token chunks only, logits
+    [chunk, V], and the backward pass recomputes each chunk's logits and adds its [d, V] head
+    gradient into an f32 accumulator.
+    grad_in_forward: True: token chunks only, and under differentiation the forward pass
+    computes the gradients too and the backward pass only scales them (4 chunk matmuls, the
+    naive count; d/dhead [d, V] f32 and d/dhidden [N, d] are held between the passes); it
+    takes precedence over vocab_chunk. All never build [N, V].
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -203,6 +378,8 @@ def fused_divergence_sum(student_hidden, head, teacher_hidden=None, teacher_head
         raise ValueError(f"generalized JSD needs 0 < beta < 1, got {beta}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if vocab_chunk is not None and vocab_chunk < 1:
+        raise ValueError(f"vocab_chunk must be >= 1 (or None for token chunks only), got {vocab_chunk}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if student_hidden.ndim != 2 or head.ndim != 2 or head.shape[0] != student_hidden.shape[1]:
@@ -228,49 +405,57 @@ def fused_divergence_sum(student_hidden, head, teacher_hidden=None, teacher_head
     if mask.shape != (n,):
         raise ValueError(f"mask must be [N] = ({n},), got {mask.shape}")
     chunk = min(chunk, max(n, 1))
-    fn = _fused_sum_eager if grad_in_forward else _fused_sum
-    total = fn(student_hidden, head, teacher, jax.lax.stop_gradient(mask), chunk,
-               float(temperature), kind, float(beta))
+    mask = jax.lax.stop_gradient(mask)
+    if grad_in_forward or vocab_chunk is None:
+        fn = _fused_sum_eager if grad_in_forward else _fused_sum
+        total = fn(student_hidden, head, teacher, mask, chunk, float(temperature), kind, float(beta))
+    else:
+        total = _fused_sum_vocab(student_hidden, head, teacher, mask, chunk,
+                                 min(int(vocab_chunk), head.shape[1]), float(temperature), kind,
+                                 float(beta))
     return total, mask.sum()
 
 
 def fused_forward_kl_sum(student_hidden, head, teacher_hidden=None, teacher_head=None,
                          teacher_logps=None, mask=None, *, chunk: int = 512, temperature: float = 1.0,
-                         grad_in_forward: bool = False):
+                         grad_in_forward: bool = False, vocab_chunk: int | None = VOCAB_CHUNK):
     """(Σ_t m_t KL(p_T‖p_S)_t, Σ_t m_t), fused and chunked; see `fused_divergence_sum`."""
     return fused_divergence_sum(student_hidden, head, teacher_hidden, teacher_head, teacher_logps,
                                 mask, chunk=chunk, temperature=temperature, kind="forward",
-                                grad_in_forward=grad_in_forward)
+                                grad_in_forward=grad_in_forward, vocab_chunk=vocab_chunk)
 
 
 def fused_forward_kl(student_hidden, head, teacher_hidden=None, teacher_head=None,
                      teacher_logps=None, mask=None, *, chunk: int = 512, temperature: float = 1.0,
-                     grad_in_forward: bool = False):
+                     grad_in_forward: bool = False, vocab_chunk: int | None = VOCAB_CHUNK):
     """The OFSD loss of METHOD §3.4, fused: Σ_t m_t KL(p_T‖p_S)_t / max(Σ_t m_t, 1).
 
     Gradient w.r.t. the student logits is m_t (softmax(z_S/τ) − p_T)/(τ Σm); it reaches
-    student_hidden and head through chunks recomputed in the backward pass."""
+    student_hidden and head through logit tiles recomputed in the backward pass."""
     total, count = fused_forward_kl_sum(student_hidden, head, teacher_hidden, teacher_head,
                                         teacher_logps, mask, chunk=chunk, temperature=temperature,
-                                        grad_in_forward=grad_in_forward)
+                                        grad_in_forward=grad_in_forward, vocab_chunk=vocab_chunk)
     return total / jnp.maximum(count, 1.0)
 
 
 def fused_reverse_kl(student_hidden, head, teacher_hidden=None, teacher_head=None,
                      teacher_logps=None, mask=None, *, chunk: int = 512, temperature: float = 1.0,
-                     grad_in_forward: bool = False):
+                     grad_in_forward: bool = False, vocab_chunk: int | None = VOCAB_CHUNK):
     """mean over masked tokens of KL(p_S‖p_T), fused and chunked."""
     total, count = fused_divergence_sum(student_hidden, head, teacher_hidden, teacher_head,
                                         teacher_logps, mask, chunk=chunk, temperature=temperature,
-                                        kind="reverse", grad_in_forward=grad_in_forward)
+                                        kind="reverse", grad_in_forward=grad_in_forward,
+                                        vocab_chunk=vocab_chunk)
     return total / jnp.maximum(count, 1.0)
 
 
 def fused_generalized_jsd(student_hidden, head, teacher_hidden=None, teacher_head=None,
                           teacher_logps=None, mask=None, *, beta: float = 0.5, chunk: int = 512,
-                          temperature: float = 1.0, grad_in_forward: bool = False):
+                          temperature: float = 1.0, grad_in_forward: bool = False,
+                          vocab_chunk: int | None = VOCAB_CHUNK):
     """mean over masked tokens of the generalised JSD(β), fused and chunked."""
     total, count = fused_divergence_sum(student_hidden, head, teacher_hidden, teacher_head,
                                         teacher_logps, mask, chunk=chunk, temperature=temperature,
-                                        kind="jsd", beta=beta, grad_in_forward=grad_in_forward)
+                                        kind="jsd", beta=beta, grad_in_forward=grad_in_forward,
+                                        vocab_chunk=vocab_chunk)
     return total / jnp.maximum(count, 1.0)
