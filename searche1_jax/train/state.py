@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -71,4 +71,5 @@ class TrainState:
     def arrays(self) -> dict:
         return {"params": flatten(self.params), "opt_state": self.opt_state,
                 "ref_params": flatten(self.ref_params) if self.ref_params is not None else {},
-                "rng": jax.random.key_data(self.rng), "step": jnp.int32(self.step)}
+                # host numpy, not single-device jax arrays: orbax refuses those with several processes
+                "rng": np.asarray(jax.random.key_data(self.rng)), "step": np.asarray(self.step, np.int32)}

@@ -79,3 +79,21 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     # the rollout replica on process 0's devices computes the same logits as the global model
     want = np.asarray(model(jnp.asarray(batch["tokens"][0, :4]), jnp.asarray(batch["valid"][0, :4])))
     np.testing.assert_allclose(got["rep_logits"], want, atol=1e-4)
+
+
+@pytest.mark.slow  # a few minutes: two processes roll out, train and checkpoint the tiny config
+def test_main_runs_with_two_processes_and_only_process_0_writes_metrics(tmp_path):
+    import json
+    flags = ["--config=configs/tiny.py", f"--workdir={tmp_path}/run", "--config.grpo.steps_per_round=2",
+             "--config.grpo.questions_per_step=2", "--config.grpo.mini_batch=2", "--config.grpo.micro_batch=2",
+             "--config.rollout.group_size=2", "--config.ofsd.questions=2", "--config.ofsd.group_size=2",
+             "--config.rollout.max_response_tokens=96", "--config.rollout.max_turns=1",
+             "--config.ofsd.mini_batch=2", "--config.ofsd.micro_batch=2"]
+    out = subprocess.run(["bash", "launch/local_multiprocess.sh", "-n", "2", "-d", "1", "--port", str(free_port()),
+                          "--logdir", str(tmp_path / "logs"), "--python", sys.executable, "--", *flags],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    logs = "".join(open(tmp_path / "logs" / f"process_{i}.log").read()[-2000:] for i in range(2))
+    assert out.returncode == 0, logs
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [(r["step"], r["phase"]) for r in rows] == [(1, "grpo"), (2, "grpo"), (2, "ofsd")]
+    assert os.listdir(tmp_path / "run" / "checkpoints")
