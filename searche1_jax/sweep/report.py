@@ -80,8 +80,9 @@ def plot_curves(populations: list[tuple[str, str, list[str]]], out: str,
         ax.set_title(name)
         ax.set_xlabel("GRPO step")
     handles, labels = axes.flat[0].get_legend_handles_labels()
+    legend_rows = math.ceil(len(labels) / 4)
+    fig.tight_layout(rect=(0, 0.04 * legend_rows + 0.02, 1, 1))
     if handles:
         fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(4, len(labels)))
-        fig.subplots_adjust(bottom=0.1 + 0.04 * math.ceil(len(labels) / 4))
     fig.savefig(out, dpi=100, bbox_inches="tight")
     plt.close(fig)
