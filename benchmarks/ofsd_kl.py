@@ -1,18 +1,25 @@
 """OFSD forward KL, loss + grad: naive full-vocab vs fused chunked (searche1_jax.rl.divergence).
 
-The naive loss builds student and teacher logits [N, V]; the fused one scans token chunks
-with a custom VJP and never builds [N, V]. Both compute the loss and its gradient w.r.t. the
+The naive loss builds student and teacher logits [N, V]; the fused ones never build [N, V]:
+`fused` (the default) works on [chunk, vocab_chunk] logit tiles, its backward pass scanning
+vocabulary slices and writing each slice of the head gradient once; `fused_token` scans token
+chunks only (vocab_chunk=None: [chunk, V] logits, per-chunk [d, V] head-gradient temporary);
+`fused_grad_in_forward` is token chunks with the gradients computed in the forward pass. Both compute the loss and its gradient w.r.t. the
 student hidden states [N, d] and the LM head [d, V] (teacher: hidden states + its own head,
 under stop-gradient), f32, Qwen2.5 sizes V = 151,936, d = 2,048.
 
-Each variant runs in its own subprocess; its peak resident memory (VmHWM, reset after the
+Times: wall clock and the process's CPU time (all threads; less sensitive to other jobs on a
+shared machine, though memory-bandwidth contention still shows). Each variant runs in its own
+subprocess; its peak resident memory (VmHWM, reset after the
 inputs are built) is that of the loss + grad call. The working set is that peak minus what
 was resident before the call (the inputs);
 XLA's compiled temp allocation (memory_analysis) is reported too, since the resident peak
 includes the inputs (two [d, V] heads, 2.3 GiB) and the [d, V] head gradient every variant must
 hold. Ratios are against the naive variant measured in the same run.
 
-    python benchmarks/ofsd_kl.py [--n 4096] [--chunk 512] [--iters 1]
+    python benchmarks/ofsd_kl.py [--n 4096] [--chunk 512] [--vocab-chunk 2048] [--iters 1]
+                                 [--variants naive,fused,fused_token,fused_grad_in_forward]
+                                 [--compile-only]
 """
 import argparse
 import gc
@@ -28,7 +35,7 @@ os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
 GIB = 1024 ** 3
 
 
-def child(variant: str, n: int, d: int, v: int, chunk: int, iters: int) -> dict:
+def child(variant: str, n: int, d: int, v: int, chunk: int, vocab_chunk: int, iters: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -52,12 +59,15 @@ def child(variant: str, n: int, d: int, v: int, chunk: int, iters: int) -> dict:
     if variant == "naive":
         def loss(hs, head, ht, t_head, mask):
             return forward_kl(hs @ head, ht @ t_head, mask)
-    else:
+    elif variant in ("fused", "fused_token", "fused_grad_in_forward"):
         eager = variant == "fused_grad_in_forward"
+        vc = vocab_chunk if variant == "fused" else None
 
         def loss(hs, head, ht, t_head, mask):
             return fused_forward_kl(hs, head, ht, t_head, None, mask, chunk=chunk,
-                                    grad_in_forward=eager)
+                                    grad_in_forward=eager, vocab_chunk=vc)
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
 
     fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     if iters == 0:  # --compile-only: XLA's planned buffers, from shapes alone (nothing runs)
@@ -81,13 +91,15 @@ def child(variant: str, n: int, d: int, v: int, chunk: int, iters: int) -> dict:
     # Reset the kernel's peak-RSS mark so creating the inputs (jax.random temporaries) does not
     # count: the peak below is that of the loss + grad calls alone (inputs stay resident).
     reset = _reset_peak()
-    times, value = [], float("nan")
+    times, cpu, value = [], [], float("nan")
     for _ in range(max(iters, 1)):  # compiled ahead of time: no warm-up call needed
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         value = run()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     peak = _rss("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"variant": variant, "time_s": float(np.median(times)), "peak_rss_gib": peak / GIB,
+    return {"variant": variant, "time_s": float(np.median(times)), "cpu_s": float(np.median(cpu)),
+            "peak_rss_gib": peak / GIB,
             "resident_before_gib": resident / GIB, "xla_temp_gib": temp / GIB, "loss": value,
             "peak_reset": reset}
 
@@ -115,8 +127,9 @@ def main():
     ap.add_argument("--d", type=int, default=2048)
     ap.add_argument("--v", type=int, default=151936)
     ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--vocab-chunk", type=int, default=2048)
     ap.add_argument("--iters", type=int, default=1)
-    ap.add_argument("--variants", default="naive,fused,fused_grad_in_forward")
+    ap.add_argument("--variants", default="naive,fused,fused_token,fused_grad_in_forward")
     ap.add_argument("--compile-only", action="store_true",
                     help="only compile each variant and print XLA's planned temp/argument/output bytes")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -125,15 +138,17 @@ def main():
         args.iters = 0
 
     if args.child:
-        print(json.dumps(child(args.child, args.n, args.d, args.v, args.chunk, args.iters)))
+        print(json.dumps(child(args.child, args.n, args.d, args.v, args.chunk, args.vocab_chunk,
+                               args.iters)))
         return
 
-    print(f"N={args.n} d={args.d} V={args.v} chunk={args.chunk} f32 CPU, loss + grad (hidden, head); "
+    print(f"N={args.n} d={args.d} V={args.v} chunk={args.chunk} vocab_chunk={args.vocab_chunk} f32 CPU, loss + grad (hidden, head); "
           f"median of {args.iters} call(s), compiled ahead of time", flush=True)
     rows = []
     for variant in args.variants.split(","):
         cmd = [sys.executable, __file__, "--child", variant, "--n", str(args.n), "--d", str(args.d),
-               "--v", str(args.v), "--chunk", str(args.chunk), "--iters", str(args.iters)]
+               "--v", str(args.v), "--chunk", str(args.chunk), "--vocab-chunk", str(args.vocab_chunk),
+               "--iters", str(args.iters)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{variant}: failed (rc {out.returncode}): {out.stderr.strip()[-400:]}", flush=True)
@@ -144,7 +159,7 @@ def main():
             print(f"{variant:>22}: XLA temp {row['xla_temp_gib']:6.2f} GiB  arguments "
                   f"{row['xla_args_gib']:.2f} GiB  outputs {row['xla_out_gib']:.2f} GiB", flush=True)
             continue
-        print(f"{variant:>22}: {row['time_s']:7.2f} s  peak RSS {row['peak_rss_gib']:6.2f} GiB "
+        print(f"{variant:>22}: {row['time_s']:7.2f} s (CPU {row['cpu_s']:7.2f} s)  peak RSS {row['peak_rss_gib']:6.2f} GiB "
               f"(inputs resident before: {row['resident_before_gib']:.2f} GiB, "
               f"working set {row['peak_rss_gib'] - row['resident_before_gib']:.2f} GiB)  "
               f"XLA temp {row['xla_temp_gib']:6.2f} GiB  loss {row['loss']:.6f}", flush=True)
@@ -152,7 +167,9 @@ def main():
     if args.compile_only and base is not None:
         for r in rows:
             if r is not base:
-                print(f"{r['variant']:>22} / naive: XLA temp {r['xla_temp_gib'] / base['xla_temp_gib']:.4f}x")
+                new = lambda x: x["xla_temp_gib"] + x["xla_out_gib"]  # noqa: E731 (what the call adds)
+                print(f"{r['variant']:>22} / naive: XLA temp {r['xla_temp_gib'] / base['xla_temp_gib']:.4f}x  "
+                      f"temp + outputs {new(r) / new(base):.4f}x")
         return
     if base is None:
         print("no naive baseline measured: no ratios")
@@ -161,6 +178,7 @@ def main():
         if r is base:
             continue
         print(f"{r['variant']:>22} / naive: time {r['time_s'] / base['time_s']:.2f}x  "
+              f"CPU time {r['cpu_s'] / base['cpu_s']:.2f}x  "
               f"peak RSS {r['peak_rss_gib'] / base['peak_rss_gib']:.3f}x  working set "
               f"{(r['peak_rss_gib'] - r['resident_before_gib']) / (base['peak_rss_gib'] - base['resident_before_gib']):.3f}x  "
               f"XLA temp {r['xla_temp_gib'] / base['xla_temp_gib']:.4f}x  "
