@@ -191,11 +191,10 @@ def check_population_field(field: str) -> None:
 def check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
     """Member configs may differ only in population fields."""
     base = config_fields(configs[0])
-    for i, c in enumerate(configs[1:], 1):
+    for c in configs[1:]:
         for f, v in config_fields(c).items():
             if v != base.get(f):
-                if f not in POPULATION_FIELDS:
-                    check_population_field(f)
+                check_population_field(f)
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
