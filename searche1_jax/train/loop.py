@@ -52,6 +52,7 @@ class Trainer:
         r = self.c.rollout
         self.sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
         self.total_grpo = self.c.train.rounds * self.c.grpo.steps_per_round
+        self.progress = Progress(self.total_grpo)
 
     # ---- one GRPO step: roll out, reward, advantages, PPO mini-batch updates ----
     def grpo_step(self, state: TrainState) -> TrainState:
@@ -64,6 +65,8 @@ class Trainer:
         groups = roll_out(exp.agent, self.policy(state.params), examples, c.rollout.group_size,
                           _process_key(rkey), self.sampling)
         t_roll = time.time() - t0
+        self.progress.note(f"[grpo] step {state.step + 1}: rolled out {len(groups)} groups in {t_roll:.0f}s, "
+                           f"updating")
         traj_per_update = per_process(c.grpo.mini_batch, "config.grpo.mini_batch") * c.rollout.group_size
         rows = per_process(c.grpo.micro_batch, "config.grpo.micro_batch")
         batch = grpo_arrays(groups, step=state.step, length_bucket=c.grpo.length_bucket,
@@ -109,6 +112,8 @@ class Trainer:
         groups = roll_out(exp.agent, self.policy(teacher_params), examples, c.ofsd.group_size,
                           _process_key(rkey), self.sampling)
         pairs = distill.select_pairs(groups, include_equal=c.ofsd.include_equal)
+        self.progress.note(f"[ofsd] round {state.meta['round']}: teacher rolled out {len(groups)} groups, "
+                           f"{len(pairs)} students, distilling")
         summary = {"ofsd_groups_used": float(len({p.group for p in pairs})),
                    "ofsd_students": float(len(pairs)), **{f"teacher_{k}": v for k, v in rollout_metrics(groups).items()}}
         params, opt_state = state.params, state.opt_state  # same optimiser (METHOD §3.6)
