@@ -19,6 +19,7 @@ import math
 import os
 
 from searche1_jax.model.config import PRESETS, ModelConfig, get_preset
+from searche1_jax.rl.divergence import VOCAB_CHUNK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +183,11 @@ def memory_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int]) -> dict[str
     v = m.vocab_size
     # GRPO chunked log-prob/entropy: logits, softmax, dlogits [chunk, V] fp32 (factor 3)
     out["grpo_logits_chunk"] = run.grpo_chunk * v * 4 * 3 / t
-    # OFSD fused KL: z_S, z_T, p_T, dz_S = softmax(z_S) - p_T [chunk, V] fp32 (factor 4), plus the
-    # fp32 [d, V] head-gradient accumulator and its per-chunk term (divergence.py backward)
-    out["ofsd_logits_chunk"] = (run.ofsd_chunk * v * 4 * 4 + 2 * m.d_model * v * 4) / t
+    # OFSD fused KL (divergence.py, vocab tiles): z_S, z_T, p, dz [chunk, vocab_chunk] fp32 (factor
+    # 4), one [d, vocab_chunk] head-gradient tile and the two head column slices (fp32, factor 3);
+    # the [d, V] head gradient itself is written in place into the gradients counted above
+    vc = min(VOCAB_CHUNK, v)
+    out["ofsd_logits_chunk"] = (run.ofsd_chunk * vc * 4 * 4 + 3 * m.d_model * vc * 4) / t
 
     kv_shard = (d_ * f) * (t if m.n_kv_heads % t == 0 else 1)
     out["rollout_rows"] = float(run.rows)
