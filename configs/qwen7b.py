@@ -12,7 +12,7 @@ def get_config(arg: str = "instruct"):
     c.rollout.chat_template = arg != "base"
     c.grpo.questions_per_step = 512
     c.grpo.mini_batch = 256
-    c.grpo.micro_batch = 4             # more activation memory per token than 3B
+    c.grpo.micro_batch = 8             # global rows per micro-batch: a multiple of data x fsdp (8 GPUs -> 1 row each)
     c.mesh.fsdp = -1
     c.mesh.tensor = 1
     c.retrieval.kind = "scann"
