@@ -68,7 +68,7 @@ def evaluate(exp, model, benchmarks, *, data_dir, split, limit, batch, out, meth
             trajs = exp.agent.run(model, [ex.question for ex in chunk], jax.random.key(0), greedy)
             for ex, t in zip(chunk, trajs):
                 preds.append(score_example(name, ex.id, ex.question, ex.golden_answers, t.response_text,
-                                           searches=t.num_searches, length=t.num_sampled,
+                                           searches=t.num_searches, length=t.num_sampled, answer_text=t.policy_text,
                                            queries=t.queries, finish_reason=t.finish_reason))
             done = lo + len(chunk)
             rate = done / max(time.time() - t0, 1e-9)

@@ -30,11 +30,14 @@ RECORD_KEYS = ("benchmark", "id", "em", "f1", "cover_em", "searches", "length")
 
 
 def score_example(benchmark: str, example_id: str, question: str, golden_answers: Sequence[str],
-                  response: str, searches: int, length: int, **extra) -> dict:
-    """One predictions row. `response` is the policy's text (all turns); the prediction is its
-    last `<answer>` span, None if there is none (then every score is 0). `length` is the number
-    of response tokens the policy sampled; `searches` the number of retriever calls."""
-    pred = extract_answer(response)
+                  response: str, searches: int, length: int, *, answer_text: str | None = None,
+                  **extra) -> dict:
+    """One predictions row. `response` is the trajectory's text (all turns); the prediction is the
+    last `<answer>` span of `answer_text` (the policy's sampled text, so the corrective message's
+    `<answer> and </answer>` never counts) or of `response` when it is not given; None if there is
+    none (then every score is 0). `length` is the number of response tokens the policy sampled;
+    `searches` the number of retriever calls."""
+    pred = extract_answer(response if answer_text is None else answer_text)
     golds = list(golden_answers)
     if pred is None:
         em = f1 = cover = 0.0

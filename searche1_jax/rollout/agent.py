@@ -58,8 +58,10 @@ class Trajectory:
     logps: list[float] = dataclasses.field(default_factory=list)      # sampling log-probs (0 on context)
     queries: list[str] = dataclasses.field(default_factory=list)
     finish_reason: str = ""       # answer | max_turns | length
-    response_text: str = ""
-    answer: str | None = None
+    response_text: str = ""       # everything after the prompt: sampled turns and observations
+    policy_text: str = ""         # only what the policy sampled, turns joined by newlines
+    answer: str | None = None     # last <answer> span of policy_text (never of an observation or
+                                  # of the corrective message, which itself names `<answer> and </answer>`)
 
     @property
     def num_searches(self) -> int:
@@ -68,6 +70,17 @@ class Trajectory:
     @property
     def num_sampled(self) -> int:
         return int(sum(self.loss_mask))
+
+    def sampled_segments(self) -> list[list[int]]:
+        """Token ids of each contiguous run the policy sampled (one per turn)."""
+        runs, cur = [], []
+        for tid, m in zip(self.response_ids, self.loss_mask):
+            if m:
+                cur.append(tid)
+            elif cur:
+                runs.append(cur)
+                cur = []
+        return runs + ([cur] if cur else [])
 
     def add(self, ids: Sequence[int], sampled: bool, logps: Sequence[float] | None = None):
         self.response_ids.extend(int(i) for i in ids)
@@ -207,7 +220,8 @@ class SearchAgent:
             for t in trajs:
                 t.finish_reason = t.finish_reason or "max_turns"
                 t.response_text = self.tok.decode(t.response_ids)
-                t.answer = extract_answer(t.response_text)
+                t.policy_text = "\n".join(self.tok.decode(seg) for seg in t.sampled_segments())
+                t.answer = extract_answer(t.policy_text)
         return trajs
 
 

@@ -31,7 +31,7 @@ def roll_out(agent: SearchAgent, model, examples: Sequence, group_size: int, key
     questions = [ex.question for ex in examples for _ in range(group_size)]
     trajs = agent.run(model, questions, key, sampling)
     golds = [tuple(ex.golden_answers) for ex in examples for _ in range(group_size)]
-    rewards = em_rewards([t.response_text for t in trajs], golds)
+    rewards = em_rewards([t.policy_text for t in trajs], golds)  # the policy's own <answer>
     return [Group(ex.question, tuple(ex.golden_answers), trajs[i * group_size:(i + 1) * group_size],
                   np.asarray(rewards[i * group_size:(i + 1) * group_size], np.float32))
             for i, ex in enumerate(examples)]

@@ -72,18 +72,18 @@ SEGMENTS = {
 }
 
 
-def build(tok, max_turns):
+def build(tok, max_turns, segments=SEGMENTS):
     eos = tok.eos_ids[0]
     rows = []
-    for r in range(4):
+    for r in range(len(segments)):
         ids = []
-        for seg in SEGMENTS[r]:
+        for seg in segments[r]:
             ids += tok.encode(seg)
             if seg == "I do not know.":
                 ids.append(eos)  # EOS without a tag: an invalid action
         rows.append(ids + [eos] * 8)
     width = max(len(x) for x in rows)
-    script = np.full((4, width), eos, np.int32)
+    script = np.full((len(rows), width), eos, np.int32)
     for r, ids in enumerate(rows):
         script[r, :len(ids)] = ids
     stop = build_stop_automaton(list(STOP_STRINGS), token_bytes_from_tokenizer(tok.backend))
@@ -152,3 +152,20 @@ def test_response_budget_cuts_the_trajectory(tok):
     for t in trajs:
         assert len(t.response_ids) <= 20
     assert trajs[0].finish_reason == "length"
+
+
+def test_answer_comes_only_from_sampled_text(tok):
+    # no tag in any turn: every turn gets the corrective message, which itself names
+    # `<answer> and </answer>`; that span must not become the prediction or earn reward
+    from searche1_jax.eval.metrics import score_example
+    from searche1_jax.rl.rewards import em_rewards
+    policy, agent, _ = build(tok, max_turns=1, segments={0: ["I do not know."] * 2, 1: SEGMENTS[1]})
+    trajs = agent.run(policy, ["q0", "q1"], jax.random.key(0), SamplingParams(greedy=True))
+    t = trajs[0]
+    assert t.finish_reason == "max_turns"
+    assert "<answer> and </answer>" in t.response_text and "<answer>" not in t.policy_text
+    assert t.answer is None and trajs[1].answer == "yes"
+    assert list(em_rewards([x.policy_text for x in trajs], [("and",), ("yes",)])) == [0.0, 1.0]
+    rec = score_example("nq", "0", "q0", ["and"], t.response_text, searches=0, length=t.num_sampled,
+                        answer_text=t.policy_text)
+    assert rec["prediction"] is None and rec["em"] == 0.0 and rec["response"] == t.response_text

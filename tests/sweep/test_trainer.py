@@ -38,7 +38,8 @@ def scripted_run(golds):
             text += f"<answer> {answer} </answer>"
             t.add(self.tok.encode(text), True)
             t.queries = [f"s{j}" for j in range(searches)]
-            t.response_text, t.answer, t.finish_reason = text, answer, "answer"
+            t.response_text = t.policy_text = text
+            t.answer, t.finish_reason = answer, "answer"
             out.append(t)
         return out
     return run
