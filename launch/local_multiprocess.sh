@@ -42,6 +42,7 @@ fi
 
 mkdir -p "$LOGDIR"
 pids=()
+# shellcheck disable=SC2154  # p is the trap body's own loop variable
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done' INT TERM
 for ((i = 0; i < N; i++)); do
   bash -c "$(command_for "$i" "$@")" >"$LOGDIR/process_$i.log" 2>&1 &

@@ -10,6 +10,7 @@
 # --dry-run (or DRY_RUN=1) prints the gcloud command instead of running it.
 set -euo pipefail
 
+# shellcheck disable=SC2088  # the ~ is expanded by the remote worker's shell, not here
 NAME="" ZONE="" PROJECT="" REPO='~/searche1_jax' PYTHON=".venv/bin/python" DRY_RUN="${DRY_RUN:-0}"
 usage() { sed -n '2,12p' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do

