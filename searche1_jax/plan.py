@@ -133,18 +133,31 @@ def parse_mesh(text: str) -> dict[str, int]:
     return mesh
 
 
-def activation_bytes_per_token_layer(m: ModelConfig, run: RunShape, seq: int) -> tuple[int, int]:
+def attended_keys(m: ModelConfig, seq: int) -> float:
+    """Mean number of keys one query's scores cover in the training forward.
+
+    `attend_causal` splits the queries into blocks of m.attn_block and gives block [i0, i1) the
+    keys [0, i1); with attn_block = 0 (or seq <= attn_block) every query covers all seq keys.
+    """
+    c = m.attn_block
+    if c <= 0 or seq <= c:
+        return float(seq)
+    return sum(min(c, seq - i0) * min(i0 + c, seq) for i0 in range(0, seq, c)) / seq
+
+
+def activation_bytes_per_token_layer(m: ModelConfig, run: RunShape, seq: int) -> tuple[int, float]:
     """(linear, attention) bytes one token keeps for the backward pass of one block, no remat.
 
     linear = (4d + 3·h·hd + 3·kv·hd + 4·mlp) x bytes(dtype): two norm inputs/outputs (4d);
     q, roped q, attention output (3·h·hd); k, roped k, v (3·kv·hd); gate, up, silu(gate),
-    gate·up (4·mlp). attention = h x seq x 6: our `attend` materialises fp32 softmax output
-    (4 B) and its compute-dtype copy (2 B) over the whole (masked) key axis; no flash attention.
+    gate·up (4·mlp). attention = h x keys x 6: our `attend` materialises fp32 softmax output
+    (4 B) and its compute-dtype copy (2 B) over the keys of the query's block
+    (`attended_keys`); no flash attention.
     """
     b = dtype_bytes(run.dtype)
     hd, h, k = m.head_dim, m.n_heads, m.n_kv_heads
     linear = (4 * m.d_model + 3 * h * hd + 3 * k * hd + 4 * m.mlp_dim) * b
-    return linear, h * seq * 6
+    return linear, h * attended_keys(m, seq) * 6
 
 
 def batch_split(run: RunShape, mesh: dict[str, int]) -> int:
@@ -212,7 +225,7 @@ def time_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], dev: DeviceSp
 
     N = num_params (a tied embedding counts once, as the LM-head matmul; lookups are free).
     train FLOPs = epochs·(6N·tok + 3·A) + 2·(2N·tok + A)  (update; old and ref log-prob passes),
-      A = 4·L·h·hd·T² per row (QKᵀ and PV over the full masked T x T square, as `attend` does).
+      A = 4·L·h·hd·T·keys per row (QKᵀ and PV over each query block's keys, `attended_keys`).
     rollout FLOPs = 2N per sampled or appended token + 4·L·h·hd·cache_len per token.
     Decode is bandwidth-bound: each of the (lockstep) decode steps reads the device's weights
     in the compute dtype (all of them under FSDP, 1/T under TP) and its KV cache shard at
@@ -225,7 +238,7 @@ def time_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], dev: DeviceSp
     cb = dtype_bytes(run.dtype)
     seq = run.seq_len
     train_tokens = rows * seq
-    attn = 4 * m.n_layers * m.n_heads * m.head_dim * seq * seq * rows
+    attn = 4 * m.n_layers * m.n_heads * m.head_dim * seq * attended_keys(m, seq) * rows
     train_flops = run.epochs * (6 * n * train_tokens + 3 * attn) + 2 * (2 * n * train_tokens + attn)
     appended = run.prompt_tokens + run.obs_tokens
     rollout_tokens = rows * (run.sampled_tokens + appended)

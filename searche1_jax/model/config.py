@@ -25,6 +25,8 @@ class ModelConfig:
     param_dtype: str = "float32"    # storage dtype of parameters
     dtype: str = "float32"          # compute dtype (bf16 on accelerators); softmax/RoPE/norm stay fp32
     remat: bool = False             # rematerialise each block in the backward pass
+    attn_block: int = 128           # training forward: causal attention in query blocks of this
+                                    # many tokens, skipping future keys (0 = one dense square)
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -32,6 +34,8 @@ class ModelConfig:
                              f"({self.n_kv_heads}) for grouped-query attention")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.attn_block < 0:
+            raise ValueError(f"attn_block must be >= 0 (0 = dense attention), got {self.attn_block}")
         if self.family not in ("qwen2", "llama"):
             raise ValueError(f"family must be 'qwen2' or 'llama', got {self.family!r}")
 
