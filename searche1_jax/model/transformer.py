@@ -75,22 +75,25 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-def attend(q, k, v, mask):
-    """Grouped-query attention. q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] bool -> [B,T,H,D].
+def attend(q, k, v, mask, *, cached: bool = False):
+    """Grouped-query attention -> [B,T,H,D]. q [B,T,H,D]; mask [B,T,S] bool.
 
+    k, v: [B,S,K,D] (a chunk's own keys/values), or with cached=True the KV cache layout
+    (`KVCache`): k [B,K,D,S], v [B,K,S,D], which are already the dot operands' layouts.
     Layouts are chosen for XLA's dot emitter: scores come out [B,K,T,G,S] and the PV product
     [B,K,T,G,D] (the batch dims first, then the free dims in operand order), and only the small
     [.., D] output is transposed back. Asking the PV dot for [B,T,K,G,D] directly made XLA:CPU
-    run it 4x slower.
+    run it 4x slower; a [B,S,K,D] cache was transposed whole at every decode step.
     """
     b, t, h, d = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1] if cached else k.shape[2]
     q = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bktgs", q, k, preferred_element_type=jnp.float32)
+    k_spec, v_spec = ("bkds", "bksd") if cached else ("bskd", "bskd")
+    scores = jnp.einsum(f"btkgd,{k_spec}->bktgs", q, k, preferred_element_type=jnp.float32)
     scores = scores * (d ** -0.5)
     scores = jnp.where(mask[:, None, :, None, :], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bktgs,bskd->bktgd", probs, v)
+    out = jnp.einsum(f"bktgs,{v_spec}->bktgd", probs, v)
     return out.transpose(0, 2, 1, 3, 4).reshape(b, t, h, d)
 
 
@@ -160,16 +163,21 @@ class Block(nnx.Module):
         """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped)."""
         q, k, v = self.attn.qkv(self.input_norm(x), positions)
         rows = jnp.arange(x.shape[0])[:, None]
-        k_cache = k_cache.at[rows, write_idx].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[rows, write_idx].set(v.astype(v_cache.dtype), mode="drop")
-        x = x + self.attn.out(attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask))
+        # k_cache [B,K,D,S], v_cache [B,K,S,D]: the indexed (slot) results are [B,T,K,D] = k, v
+        k_cache = k_cache.at[rows, :, :, write_idx].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[rows, :, write_idx].set(v.astype(v_cache.dtype), mode="drop")
+        x = x + self.attn.out(attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask,
+                                     cached=True))
         return x + self.mlp(self.post_attn_norm(x)), k_cache, v_cache
 
 
 class KVCache(NamedTuple):
-    """Per-layer keys/values [B, S, K, D] and each row's number of written slots `length` [B].
+    """Per-layer keys k [B, K, D, S] and values v [B, K, S, D], and each row's number of written
+    slots `length` [B].
 
-    Only valid tokens are written, so slot index == RoPE position for every row.
+    Keys are stored transposed (slots last) and values slot-major, the layouts the two
+    attention dots read without copying. Only valid tokens are written, so slot index == RoPE
+    position for every row.
     """
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -177,14 +185,15 @@ class KVCache(NamedTuple):
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[1]
+        return self.v[0].shape[2]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
-    return KVCache(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)),
+    k_shape = (batch, cfg.n_kv_heads, cfg.head_dim, max_len)
+    v_shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+    return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.n_layers)),
+                   tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.n_layers)),
                    jnp.zeros((batch,), jnp.int32))
 
 
