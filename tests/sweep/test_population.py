@@ -105,7 +105,11 @@ def test_population_equals_separate_single_runs(binder, batches, unsharded):
     for i, single in enumerate(singles):
         got = jax.tree.map(lambda x: x[i], unsharded)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(single)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+            # 5e-3 of the largest lr (1e-2): the vmapped and single steps sum the batched and
+            # 2-D dots in different orders, and Adam's m / sqrt(v) turns that float noise in a
+            # near-zero gradient into up to ~1e-3 lr per element (1.2e-5 seen); a member run
+            # with another member's lr or coefficients differs by ~lr.
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5, rtol=0)
     init = params_of(create_model(CFG, seed=0))
     assert all(any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(s)))
                for s in (singles[0], singles[2]))  # training moved the weights
