@@ -49,7 +49,7 @@ def test_blocked_causal_attention_matches_transformers(tiny, left):
     hf, _, _, directory = tiny
     tokens, valid = padded_batch(384, [19, 12, 5], 19, left=left, seed=3)
     ref = hf_logits(hf, tokens, valid)
-    dense, cfg = load_hf(directory, attn_block=0)
+    dense, _ = load_hf(directory, attn_block=0)
     for block in (4, 5, 7):
         model, _ = load_hf(directory, attn_block=block)
         ours = np.asarray(model(jnp.asarray(tokens), jnp.asarray(valid)))
