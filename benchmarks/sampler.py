@@ -7,14 +7,16 @@ right-pads with per-row lengths, transformers left-pads with an attention mask),
 256 new tokens, fp32, CPU. EOS never stops either side (ours: no EOS ids and no stop strings;
 transformers: `eos_token_id=None`), so both generate exactly batch x 256 tokens; the script
 checks the counts. Both timings include the prefill (ours: `append` of the prompts + `decode`;
-transformers: the whole `generate` call). Compilation / warm-up is a separate, earlier call.
+transformers: the whole `generate` call). Compilation / warm-up is a separate, earlier call;
+then the two sides alternate call by call `--repeat` times and the medians are compared.
 
 `agent`: `SearchAgent.run` on 16 multi-hop questions of the shipped demo (BM25 over the demo
 corpus, the rollout budgets of `configs/demo.py`, temperature 1), once to compile, then a timed
 run with the same key, split into retrieval, host work and device work by the agent's
 optional `timings` dict.
 
-    python benchmarks/sampler.py generate [--batch 16] [--new 256] [--only ours|torch]
+    python benchmarks/sampler.py generate [--batch 16] [--new 256] [--repeat 3] [--only ours|torch]
+                                          [--decode-kernels auto|on|off]
     python benchmarks/sampler.py agent [--batch 16]
     python benchmarks/sampler.py profile   # per-step decode time vs batch and budget (ours)
 """
@@ -67,7 +69,7 @@ def chat_prompts(tok, batch: int) -> list[list[int]]:
     return [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}])) for q in QUESTIONS[:batch]]
 
 
-def make_ours_generate(model, cfg, prompts: list[list[int]], new: int, bucket: int = 64):
+def make_ours_generate(model, cfg, prompts: list[list[int]], new: int, bucket: int = 64, decode_kernels=None):
     """-> fn() returning [B, new] greedy tokens: prefill (`append`) + `decode`, blocking."""
     from searche1_jax.model.transformer import init_cache
     from searche1_jax.rollout.sampler import SamplingParams, append, decode, empty_state
@@ -85,7 +87,8 @@ def make_ours_generate(model, cfg, prompts: list[list[int]], new: int, bucket: i
     def run():
         state = empty_state(init_cache(cfg, b, width + new), cfg.vocab_size)
         state = append(model, state, toks, n, jnp.int32(0))
-        out, _ = decode(model, state, active, key, max_new=new, params=SamplingParams(greedy=True), **no_stop)
+        out, _ = decode(model, state, active, key, max_new=new, params=SamplingParams(greedy=True),
+                        decode_kernels=decode_kernels, **no_stop)
         got = np.asarray(out.tokens)
         if not (np.asarray(out.n_new) == new).all():
             raise RuntimeError(f"ours generated {np.asarray(out.n_new)} tokens, expected {new} each")
@@ -128,44 +131,50 @@ def load_line() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _kernels_arg(args):
+    return {"auto": None, "on": True, "off": False}[args.decode_kernels]
+
+
 def cmd_generate(args):
+    from searche1_jax.rollout.sampler import use_decode_kernels
+
     model, cfg, tok = load_ours()
     prompts = chat_prompts(tok, args.batch)
     n_tok = args.batch * args.new
+    kernels = _kernels_arg(args)
     print(f"machine: {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}; {load_line()}")
     print(f"SmolLM2-135M-Instruct, batch {args.batch}, prompts {min(map(len, prompts))}-{max(map(len, prompts))} "
-          f"tokens, {args.new} new tokens each, greedy, fp32, no EOS stop, prefill included in both")
-    res = {}
+          f"tokens, {args.new} new tokens each, greedy, fp32, no EOS stop, prefill included in both; "
+          f"decode kernels [out, in]: {use_decode_kernels(args.batch) if kernels is None else kernels}")
+    sides = {}
     if args.only in ("", "ours"):
-        run = make_ours_generate(model, cfg, prompts, args.new)
-        t = time.perf_counter()
-        run()
-        first = time.perf_counter() - t
-        times = []
-        for _ in range(args.repeat):
-            t = time.perf_counter()
-            ours_tokens = run()
-            times.append(time.perf_counter() - t)
-        res["ours"] = min(times)
-        print(f"  ours (jax decode loop):  {n_tok / res['ours']:8.1f} tok/s  ({res['ours']:.2f} s; runs {', '.join(f'{x:.2f}' for x in times)}; "
-              f"first call {first:.1f} s, so compile ~{first - res['ours']:.1f} s)  [{load_line()}]")
+        sides["ours"] = make_ours_generate(model, cfg, prompts, args.new, decode_kernels=kernels)
     if args.only in ("", "torch"):
         import torch
 
         run_t, _ = make_torch_generate(model, prompts, args.new, tok.pad_id)
+        sides["torch"] = run_t
+        print(f"  torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name, run in sides.items():  # compile / warm up
         t = time.perf_counter()
-        run_t(8)  # warm-up (allocator, kernels)
-        warm = time.perf_counter() - t
-        times = []
-        for _ in range(args.repeat):
+        run()
+        print(f"  {name}: first call {time.perf_counter() - t:.1f} s (compile / warm-up included)")
+    # alternate the sides call by call: this VM's speed drifts by 10-20% within minutes
+    times = {name: [] for name in sides}
+    got = {}
+    for _ in range(args.repeat):
+        for name, run in sides.items():
             t = time.perf_counter()
-            torch_tokens = run_t()
-            times.append(time.perf_counter() - t)
-        res["torch"] = min(times)
-        print(f"  transformers generate:   {n_tok / res['torch']:8.1f} tok/s  ({res['torch']:.2f} s; runs {', '.join(f'{x:.2f}' for x in times)}; "
-              f"warm-up 8 tokens {warm:.1f} s; torch {torch.__version__}, {torch.get_num_threads()} threads)  [{load_line()}]")
+            got[name] = run()
+            times[name].append(time.perf_counter() - t)
+    res = {name: float(np.median(ts)) for name, ts in times.items()}
+    labels = {"ours": "ours (jax decode loop)", "torch": "transformers generate"}
+    for name, ts in times.items():
+        print(f"  {labels[name] + ':':25s} {n_tok / res[name]:8.1f} tok/s  (median {res[name]:.2f} s; runs "
+              f"{', '.join(f'{x:.2f}' for x in ts)})")
+    print(f"  [{load_line()}]")
     if len(res) == 2:
-        same = (ours_tokens == torch_tokens)
+        same = got["ours"] == got["torch"]
         first_diff = [int(np.argmin(row)) if not row.all() else args.new for row in same]
         print(f"  ratio ours / transformers: {res['torch'] / res['ours']:.2f}x")
         print(f"  greedy agreement: {same.mean():.3f} of tokens equal; rows identical for all {args.new}: "
@@ -195,7 +204,7 @@ def cmd_profile(args):
         times = {}
         for steps in (args.new // 4, args.new):
             f = lambda: decode(model, state, jnp.ones((b,), bool), jax.random.key(0), max_new=steps,  # noqa: E731
-                               params=SamplingParams(greedy=True), **no_stop)
+                               params=SamplingParams(greedy=True), decode_kernels=_kernels_arg(args), **no_stop)
             jax.block_until_ready(f())
             t = time.perf_counter()
             jax.block_until_ready(f())
@@ -271,7 +280,9 @@ def main():
     ap.add_argument("what", choices=("generate", "agent", "profile"))
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--repeat", type=int, default=1, help="timed runs (the fastest is reported)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each side, alternating (median reported)")
+    ap.add_argument("--decode-kernels", choices=("auto", "on", "off"), default="auto",
+                    help="decode with [out, in] weight copies (auto: CPU and batch <= 32)")
     ap.add_argument("--only", choices=("", "ours", "torch"), default="")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seed", type=int, default=0)

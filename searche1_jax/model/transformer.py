@@ -38,15 +38,31 @@ class Linear(nnx.Module):
                      if bias else None)
         self.dtype = jnp.dtype(cfg.dtype)
 
-    def __call__(self, x):
+    def __call__(self, x, kernel_t=None):
+        """kernel_t: optional copy of the kernel stored [out, in] (`Transformer.decode_kernels`)."""
         # A 2-D [tokens, in] operand: XLA:CPU runs the backward's weight-gradient dot
         # (contracting the token axis) ~15% faster than over [B, T, in].
         lead = x.shape[:-1]
-        y = x.reshape(-1, x.shape[-1]).astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+        x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+        if kernel_t is None:
+            y = x2 @ self.kernel[...].astype(self.dtype)
+        else:
+            y = _small_m_dot(x2, kernel_t.astype(self.dtype))
         y = y.reshape(lead + (y.shape[-1],))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+def _small_m_dot(x, w_t):
+    """x [M, in] @ w_t[out, in]^T for a handful of tokens M (decode).
+
+    XLA:CPU runs a few-row dot about twice as fast with the weight as the row-major left
+    operand and the output [out, M]; the barrier keeps the small transpose back to [M, out]
+    from being folded into the dot, which would bring back the slow form.
+    """
+    y_t = jnp.einsum("oi,mi->om", w_t, x)
+    return jax.lax.optimization_barrier(y_t).T
 
 
 class RMSNorm(nnx.Module):
@@ -124,16 +140,17 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = h, k, hd
         self.theta = cfg.rope_theta
 
-    def qkv(self, x, positions):
+    def qkv(self, x, positions, kt=None):
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+        kt = kt or {}
+        q = self.q_proj(x, kt.get("q_proj")).reshape(b, t, self.n_heads, self.head_dim)
+        k = self.k_proj(x, kt.get("k_proj")).reshape(b, t, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x, kt.get("v_proj")).reshape(b, t, self.n_kv_heads, self.head_dim)
         return rope(q, positions, self.theta), rope(k, positions, self.theta), v
 
-    def out(self, o):
+    def out(self, o, kt=None):
         b, t = o.shape[:2]
-        return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim))
+        return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim), (kt or {}).get("o_proj"))
 
 
 class MLP(nnx.Module):
@@ -143,8 +160,10 @@ class MLP(nnx.Module):
         self.up_proj = Linear(d, m, ("embed", "mlp"), bias=False, cfg=cfg, rngs=rngs)
         self.down_proj = Linear(m, d, ("mlp", "embed"), bias=False, cfg=cfg, rngs=rngs)
 
-    def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x, kt=None):
+        kt = kt or {}
+        h = jax.nn.silu(self.gate_proj(x, kt.get("gate_proj"))) * self.up_proj(x, kt.get("up_proj"))
+        return self.down_proj(h, kt.get("down_proj"))
 
 
 class Block(nnx.Module):
@@ -159,16 +178,18 @@ class Block(nnx.Module):
         x = x + self.attn.out(attend_causal(q, k, v, mask, attn_block))
         return x + self.mlp(self.post_attn_norm(x))
 
-    def extend(self, x, positions, mask, k_cache, v_cache, write_idx):
-        """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped)."""
-        q, k, v = self.attn.qkv(self.input_norm(x), positions)
+    def extend(self, x, positions, mask, k_cache, v_cache, write_idx, kt=None):
+        """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped).
+
+        kt: this block's `decode_kernels` entry, or None."""
+        q, k, v = self.attn.qkv(self.input_norm(x), positions, kt)
         rows = jnp.arange(x.shape[0])[:, None]
         # k_cache [B,K,D,S], v_cache [B,K,S,D]: the indexed (slot) results are [B,T,K,D] = k, v
         k_cache = k_cache.at[rows, :, :, write_idx].set(k.astype(k_cache.dtype), mode="drop")
         v_cache = v_cache.at[rows, :, write_idx].set(v.astype(v_cache.dtype), mode="drop")
         x = x + self.attn.out(attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask,
-                                     cached=True))
-        return x + self.mlp(self.post_attn_norm(x)), k_cache, v_cache
+                                     cached=True), kt)
+        return x + self.mlp(self.post_attn_norm(x), kt), k_cache, v_cache
 
 
 class KVCache(NamedTuple):
@@ -250,13 +271,29 @@ class Transformer(nnx.Module):
         return hidden if return_hidden else self.logits(hidden)
 
     # ---- cached forward ----
-    def extend(self, tokens, n_valid, cache: KVCache, *, output: str = "last"):
+    def decode_kernels(self) -> tuple[dict[str, jax.Array], ...]:
+        """Every block's linear kernels copied to [out, in], for `extend(..., kernels=)`.
+
+        For decoding on CPU: XLA:CPU multiplies a few tokens by an [out, in] weight about
+        twice as fast as by the [in, out] one the model stores. Build once per decode call
+        (outside the token loop); it costs one extra copy of the linear weights.
+        """
+        out = tuple({name: getattr(module, name).kernel[...].T
+                     for module, names in ((block.attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                           (block.mlp, ("gate_proj", "up_proj", "down_proj")))
+                     for name in names}
+                    for block in self.layers)
+        # materialised: otherwise XLA folds the transposes back into the dots
+        return jax.lax.optimization_barrier(out)
+
+    def extend(self, tokens, n_valid, cache: KVCache, *, output: str = "last", kernels=None):
         """Append the first `n_valid[b]` of `tokens[b]` (right-padded [B, T]) to each row.
 
         Returns (out, new_cache). `output`: "last" -> logits [B, V] at each row's last
         appended token (undefined for rows with n_valid == 0); "all" -> logits [B, T, V];
         "hidden" -> final hidden [B, T, d]. Rows must fit: length + n_valid <= cache.max_len
-        (tokens past the end are dropped; the caller checks the budget).
+        (tokens past the end are dropped; the caller checks the budget). kernels: the result of
+        `decode_kernels()` (same outputs, faster few-token steps on CPU), or None.
         """
         b, t = tokens.shape
         s = cache.max_len
@@ -267,7 +304,8 @@ class Transformer(nnx.Module):
         x = self._embed(tokens)
         ks, vs = [], []
         for i, block in enumerate(self.layers):
-            x, k, v = block.extend(x, slots, mask, cache.k[i], cache.v[i], write_idx)
+            x, k, v = block.extend(x, slots, mask, cache.k[i], cache.v[i], write_idx,
+                                   None if kernels is None else kernels[i])
             ks.append(k)
             vs.append(v)
         hidden = self.final_norm(x)

@@ -75,16 +75,18 @@ def test_hidden_states_times_head_equal_logits(tiny):
                                np.asarray(model(jnp.asarray(tokens), jnp.asarray(valid))), atol=1e-5)
 
 
-def test_cached_extend_matches_full_forward(tiny):
+@pytest.mark.parametrize("kernels", [False, True], ids=["stored_kernels", "decode_kernels"])
+def test_cached_extend_matches_full_forward(tiny, kernels):
     """Prefill rows of different lengths, decode one token at a time with rows at different
-    positions, and extend one row by a 37-token chunk mid-way (an observation)."""
+    positions, and extend one row by a 37-token chunk mid-way (an observation). With
+    kernels=True every call multiplies by the [out, in] copies of `decode_kernels`."""
     _, model, cfg, _ = tiny
     rng = np.random.default_rng(1)
     prompt_lens = np.array([11, 4, 7])
     total = 80
     seqs = [list(rng.integers(0, cfg.vocab_size, size=n)) for n in prompt_lens]
     cache = init_cache(cfg, 3, total)
-    step = jax.jit(lambda m, t, n, c: m.extend(t, n, c))
+    step = jax.jit(lambda m, t, n, c: m.extend(t, n, c, kernels=m.decode_kernels() if kernels else None))
 
     prompt = np.zeros((3, prompt_lens.max()), np.int32)
     for i, s in enumerate(seqs):
