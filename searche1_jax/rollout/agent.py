@@ -17,11 +17,13 @@ from typing import Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from searche1_jax.model.transformer import init_cache
 from searche1_jax.rl.rewards import extract_answer
 from searche1_jax.rollout import prompts as P
-from searche1_jax.rollout.sampler import STOPPED, SamplingParams, append, decode, empty_state
+from searche1_jax.rollout.sampler import (STOPPED, SamplingParams, append, decode, decode_window,
+                                          empty_state, use_decode_kernels)
 
 SEARCH, ANSWER = 0, 1  # stop-string ids: the automaton is built with (</search>, </answer>)
 STOP_STRINGS = (P.SEARCH_CLOSE, P.ANSWER_CLOSE)
@@ -160,6 +162,9 @@ class SearchAgent:
         state = empty_state(cache, model.cfg.vocab_size, self.start)
         state = self._append(model, state, {i: t.prompt_ids for i, t in enumerate(trajs)}, b)
         room = lambda t: cfg.max_response_tokens - len(t.response_ids)  # noqa: E731
+        # [out, in] weight copies for the few-row decode dots, made once for all turns (CPU)
+        kernels = (_decode_kernels(model) if hasattr(model, "decode_kernels") and use_decode_kernels(b)
+                   else None)
 
         active = np.ones((b,), bool)
         for turn in range(cfg.max_turns + 1):
@@ -168,10 +173,14 @@ class SearchAgent:
             enabled[:, ANSWER] = True
             enabled[:, SEARCH] = searching
             key, sub = jax.random.split(key)
+            # attend only to the filled part of the cache (+ this turn), in buckets of 64 slots
+            window = decode_window([len(trajs[r].prompt_ids) + len(trajs[r].response_ids)
+                                    for r in np.flatnonzero(active)], cfg.max_turn_tokens, cache.max_len)
             with self._timed("decode"):
                 out, state = decode(model, state, jnp.asarray(active), sub, stop_table=self.table,
                                     stop_rank=self.rank, stop_enabled=jnp.asarray(enabled),
-                                    eos_ids=self.eos, max_new=cfg.max_turn_tokens, params=sampling)
+                                    eos_ids=self.eos, max_new=cfg.max_turn_tokens, params=sampling,
+                                    kernels=kernels, window=window)
                 toks, lps = np.asarray(out.tokens), np.asarray(out.logps)
                 n_new, status, hit = np.asarray(out.n_new), np.asarray(out.status), np.asarray(out.stop_hit)
             observations: dict[int, list[int]] = {}
@@ -223,6 +232,11 @@ class SearchAgent:
                 t.policy_text = "\n".join(self.tok.decode(seg) for seg in t.sampled_segments())
                 t.answer = extract_answer(t.policy_text)
         return trajs
+
+
+@nnx.jit
+def _decode_kernels(model):
+    return model.decode_kernels()
 
 
 class _Timer:

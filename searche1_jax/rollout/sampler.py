@@ -98,21 +98,52 @@ def use_decode_kernels(batch: int) -> bool:
     return jax.default_backend() == "cpu" and batch <= 32
 
 
-@nnx.jit(static_argnames=("max_new", "params", "decode_kernels"))
+def decode_window(lengths, max_new: int, max_len: int, bucket: int = 64) -> int:
+    """The `window` for a `decode` call: the rows' longest length + max_new, rounded up to a
+    multiple of `bucket` (one compiled executable per bucket), at most the cache's max_len.
+    lengths: the rows' current cache lengths (host ints; rows that will not decode may be
+    left out)."""
+    need = max((int(n) for n in lengths), default=0) + max_new
+    return min(-(-need // bucket) * bucket, max_len)
+
+
+def _cache_prefix(cache: KVCache, window: int) -> KVCache:
+    return KVCache(tuple(k[..., :window] for k in cache.k), tuple(v[:, :, :window] for v in cache.v),
+                   cache.length)
+
+
+def _cache_put_prefix(full: KVCache, part: KVCache) -> KVCache:
+    put = jax.lax.dynamic_update_slice
+    return KVCache(tuple(put(f, p, (0,) * f.ndim) for f, p in zip(full.k, part.k)),
+                   tuple(put(f, p, (0,) * f.ndim) for f, p in zip(full.v, part.v)),
+                   part.length)
+
+
+@nnx.jit(static_argnames=("max_new", "params", "decode_kernels", "window"))
 def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
            stop_table: jax.Array, stop_rank: jax.Array, stop_enabled: jax.Array,
            eos_ids: jax.Array, max_new: int, params: SamplingParams,
-           decode_kernels: bool | None = None):
+           kernels=None, decode_kernels: bool | None = None, window: int | None = None):
     """Decode up to `max_new` tokens for the rows where `active` [B] is true.
 
     stop_table [S, V] int32 and stop_rank [S, n_stops] int32 are the stop automaton
     (`stop.StopAutomaton`); stop_enabled [B, n_stops] bool says which stop strings pause each
     row (a disabled one, e.g. `</search>` in the last turn, is just text). eos_ids [E] int32.
     Returns (DecodeOut, DecodeState). Rows stop early when the cache is full (BUDGET).
-    decode_kernels: multiply by [out, in] weight copies made once per call; None decides by
-    `use_decode_kernels` (CPU, batch <= 32). The tokens are the same either way.
+
+    Speed options (the tokens are the same with any of them):
+    - kernels: `model.decode_kernels()` made once by the caller (a rollout makes many calls);
+      without it, decode_kernels says whether to make them inside this call (None: decided
+      by `use_decode_kernels`: CPU and batch <= 32).
+    - window: attend to (and write) only the cache's first `window` slots, e.g.
+      `decode_window(lengths, max_new, max_len)`: each step reads window slots instead of
+      all of them. A row that reaches the window stops as if the cache were full (BUDGET),
+      so pick window >= length + max_new for the rows that decode.
     """
     b = active.shape[0]
+    full_cache = state.cache
+    if window is not None and window < full_cache.max_len:
+        state = state._replace(cache=_cache_prefix(full_cache, window))
     max_len = state.cache.max_len
     tokens0 = jnp.zeros((b, max_new), jnp.int32)
     logps0 = jnp.zeros((b, max_new), jnp.float32)
@@ -135,7 +166,7 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
         toks = toks.at[rows, col].set(token, mode="drop")
         lps = lps.at[rows, col].set(logp, mode="drop")
         n_new = n_new + running
-        logits, cache = model.extend(token[:, None], running.astype(jnp.int32), st.cache, kernels=kernels)
+        logits, cache = model.extend(token[:, None], running.astype(jnp.int32), st.cache, **extend_kw)
         new_stop_state, fired = stop_step(stop_table, stop_rank, st.stop_state, token, stop_enabled)
         stop_state = jnp.where(running, new_stop_state, st.stop_state)
         fired_enabled = fired >= 0
@@ -147,13 +178,17 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
         logits = jnp.where(running[:, None], logits, st.logits)
         return i + 1, DecodeState(cache, logits, stop_state), toks, lps, n_new, status, hit, key
 
-    if decode_kernels is None:
-        decode_kernels = use_decode_kernels(b)
-    kernels = model.decode_kernels() if decode_kernels else None
+    if (kernels is None and hasattr(model, "decode_kernels")
+            and (use_decode_kernels(b) if decode_kernels is None else decode_kernels)):
+        kernels = model.decode_kernels()
+    # a policy without decode kernels (e.g. a scripted test policy) keeps its plain extend()
+    extend_kw = {} if kernels is None else {"kernels": kernels}
     zeros = jnp.zeros((b,), jnp.int32)
     carry = (jnp.int32(0), state, tokens0, logps0, zeros, status0, zeros - 1, key)
     _, state, toks, lps, n_new, status, hit, _ = jax.lax.while_loop(cond, body, carry)
     status = jnp.where(status == RUNNING, BUDGET, status)  # the per-turn budget ran out
+    if state.cache.max_len < full_cache.max_len:
+        state = state._replace(cache=_cache_put_prefix(full_cache, state.cache))
     return DecodeOut(toks, lps, n_new, status, hit), state
 
 

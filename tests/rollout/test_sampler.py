@@ -8,7 +8,7 @@ import torch
 from searche1_jax.model.checkpoint import load_hf
 from searche1_jax.model.transformer import init_cache
 from searche1_jax.rollout.sampler import (BUDGET, EOS, STOPPED, SamplingParams, append, decode,
-                                          empty_state, filter_logits)
+                                          decode_window, empty_state, filter_logits)
 
 from tests.model.hf_tiny import make_tiny_hf
 
@@ -87,6 +87,36 @@ def test_inactive_rows_and_eos_and_stop_automaton(tiny):
                      stop_enabled=jnp.zeros((3, 1), bool), eos_ids=jnp.array([-1], jnp.int32),
                      max_new=6, params=greedy)
     assert int(out3.n_new[1]) == 6 and int(out3.stop_hit[1]) == -1
+
+
+def test_decode_window_matches_full_cache(tiny):
+    """Attending to a window of the cache gives the same tokens, log-probs and cache as the whole
+    cache, leaves the slots past the window alone, and a row that reaches the window stops."""
+    _, model, cfg = tiny
+    rng = np.random.default_rng(3)
+    prompts = [list(rng.integers(0, cfg.vocab_size, n)) for n in (9, 4, 13, 70)]
+    st = prefill(model, prompts, 96)
+    active = jnp.array([True, True, True, False])  # row 3 (70 tokens) is past the window, idle
+    kw = dict(**NO_STOP, stop_enabled=jnp.ones((4, 1), bool), eos_ids=jnp.array([-1], jnp.int32),
+              params=SamplingParams(temperature=0.8, top_k=50))
+    assert decode_window([9, 4, 13], 20, 96, bucket=16) == 48   # 13 + 20 = 33 -> 48
+    assert decode_window([9, 4, 13], 20, 40, bucket=16) == 40   # capped at the cache
+    full, st_full = decode(model, st, active, jax.random.key(1), max_new=20, **kw)
+    win, st_win = decode(model, st, active, jax.random.key(1), max_new=20, window=48, **kw)
+    np.testing.assert_array_equal(np.asarray(win.tokens), np.asarray(full.tokens))
+    np.testing.assert_allclose(np.asarray(win.logps), np.asarray(full.logps), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(win.status), np.asarray(full.status))
+    np.testing.assert_array_equal(np.asarray(st_win.cache.length), np.asarray(st_full.cache.length))
+    for a, b in zip(st_win.cache.k + st_win.cache.v, st_full.cache.k + st_full.cache.v):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    # the idle row's 70 slots, most of them past the window, are intact
+    np.testing.assert_array_equal(np.asarray(st_win.cache.v[0][3]), np.asarray(st.cache.v[0][3]))
+    # a window of 16 stops the 13-token row after 3 tokens (BUDGET), the others go on
+    short, _ = decode(model, st, jnp.array([False, True, True, False]), jax.random.key(1),
+                      max_new=8, window=16, **kw)
+    assert list(np.asarray(short.n_new)) == [0, 8, 3, 0]
+    assert int(short.status[2]) == BUDGET
+    np.testing.assert_array_equal(np.asarray(short.tokens[2, :3]), np.asarray(full.tokens[2, :3]))
 
 
 def test_decode_compiles_once_per_shape_bucket(tiny):
