@@ -4,7 +4,9 @@ The naive loss builds student and teacher logits [N, V]; the fused ones never bu
 `fused` (the default) works on [chunk, vocab_chunk] logit tiles, its backward pass scanning
 vocabulary slices and writing each slice of the head gradient once; `fused_token` scans token
 chunks only (vocab_chunk=None: [chunk, V] logits, per-chunk [d, V] head-gradient temporary);
-`fused_grad_in_forward` is token chunks with the gradients computed in the forward pass. Both compute the loss and its gradient w.r.t. the
+`fused_grad_in_forward` computes the gradients in the forward pass (4 matmuls, like naive) over
+token chunks of `--eager-chunk` (it holds their [chunk, V] logits) and adds each chunk's head
+gradient a [d, vocab_chunk] slice at a time. All compute the loss and its gradient w.r.t. the
 student hidden states [N, d] and the LM head [d, V] (teacher: hidden states + its own head,
 under stop-gradient), f32, Qwen2.5 sizes V = 151,936, d = 2,048.
 
@@ -17,7 +19,7 @@ XLA's compiled temp allocation (memory_analysis) is reported too, since the resi
 includes the inputs (two [d, V] heads, 2.3 GiB) and the [d, V] head gradient every variant must
 hold. Ratios are against the naive variant measured in the same run.
 
-    python benchmarks/ofsd_kl.py [--n 4096] [--chunk 512] [--vocab-chunk 2048] [--iters 1]
+    python benchmarks/ofsd_kl.py [--n 4096] [--chunk 512] [--vocab-chunk 2048] [--eager-chunk 128] [--iters 1]
                                  [--variants naive,fused,fused_token,fused_grad_in_forward]
                                  [--compile-only]
 """
@@ -35,7 +37,8 @@ os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
 GIB = 1024 ** 3
 
 
-def child(variant: str, n: int, d: int, v: int, chunk: int, vocab_chunk: int, iters: int) -> dict:
+def child(variant: str, n: int, d: int, v: int, chunk: int, vocab_chunk: int, iters: int,
+          eager_chunk: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -61,10 +64,10 @@ def child(variant: str, n: int, d: int, v: int, chunk: int, vocab_chunk: int, it
             return forward_kl(hs @ head, ht @ t_head, mask)
     elif variant in ("fused", "fused_token", "fused_grad_in_forward"):
         eager = variant == "fused_grad_in_forward"
-        vc = vocab_chunk if variant == "fused" else None
+        vc = None if variant == "fused_token" else vocab_chunk
 
         def loss(hs, head, ht, t_head, mask):
-            return fused_forward_kl(hs, head, ht, t_head, None, mask, chunk=chunk,
+            return fused_forward_kl(hs, head, ht, t_head, None, mask, chunk=eager_chunk if eager else chunk,
                                     grad_in_forward=eager, vocab_chunk=vc)
     else:
         raise ValueError(f"unknown variant {variant!r}")
@@ -128,6 +131,8 @@ def main():
     ap.add_argument("--v", type=int, default=151936)
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--vocab-chunk", type=int, default=2048)
+    ap.add_argument("--eager-chunk", type=int, default=128,
+                    help="token chunk of fused_grad_in_forward (it holds [chunk, V] logits)")
     ap.add_argument("--iters", type=int, default=1)
     ap.add_argument("--variants", default="naive,fused,fused_token,fused_grad_in_forward")
     ap.add_argument("--compile-only", action="store_true",
@@ -139,16 +144,17 @@ def main():
 
     if args.child:
         print(json.dumps(child(args.child, args.n, args.d, args.v, args.chunk, args.vocab_chunk,
-                               args.iters)))
+                               args.iters, args.eager_chunk)))
         return
 
-    print(f"N={args.n} d={args.d} V={args.v} chunk={args.chunk} vocab_chunk={args.vocab_chunk} f32 CPU, loss + grad (hidden, head); "
+    print(f"N={args.n} d={args.d} V={args.v} chunk={args.chunk} vocab_chunk={args.vocab_chunk} "
+          f"eager_chunk={args.eager_chunk} f32 CPU, loss + grad (hidden, head); "
           f"median of {args.iters} call(s), compiled ahead of time", flush=True)
     rows = []
     for variant in args.variants.split(","):
         cmd = [sys.executable, __file__, "--child", variant, "--n", str(args.n), "--d", str(args.d),
                "--v", str(args.v), "--chunk", str(args.chunk), "--vocab-chunk", str(args.vocab_chunk),
-               "--iters", str(args.iters)]
+               "--iters", str(args.iters), "--eager-chunk", str(args.eager_chunk)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{variant}: failed (rc {out.returncode}): {out.stderr.strip()[-400:]}", flush=True)

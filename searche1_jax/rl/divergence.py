@@ -139,35 +139,47 @@ _fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd)
 
 
 def _chunk_value_and_grads(hc, head, tc, mc, extra, temperature, kind, beta):
-    """One chunk: (Σ m·D, d/dhc, d/dhead) with cotangent 1 on the chunk's masked sum."""
+    """One chunk: (Σ m·D, d/dhc [C, d], d/dz [C, V]) with cotangent 1 on the chunk's masked sum,
+    z = hc @ head (before the temperature; the 1/τ is in d/dz)."""
     logp_t = _teacher_logp((tc,) + extra, temperature)
-    z, pull_z = jax.vjp(lambda hh, ww: chunk_logits(hh, ww, temperature), hc, head)
     w = jnp.where(mc > 0, mc, 0.0)
+    z = jnp.dot(hc, head, preferred_element_type=jnp.float32)
     d, pull = jax.vjp(
-        lambda zz: divergence_from_logps(jax.nn.log_softmax(zz, axis=-1), logp_t, kind, beta), z)
+        lambda zz: divergence_from_logps(jax.nn.log_softmax(zz / temperature, axis=-1), logp_t,
+                                         kind, beta), z)
     (dz,) = pull(w)
-    dh, dw = pull_z(dz)
-    return jnp.sum(jnp.where(mc > 0, d * mc, 0.0)), dh, dw
+    dh = jnp.dot(dz.astype(head.dtype), head.T, preferred_element_type=jnp.float32)
+    return jnp.sum(jnp.where(mc > 0, d * mc, 0.0)), dh, dz
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _fused_sum_eager(hs, head, teacher, mask, chunk, temperature, kind, beta):
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _fused_sum_eager(hs, head, teacher, mask, chunk, vc, temperature, kind, beta):
     """Same value as `_fused_sum`; under differentiation its forward pass also computes the
     gradients (the output is a scalar, so the backward pass only scales them by g). Four
     [chunk, d] x [d, V] matmuls per chunk instead of six, at the cost of holding d/dhead
-    [d, V] f32 and d/dhs [N, d] from the forward to the backward pass."""
+    [d, V] f32 and d/dhs [N, d] from the forward to the backward pass. Each chunk's logits
+    [chunk, V] exist once; its head gradient is added into d/dhead a [d, vocab_chunk] slice at
+    a time (no [d, V] temporary), so the memory it adds is a few [chunk, V] buffers."""
     return _fused_sum(hs, head, teacher, mask, chunk, temperature, kind, beta)
 
 
-def _fused_sum_eager_fwd(hs, head, teacher, mask, chunk, temperature, kind, beta):
+def _fused_sum_eager_fwd(hs, head, teacher, mask, chunk, vc, temperature, kind, beta):
     n = hs.shape[0]
     extra = teacher[1:]
+
+    v = head.shape[1]
 
     def body(carry, x):
         acc, d_head = carry
         hc, tc, mc = x
-        v, dh, dw = _chunk_value_and_grads(hc, head, tc, mc, extra, temperature, kind, beta)
-        return (acc + v, d_head + dw.astype(jnp.float32)), dh
+        val, dh, dz = _chunk_value_and_grads(hc, head, tc, mc, extra, temperature, kind, beta)
+        dz = dz.astype(head.dtype)
+
+        def add_slice(d_head, v0, size):   # d/dhead[:, v] += hcᵀ dz[:, v], in place
+            cols = jnp.dot(hc.T, _cols(dz, v0, size), preferred_element_type=jnp.float32)
+            return jax.lax.dynamic_update_slice_in_dim(d_head, _cols(d_head, v0, size) + cols, v0, axis=1)
+
+        return (acc + val, _vocab_fold(add_slice, d_head, v, vc)), dh
 
     (total, d_head), dh = jax.lax.scan(
         body, (jnp.zeros((), jnp.float32), jnp.zeros(head.shape, jnp.float32)),
@@ -176,7 +188,7 @@ def _fused_sum_eager_fwd(hs, head, teacher, mask, chunk, temperature, kind, beta
     return total, (dh.astype(hs.dtype), d_head.astype(head.dtype))
 
 
-def _fused_sum_eager_bwd(chunk, temperature, kind, beta, res, g):
+def _fused_sum_eager_bwd(chunk, vc, temperature, kind, beta, res, g):
     dh, d_head = res
     return (g * dh).astype(dh.dtype), (g * d_head).astype(d_head.dtype), None, None
 
@@ -406,9 +418,13 @@ def fused_divergence_sum(student_hidden, head, teacher_hidden=None, teacher_head
         raise ValueError(f"mask must be [N] = ({n},), got {mask.shape}")
     chunk = min(chunk, max(n, 1))
     mask = jax.lax.stop_gradient(mask)
-    if grad_in_forward or vocab_chunk is None:
-        fn = _fused_sum_eager if grad_in_forward else _fused_sum
-        total = fn(student_hidden, head, teacher, mask, chunk, float(temperature), kind, float(beta))
+    vc = head.shape[1] if vocab_chunk is None else min(int(vocab_chunk), head.shape[1])
+    if grad_in_forward:
+        total = _fused_sum_eager(student_hidden, head, teacher, mask, chunk, vc, float(temperature),
+                                 kind, float(beta))
+    elif vocab_chunk is None:
+        total = _fused_sum(student_hidden, head, teacher, mask, chunk, float(temperature), kind,
+                           float(beta))
     else:
         total = _fused_sum_vocab(student_hidden, head, teacher, mask, chunk,
                                  min(int(vocab_chunk), head.shape[1]), float(temperature), kind,

@@ -113,17 +113,20 @@ def test_token_chunked_variants_match_naive(kind, temperature, eager, logps):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind,logps,chunk,vocab_chunk,temperature", [
+@pytest.mark.parametrize("kind,logps,chunk,vocab_chunk,temperature,eager", [
     # 4 does not divide N = 11, 10 does not divide V = 83: remainder steps in both loops
-    *[(k, lp, 4, 10, 0.7) for k in ("forward", "reverse", "jsd") for lp in (False, True)],
-    ("forward", False, 32, 83, 1.3),    # one token chunk larger than N, one slice of exactly V
+    *[(k, lp, 4, 10, 0.7, False) for k in ("forward", "reverse", "jsd") for lp in (False, True)],
+    ("forward", False, 32, 83, 1.3, False),  # one token chunk larger than N, one slice of exactly V
+    # grad_in_forward adds each chunk's head gradient a vocabulary slice at a time
+    ("forward", False, 4, 10, 0.7, True),
+    ("jsd", True, 4, 10, 1.3, True),
 ])
-def test_vocab_chunked_grad_matches_naive(kind, logps, chunk, vocab_chunk, temperature):
+def test_vocab_chunked_grad_matches_naive(kind, logps, chunk, vocab_chunk, temperature, eager):
     # The default path: online log-sum-exp forward, backward over vocabulary slices writing each
     # slice of d/dhead once. Exact gradients: jax.grad of the naive [N, V] loss is the oracle.
     hs, w, ht, wt, mask = _inputs(8)
     (v1, g1), (v2, g2) = _fused_and_naive(hs, w, ht, wt, mask, chunk=chunk, kind=kind,
-                                          temperature=temperature, eager=False, logps=logps,
+                                          temperature=temperature, eager=eager, logps=logps,
                                           vocab_chunk=vocab_chunk)
     np.testing.assert_allclose(float(v1), float(v2), rtol=1e-5, atol=1e-6)
     for a, b in zip(g1, g2):
@@ -144,6 +147,24 @@ def test_vocab_chunked_backward_builds_no_vocab_wide_temporary():
         return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
 
     assert temp_bytes(500) < d * v * 4 <= temp_bytes(None)
+
+
+def test_grad_in_forward_memory_is_a_few_chunk_logit_buffers():
+    # grad_in_forward holds one chunk's [chunk, V] logits and their gradient (2 MiB each here)
+    # and adds the chunk's head gradient into d/dhead slice by slice; its planned temporaries
+    # must not grow with N beyond the [N, d] hidden-state gradient.
+    d, v, chunk = 32, 8192, 64
+
+    def temp_bytes(n):
+        args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((n, d), (d, v), (n, d), (d, v), (n,))]
+        loss = lambda hs, w, ht, wt, m: fused_forward_kl(hs, w, ht, wt, None, m, chunk=chunk,  # noqa: E731
+                                                         vocab_chunk=512, grad_in_forward=True)
+        fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    small, large = temp_bytes(512), temp_bytes(2048)
+    assert small <= 6 * chunk * v * 4, small
+    assert large - small <= 4 * (2048 - 512) * d * 4, (small, large)   # [N, d]-sized growth only
 
 
 def test_fused_teacher_is_under_stop_gradient():
