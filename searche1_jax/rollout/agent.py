@@ -134,8 +134,9 @@ class SearchAgent:
                              f"{self.cfg.max_prompt_tokens} for question {question[:80]!r}")
         return ids, len(head)
 
-    def _append(self, model, state, rows: dict[int, list[int]], batch: int):
-        """Append token lists to some rows (one extend call, padded to a bucket)."""
+    def _append(self, model, state, rows: dict[int, list[int]], batch: int, ends: list[int]):
+        """Append token lists to some rows (one extend call, padded to a bucket); ends: those
+        rows' cache lengths after the append."""
         if not rows:
             return state
         width = max(len(v) for v in rows.values())
@@ -145,8 +146,11 @@ class SearchAgent:
         for r, ids in rows.items():
             toks[r, :len(ids)] = ids
             n[r] = len(ids)
+        # attend only to the filled part of the cache: up to the appended rows' new ends
+        window = decode_window(ends, 0, state.cache.max_len)
         with self._timed("append"):
-            state = append(model, state, jnp.asarray(toks), jnp.asarray(n), jnp.int32(self.start))
+            state = append(model, state, jnp.asarray(toks), jnp.asarray(n), jnp.int32(self.start),
+                           window=window)
             if self.timings is not None:
                 jax.block_until_ready(state)
         return state
@@ -160,7 +164,8 @@ class SearchAgent:
         prompt_width = -(-longest // cfg.prompt_bucket) * cfg.prompt_bucket
         cache = init_cache(model.cfg, b, prompt_width + cfg.max_response_tokens)
         state = empty_state(cache, model.cfg.vocab_size, self.start)
-        state = self._append(model, state, {i: t.prompt_ids for i, t in enumerate(trajs)}, b)
+        state = self._append(model, state, {i: t.prompt_ids for i, t in enumerate(trajs)}, b,
+                             [len(t.prompt_ids) for t in trajs])
         room = lambda t: cfg.max_response_tokens - len(t.response_ids)  # noqa: E731
         # [out, in] weight copies for the few-row decode dots, made once for all turns (CPU)
         kernels = (_decode_kernels(model) if hasattr(model, "decode_kernels") and use_decode_kernels(b)
@@ -222,7 +227,8 @@ class SearchAgent:
                 if room(trajs[r]) <= 0:
                     trajs[r].finish_reason, active[r] = "length", False
                     del observations[r]
-            state = self._append(model, state, observations, b)
+            state = self._append(model, state, observations, b,
+                                 [len(trajs[r].prompt_ids) + len(trajs[r].response_ids) for r in observations])
             if not active.any():
                 break
         with self._timed("tokenise"):

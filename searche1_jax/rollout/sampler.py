@@ -192,15 +192,24 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
     return DecodeOut(toks, lps, n_new, status, hit), state
 
 
-@nnx.jit
-def append(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Array, start_state: jax.Array):
+@nnx.jit(static_argnames=("window",))
+def append(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Array, start_state: jax.Array,
+           *, window: int | None = None):
     """Append the first n_valid[b] of tokens[b] (prompt, observation, message) to each row.
 
     Rows with n_valid > 0 get fresh next-token logits and their stop automaton reset to
     `start_state` (stop strings are matched on generated text only, per turn); other rows
-    are untouched. Returns the new DecodeState.
+    are untouched. window: as in `decode`, attend to and write only the cache's first
+    `window` slots (>= length + n_valid of the appended rows; tokens past it are dropped).
+    Returns the new DecodeState.
     """
-    logits, cache = model.extend(tokens, n_valid, state.cache)
+    full_cache = state.cache
+    cache = full_cache
+    if window is not None and window < full_cache.max_len:
+        cache = _cache_prefix(full_cache, window)
+    logits, cache = model.extend(tokens, n_valid, cache)
+    if cache.max_len < full_cache.max_len:
+        cache = _cache_put_prefix(full_cache, cache)
     touched = n_valid > 0
     return DecodeState(cache, jnp.where(touched[:, None], logits, state.logits),
                        jnp.where(touched, start_state, state.stop_state))

@@ -111,6 +111,14 @@ def test_decode_window_matches_full_cache(tiny):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     # the idle row's 70 slots, most of them past the window, are intact
     np.testing.assert_array_equal(np.asarray(st_win.cache.v[0][3]), np.asarray(st.cache.v[0][3]))
+    # appending an observation to rows 0 and 2 through a window of 32 slots: same logits and cache
+    obs = jnp.asarray(rng.integers(0, cfg.vocab_size, (4, 16)), jnp.int32)
+    n_obs = jnp.array([5, 0, 16, 0], jnp.int32)
+    a_full = append(model, st, obs, n_obs, jnp.int32(0))
+    a_win = append(model, st, obs, n_obs, jnp.int32(0), window=decode_window([9 + 5, 13 + 16], 0, 96, 16))
+    np.testing.assert_allclose(np.asarray(a_win.logits), np.asarray(a_full.logits), atol=1e-5)
+    for a, b in zip(a_win.cache.k + a_win.cache.v, a_full.cache.k + a_full.cache.v):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     # a window of 16 stops the 13-token row after 3 tokens (BUDGET), the others go on
     short, _ = decode(model, st, jnp.array([False, True, True, False]), jax.random.key(1),
                       max_new=8, window=16, **kw)
