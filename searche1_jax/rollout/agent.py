@@ -178,7 +178,7 @@ class SearchAgent:
             enabled[:, ANSWER] = True
             enabled[:, SEARCH] = searching
             key, sub = jax.random.split(key)
-            # attend only to the filled part of the cache (+ this turn), in buckets of 64 slots
+            # attend only to the filled part of the cache (+ this turn): a power-of-two window
             window = decode_window([len(trajs[r].prompt_ids) + len(trajs[r].response_ids)
                                     for r in np.flatnonzero(active)], cfg.max_turn_tokens, cache.max_len)
             with self._timed("decode"):

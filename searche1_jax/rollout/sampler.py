@@ -98,13 +98,16 @@ def use_decode_kernels(batch: int) -> bool:
     return jax.default_backend() == "cpu" and batch <= 32
 
 
-def decode_window(lengths, max_new: int, max_len: int, bucket: int = 64) -> int:
-    """The `window` for a `decode` call: the rows' longest length + max_new, rounded up to a
-    multiple of `bucket` (one compiled executable per bucket), at most the cache's max_len.
-    lengths: the rows' current cache lengths (host ints; rows that will not decode may be
-    left out)."""
+def decode_window(lengths, max_new: int, max_len: int, smallest: int = 64) -> int:
+    """The `window` for a `decode` / `append` call: the rows' longest length + max_new, rounded
+    up to a power of two (at least `smallest`), at most the cache's max_len. Powers of two keep
+    the compiled executables to about log2(max_len / smallest) + 1 per shape (each window is
+    one compile), and a step reads at most twice the slots it needs.
+    lengths: the rows' current cache lengths (host ints; rows that will not decode may be left
+    out)."""
     need = max((int(n) for n in lengths), default=0) + max_new
-    return min(-(-need // bucket) * bucket, max_len)
+    window = max(smallest, 1 << max(need - 1, 0).bit_length())
+    return min(window, max_len)
 
 
 def _cache_prefix(cache: KVCache, window: int) -> KVCache:

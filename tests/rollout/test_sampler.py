@@ -99,10 +99,12 @@ def test_decode_window_matches_full_cache(tiny):
     active = jnp.array([True, True, True, False])  # row 3 (70 tokens) is past the window, idle
     kw = dict(**NO_STOP, stop_enabled=jnp.ones((4, 1), bool), eos_ids=jnp.array([-1], jnp.int32),
               params=SamplingParams(temperature=0.8, top_k=50))
-    assert decode_window([9, 4, 13], 20, 96, bucket=16) == 48   # 13 + 20 = 33 -> 48
-    assert decode_window([9, 4, 13], 20, 40, bucket=16) == 40   # capped at the cache
+    assert decode_window([9, 4, 13], 20, 96, 16) == 64   # 13 + 20 = 33 -> the next power of two
+    assert decode_window([9, 4, 12], 20, 96, 16) == 32   # 32 fits exactly
+    assert decode_window([1], 2, 96, 16) == 16           # at least `smallest`
+    assert decode_window([9, 4, 13], 20, 40, 16) == 40   # capped at the cache
     full, st_full = decode(model, st, active, jax.random.key(1), max_new=20, **kw)
-    win, st_win = decode(model, st, active, jax.random.key(1), max_new=20, window=48, **kw)
+    win, st_win = decode(model, st, active, jax.random.key(1), max_new=20, window=48, **kw)  # any width works
     np.testing.assert_array_equal(np.asarray(win.tokens), np.asarray(full.tokens))
     np.testing.assert_allclose(np.asarray(win.logps), np.asarray(full.logps), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(win.status), np.asarray(full.status))
