@@ -164,10 +164,8 @@ def _fused_sum_eager(hs, head, teacher, mask, chunk, vc, temperature, kind, beta
 
 
 def _fused_sum_eager_fwd(hs, head, teacher, mask, chunk, vc, temperature, kind, beta):
-    n = hs.shape[0]
+    n, v = hs.shape[0], head.shape[1]
     extra = teacher[1:]
-
-    v = head.shape[1]
 
     def body(carry, x):
         acc, d_head = carry
@@ -426,9 +424,8 @@ def fused_divergence_sum(student_hidden, head, teacher_hidden=None, teacher_head
         total = _fused_sum(student_hidden, head, teacher, mask, chunk, float(temperature), kind,
                            float(beta))
     else:
-        total = _fused_sum_vocab(student_hidden, head, teacher, mask, chunk,
-                                 min(int(vocab_chunk), head.shape[1]), float(temperature), kind,
-                                 float(beta))
+        total = _fused_sum_vocab(student_hidden, head, teacher, mask, chunk, vc, float(temperature),
+                                 kind, float(beta))
     return total, mask.sum()
 
 
