@@ -65,7 +65,11 @@ def evaluate(exp, model, benchmarks, *, data_dir, split, limit, batch, out, meth
         t0 = time.time()
         for lo in range(0, len(todo), batch):
             chunk = todo[lo:lo + batch]
-            trajs = exp.agent.run(model, [ex.question for ex in chunk], jax.random.key(0), greedy)
+            questions = [ex.question for ex in chunk]
+            # a short last batch is padded with copies of its last question (their rollouts are
+            # dropped): every call has the same batch size, so nothing is compiled again for it
+            questions += questions[-1:] * (batch - len(chunk))
+            trajs = exp.agent.run(model, questions, jax.random.key(0), greedy)[:len(chunk)]
             for ex, t in zip(chunk, trajs):
                 preds.append(score_example(name, ex.id, ex.question, ex.golden_answers, t.response_text,
                                            searches=t.num_searches, length=t.num_sampled, answer_text=t.policy_text,

@@ -52,3 +52,24 @@ def test_evaluate_scores_resumes_and_reports(setup, tmp_path):
                           batch=3, out=out, method="scripted", log=lambda *_: None)
     assert len(open(os.path.join(out, "predictions.jsonl")).read().splitlines()) == 6
     assert report2["benchmarks"] == report["benchmarks"]
+
+
+def test_short_last_batch_is_padded_to_the_batch_size(setup, tmp_path):
+    from searche1_jax.eval.__main__ import evaluate
+
+    exp, policy = setup
+    sizes = []
+    run = exp.agent.run
+
+    def counting_run(model, questions, *a, **kw):
+        sizes.append(len(questions))
+        return run(model, questions, *a, **kw)
+
+    padded = types.SimpleNamespace(agent=types.SimpleNamespace(run=counting_run))
+    report, _ = evaluate(padded, policy, ["bamboogle"], data_dir=QA, split="dev", limit=4, batch=3,
+                         out=str(tmp_path), method="scripted", log=lambda *_: None)
+    assert sizes == [3, 3]                      # 4 questions: 3, then 1 padded to 3
+    lines = open(os.path.join(str(tmp_path), "predictions.jsonl")).read().splitlines()
+    assert len(lines) == 4                      # the padding rows are not scored
+    assert len({json.loads(x)["id"] for x in lines}) == 4
+    assert report["benchmarks"]["bamboogle"]["n"] == 4
