@@ -18,18 +18,14 @@ os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import alternate  # noqa: E402
 
 
 def timed_alternating(fns: dict, iters: int) -> dict:
     """Median seconds per call of each fn; one untimed warm-up each, then rounds of all fns."""
     for fn in fns.values():
         fn()
-    times = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times, _ = alternate(fns, iters)
     return {name: float(np.median(v)) for name, v in times.items()}
 
 

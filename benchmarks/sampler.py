@@ -31,6 +31,7 @@ os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import alternate  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,14 +160,7 @@ def cmd_generate(args):
         t = time.perf_counter()
         run()
         print(f"  {name}: first call {time.perf_counter() - t:.1f} s (compile / warm-up included)")
-    # alternate the sides call by call: this VM's speed drifts by 10-20% within minutes
-    times = {name: [] for name in sides}
-    got = {}
-    for _ in range(args.repeat):
-        for name, run in sides.items():
-            t = time.perf_counter()
-            got[name] = run()
-            times[name].append(time.perf_counter() - t)
+    times, got = alternate(sides, args.repeat)  # call by call: the VM's speed drifts
     res = {name: float(np.median(ts)) for name, ts in times.items()}
     labels = {"ours": "ours (jax decode loop)", "torch": "transformers generate"}
     for name, ts in times.items():
