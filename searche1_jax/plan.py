@@ -196,11 +196,12 @@ def memory_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int]) -> dict[str
     v = m.vocab_size
     # GRPO chunked log-prob/entropy: logits, softmax, dlogits [chunk, V] fp32 (factor 3)
     out["grpo_logits_chunk"] = run.grpo_chunk * v * 4 * 3 / t
-    # OFSD fused KL (divergence.py, vocab tiles): z_S, z_T, p, dz [chunk, vocab_chunk] fp32 (factor
-    # 4), one [d, vocab_chunk] head-gradient tile and the two head column slices (fp32, factor 3);
-    # the [d, V] head gradient itself is written in place into the gradients counted above
+    # OFSD fused KL (divergence.py, gradient formed in the forward pass): z_S, z_T, dz [chunk, V]
+    # fp32 (factor 3), one [d, vocab_chunk] head-gradient slice, and the fp32 [d, V] head-gradient
+    # accumulator held until the backward pass (beside the gradients counted above)
     vc = min(VOCAB_CHUNK, v)
-    out["ofsd_logits_chunk"] = (run.ofsd_chunk * vc * 4 * 4 + 3 * m.d_model * vc * 4) / t
+    out["ofsd_logits_chunk"] = (run.ofsd_chunk * v * 4 * 3 + m.d_model * vc * 4
+                                + m.d_model * v * 4) / t
 
     kv_shard = (d_ * f) * (t if m.n_kv_heads % t == 0 else 1)
     out["rollout_rows"] = float(run.rows)

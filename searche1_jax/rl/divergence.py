@@ -20,7 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from searche1_jax.rl.logprobs import chunk_logits, to_chunks
+from searche1_jax.rl.logprobs import chunk_logits, logit_dot, to_chunks
 
 KINDS = ("forward", "reverse", "jsd")
 VOCAB_CHUNK = 2048   # vocabulary columns per logit tile of the fused losses (about d)
@@ -141,15 +141,42 @@ _fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd)
 def _chunk_value_and_grads(hc, head, tc, mc, extra, temperature, kind, beta):
     """One chunk: (Σ m·D, d/dhc [C, d], d/dz [C, V]) with cotangent 1 on the chunk's masked sum,
     z = hc @ head (before the temperature; the 1/τ is in d/dz)."""
-    logp_t = _teacher_logp((tc,) + extra, temperature)
     w = jnp.where(mc > 0, mc, 0.0)
-    z = jnp.dot(hc, head, preferred_element_type=jnp.float32)
-    d, pull = jax.vjp(
-        lambda zz: divergence_from_logps(jax.nn.log_softmax(zz / temperature, axis=-1), logp_t,
-                                         kind, beta), z)
-    (dz,) = pull(w)
+    z = logit_dot(hc, head)
+    if kind == "forward":
+        d, dz = _forward_kl_and_grad(z / temperature, _teacher_scaled(tc, extra, temperature),
+                                     w / temperature)
+    else:
+        logp_t = _teacher_logp((tc,) + extra, temperature)
+        d, pull = jax.vjp(
+            lambda zz: divergence_from_logps(jax.nn.log_softmax(zz / temperature, axis=-1), logp_t,
+                                             kind, beta), z)
+        (dz,) = pull(w)
     dh = jnp.dot(dz.astype(head.dtype), head.T, preferred_element_type=jnp.float32)
     return jnp.sum(jnp.where(mc > 0, d * mc, 0.0)), dh, dz
+
+
+def _teacher_scaled(tc, extra, temperature):
+    """Teacher logits / τ for one chunk [C, V] (from hidden states + head, or given log-probs)."""
+    if extra:
+        return chunk_logits(tc, extra[0], temperature)
+    return tc.astype(jnp.float32) / temperature
+
+
+def _forward_kl_and_grad(us, ut, w):
+    """Per-token KL(p_T‖p_S) [C] and w_t · (p_S − p_T) [C, V] from scaled logits u = z/τ.
+
+    Written out (rather than through jax.vjp of log_softmax) so that XLA needs only the two
+    logit buffers and the gradient: two row-max passes, one pass of sums, one elementwise pass.
+    KL_t = Σ_v p_T (u_T − u_S) − lse_T + lse_S."""
+    ms, mt = us.max(-1, keepdims=True), ut.max(-1, keepdims=True)
+    et = jnp.exp(ut - mt)
+    st, ss = et.sum(-1), jnp.exp(us - ms).sum(-1)
+    cross = (et * (ut - us)).sum(-1) / st
+    lse_s, lse_t = ms[:, 0] + jnp.log(ss), mt[:, 0] + jnp.log(st)
+    kl = cross - lse_t + lse_s
+    dz = w[:, None] * (jnp.exp(us - lse_s[:, None]) - jnp.exp(ut - lse_t[:, None]))
+    return kl, dz
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
@@ -431,8 +458,13 @@ def fused_divergence_sum(student_hidden, head, teacher_hidden=None, teacher_head
 
 def fused_forward_kl_sum(student_hidden, head, teacher_hidden=None, teacher_head=None,
                          teacher_logps=None, mask=None, *, chunk: int = 512, temperature: float = 1.0,
-                         grad_in_forward: bool = False, vocab_chunk: int | None = VOCAB_CHUNK):
-    """(Σ_t m_t KL(p_T‖p_S)_t, Σ_t m_t), fused and chunked; see `fused_divergence_sum`."""
+                         grad_in_forward: bool = True, vocab_chunk: int | None = VOCAB_CHUNK):
+    """(Σ_t m_t KL(p_T‖p_S)_t, Σ_t m_t), fused and chunked; see `fused_divergence_sum`.
+
+    Defaults to `grad_in_forward` (token chunks of `chunk`, the gradient written out by hand):
+    the fastest form, 4 matmuls like the naive loss, holding three [chunk, V] f32 buffers; pass
+    grad_in_forward=False for the vocabulary-tiled form (6 tile matmuls, O(chunk x vocab_chunk))
+    when even [chunk, V] is too much."""
     return fused_divergence_sum(student_hidden, head, teacher_hidden, teacher_head, teacher_logps,
                                 mask, chunk=chunk, temperature=temperature, kind="forward",
                                 grad_in_forward=grad_in_forward, vocab_chunk=vocab_chunk)
@@ -440,11 +472,12 @@ def fused_forward_kl_sum(student_hidden, head, teacher_hidden=None, teacher_head
 
 def fused_forward_kl(student_hidden, head, teacher_hidden=None, teacher_head=None,
                      teacher_logps=None, mask=None, *, chunk: int = 512, temperature: float = 1.0,
-                     grad_in_forward: bool = False, vocab_chunk: int | None = VOCAB_CHUNK):
+                     grad_in_forward: bool = True, vocab_chunk: int | None = VOCAB_CHUNK):
     """The OFSD loss of METHOD §3.4, fused: Σ_t m_t KL(p_T‖p_S)_t / max(Σ_t m_t, 1).
 
-    Gradient w.r.t. the student logits is m_t (softmax(z_S/τ) − p_T)/(τ Σm); it reaches
-    student_hidden and head through logit tiles recomputed in the backward pass."""
+    Gradient w.r.t. the student logits is m_t (softmax(z_S/τ) − p_T)/(τ Σm). By default it is
+    formed in the forward pass, [chunk, V] logits at a time (see `fused_forward_kl_sum`);
+    grad_in_forward=False recomputes [chunk, vocab_chunk] logit tiles in the backward pass."""
     total, count = fused_forward_kl_sum(student_hidden, head, teacher_hidden, teacher_head,
                                         teacher_logps, mask, chunk=chunk, temperature=temperature,
                                         grad_in_forward=grad_in_forward, vocab_chunk=vocab_chunk)

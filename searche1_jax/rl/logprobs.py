@@ -28,10 +28,20 @@ def to_chunks(x: jax.Array, chunk: int) -> jax.Array:
     return x.reshape((x.shape[0] // chunk, chunk) + x.shape[1:])
 
 
+def logit_dot(h: jax.Array, head: jax.Array) -> jax.Array:
+    """h [C, d] @ head [d, V] in float32. On CPU the product is fenced off
+    (`optimization_barrier`) from what reads it: XLA:CPU otherwise fuses this matmul with the
+    softmax's row max into one kernel that runs ~3x below its plain GEMM rate (measured with
+    jax 0.10.2: a [512, 2048] x [2048, 151,936] logits product at ~35 GFLOP/s fused vs ~120
+    alone). On GPU/TPU the fusion is the fast path (the logits need not round-trip through
+    memory), so it is left alone there."""
+    z = jnp.dot(h, head, preferred_element_type=jnp.float32)
+    return jax.lax.optimization_barrier(z) if jax.default_backend() == "cpu" else z
+
+
 def chunk_logits(h: jax.Array, head: jax.Array, temperature: float) -> jax.Array:
     """h [C, d] @ head [d, V] / temperature, accumulated and returned in float32."""
-    z = jnp.dot(h, head, preferred_element_type=jnp.float32)
-    return z / temperature
+    return logit_dot(h, head) / temperature
 
 
 def _logp_entropy_from_logits(z: jax.Array, targets: jax.Array):

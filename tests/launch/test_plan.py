@@ -72,8 +72,9 @@ def test_tiny_activations_kv_cache_and_logit_chunks():
     # K and V, 2 layers, 16 rows, prompt + max_response slots, 2 kv heads x 16, fp32; batch / 4, heads / 2
     assert mem["kv_cache"] == 2 * 2 * 16 * (32 + 160) * 2 * 16 * 4 / (4 * 2)
     assert mem["grpo_logits_chunk"] == 128 * 512 * 4 * 3 / 2
-    # vocab tiles of min(2048, V=512) columns: 4 [chunk, tile] fp32 + 3 [d, tile] fp32, over tensor=2
-    assert mem["ofsd_logits_chunk"] == (128 * 512 * 4 * 4 + 3 * 64 * 512 * 4) / 2
+    # gradient in the forward pass: 3 [chunk, V=512] fp32 + one [d, min(2048, V)] slice + the
+    # [d, V] fp32 head-gradient accumulator, over tensor=2
+    assert mem["ofsd_logits_chunk"] == (3 * 128 * 512 * 4 + 64 * 512 * 4 + 64 * 512 * 4) / 2
 
 
 def test_step_time_from_flops_and_bandwidth():

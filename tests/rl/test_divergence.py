@@ -118,7 +118,8 @@ def test_token_chunked_variants_match_naive(kind, temperature, eager, logps):
     *[(k, lp, 4, 10, 0.7, False) for k in ("forward", "reverse", "jsd") for lp in (False, True)],
     ("forward", False, 32, 83, 1.3, False),  # one token chunk larger than N, one slice of exactly V
     # grad_in_forward adds each chunk's head gradient a vocabulary slice at a time
-    ("forward", False, 4, 10, 0.7, True),
+    ("forward", False, 4, 10, 0.7, True),   # the hand-written forward-KL gradient
+    ("forward", True, 4, 10, 1.3, True),    # ... with the teacher given as log-probs
     ("jsd", True, 4, 10, 1.3, True),
 ])
 def test_vocab_chunked_grad_matches_naive(kind, logps, chunk, vocab_chunk, temperature, eager):
@@ -142,7 +143,7 @@ def test_vocab_chunked_backward_builds_no_vocab_wide_temporary():
 
     def temp_bytes(vocab_chunk):
         loss = lambda hs, w, ht, wt, m: fused_forward_kl(hs, w, ht, wt, None, m, chunk=64,  # noqa: E731
-                                                         vocab_chunk=vocab_chunk)
+                                                         vocab_chunk=vocab_chunk, grad_in_forward=False)
         fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
         return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
 
@@ -236,20 +237,21 @@ def test_divergence_nonnegative_and_zero_iff_equal(seed, scale, kind):
         assert d > 0.0
 
 
-@partial(jax.jit, static_argnames=("chunk",))
-def _fused_value_grad(hs, w, ht, wt, mask, chunk):
-    return jax.value_and_grad(lambda hs, w: fused_forward_kl(hs, w, ht, wt, None, mask, chunk=chunk),
+@partial(jax.jit, static_argnames=("chunk", "eager"))
+def _fused_value_grad(hs, w, ht, wt, mask, chunk, eager=True):
+    return jax.value_and_grad(lambda hs, w: fused_forward_kl(hs, w, ht, wt, None, mask, chunk=chunk,
+                                                             grad_in_forward=eager),
                               argnums=(0, 1))(hs, w)
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 100_000), chunk=st.sampled_from([5]))
-def test_masked_tokens_change_neither_fused_loss_nor_grad(seed, chunk):
+@given(seed=st.integers(0, 100_000), chunk=st.sampled_from([5]), eager=st.booleans())
+def test_masked_tokens_change_neither_fused_loss_nor_grad(seed, chunk, eager):
     hs, w, ht, wt, mask = _inputs(seed % 1000)
     r = np.random.default_rng(seed)
     junk = lambda x: np.where(mask[:, None] > 0, x, r.normal(0, 3, x.shape)).astype(np.float32)  # noqa: E731
-    v1, (gh1, gw1) = _fused_value_grad(hs, w, ht, wt, mask, chunk)
-    v2, (gh2, gw2) = _fused_value_grad(junk(hs), w, junk(ht), wt, mask, chunk)
+    v1, (gh1, gw1) = _fused_value_grad(hs, w, ht, wt, mask, chunk, eager)
+    v2, (gh2, gw2) = _fused_value_grad(junk(hs), w, junk(ht), wt, mask, chunk, eager)
     np.testing.assert_allclose(float(v1), float(v2), rtol=1e-6)
     np.testing.assert_allclose(gw1, gw2, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(gh1[mask > 0], gh2[mask > 0], rtol=1e-6, atol=1e-7)
