@@ -5,9 +5,8 @@ Naive forms take [..., V] logits. Fused forms take hidden states and LM heads an
 [chunk, V] logits whose gradient is formed in the forward pass (4 matmuls, as many as the naive
 loss; measured 0.88x its time). Otherwise they work on [chunk, vocab_chunk] logit tiles: the
 forward pass keeps an online log-sum-exp per token, and a custom VJP scans vocabulary slices,
-recomputing their logits
-and writing each slice of the head gradient once, so the working memory beside the [d, V] head
-gradient is O(chunk × vocab_chunk + N × d). With vocab_chunk=None they scan token chunks only
+recomputing their logits and writing each slice of the head gradient once, so the working
+memory beside the [d, V] head gradient is O(chunk × vocab_chunk + N × d). With vocab_chunk=None they scan token chunks only
 (O(chunk × V) plus a per-chunk [d, V] head-gradient temporary). Teacher inputs are always under
 stop-gradient. Per-token divergences, with p_T = softmax(z_T/τ), p_S = softmax(z_S/τ):
     forward:  KL(T‖S) = Σ_v p_T (log p_T − log p_S)            (the OFSD default)
@@ -78,15 +77,18 @@ def generalized_jsd(student_logits, teacher_logits, mask, beta: float = 0.5,
 
 # ---- fused, chunked ----
 
+def _teacher_scaled(tc, extra, temperature):
+    """Teacher logits / τ [C, V] of one chunk: from hidden tc [C, d] and extra = (head [d, V],),
+    or from given log-probs tc [C, V] (extra = ()). Log-probs are logits up to a per-token
+    constant, so their softmax at τ is exactly the teacher's distribution at temperature τ."""
+    if extra:
+        return chunk_logits(tc, extra[0], temperature)
+    return tc.astype(jnp.float32) / temperature
+
+
 def _teacher_logp(teacher_chunk, temperature):
     """Teacher log-probs [C, V] of one chunk: from (hidden [C,d], head [d,V]) or (logps [C,V],)."""
-    if len(teacher_chunk) == 2:
-        z = chunk_logits(teacher_chunk[0], teacher_chunk[1], temperature)
-    else:
-        # Given log-probs are logits up to a per-token constant, so log_softmax(logp/τ) is
-        # exactly the teacher's distribution at temperature τ (and a no-op at τ = 1).
-        z = teacher_chunk[0].astype(jnp.float32) / temperature
-    return jax.nn.log_softmax(z, axis=-1)
+    return jax.nn.log_softmax(_teacher_scaled(teacher_chunk[0], teacher_chunk[1:], temperature), axis=-1)
 
 
 def _chunk_xs(hs, teacher, mask, chunk):
@@ -157,13 +159,6 @@ def _chunk_value_and_grads(hc, head, tc, mc, extra, temperature, kind, beta):
         (dz,) = pull(w)
     dh = jnp.dot(dz.astype(head.dtype), head.T, preferred_element_type=jnp.float32)
     return jnp.sum(jnp.where(mc > 0, d * mc, 0.0)), dh, dz
-
-
-def _teacher_scaled(tc, extra, temperature):
-    """Teacher logits / τ for one chunk [C, V] (from hidden states + head, or given log-probs)."""
-    if extra:
-        return chunk_logits(tc, extra[0], temperature)
-    return tc.astype(jnp.float32) / temperature
 
 
 def _forward_kl_and_grad(us, ut, w):
