@@ -7,9 +7,10 @@ token chunks of `--eager-chunk` (it holds their [chunk, V] logits) and adds each
 gradient a [d, vocab_chunk] slice at a time; `fused` (grad_in_forward=False) works on
 [chunk, vocab_chunk] logit tiles, its backward pass scanning vocabulary slices, recomputing
 their logits and writing each slice of the head gradient once; `fused_token` scans token
-chunks only (vocab_chunk=None: [chunk, V] logits, per-chunk [d, V] head-gradient temporary). All compute the loss and its gradient w.r.t. the
-student hidden states [N, d] and the LM head [d, V] (teacher: hidden states + its own head,
-under stop-gradient), f32, Qwen2.5 sizes V = 151,936, d = 2,048.
+chunks only (vocab_chunk=None: [chunk, V] logits, per-chunk [d, V] head-gradient temporary).
+All compute the loss and its gradient w.r.t. the student hidden states [N, d] and the LM head
+[d, V] (teacher: hidden states + its own head, under stop-gradient), f32, Qwen2.5 sizes
+V = 151,936, d = 2,048.
 
 Times: wall clock and the process's CPU time (all threads; less sensitive to other jobs on a
 shared machine, though memory-bandwidth contention still shows). Each variant runs in its own

@@ -55,14 +55,19 @@ def mixture(n, d, centers, spread, seed, chunk=100_000):
     return x, c
 
 
+def mixture_queries(c, n, spread, seed):
+    """n unit-norm queries drawn like the mixture's points: a random centre plus noise."""
+    rng = np.random.default_rng(seed)
+    q = c[rng.integers(0, len(c), n)] + spread * rng.normal(size=(n, c.shape[1]))
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
 def synthetic(args) -> list[dict]:
     from searche1_jax.retrieval.exact import ExactIndex
     from searche1_jax.retrieval.scann_index import ScannIndex
 
     x, c = mixture(args.n, args.d, args.centers, args.spread, 0)
-    rng = np.random.default_rng(1)
-    q = c[rng.integers(0, args.centers, args.queries)] + args.spread * rng.normal(size=(args.queries, args.d))
-    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    q = mixture_queries(c, args.queries, args.spread, 1)
     flat = x.nbytes
     rows = []
 
@@ -218,9 +223,7 @@ def quantizers(args) -> list[dict]:
     involved (the candidates are perfect), so these recalls bound any index storing such codes."""
     if args.source == "synthetic":
         x, c = mixture(args.n, args.d, args.centers, args.spread, 0)
-        rng = np.random.default_rng(1)
-        q = c[rng.integers(0, args.centers, args.queries)] + args.spread * rng.normal(size=(args.queries, args.d))
-        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+        q = mixture_queries(c, args.queries, args.spread, 1)
         what = f"mixture n={args.n} d={args.d} centres={args.centers} spread={args.spread}"
     else:
         import importlib.util
@@ -239,17 +242,21 @@ def quantizers(args) -> list[dict]:
         what = f"all-MiniLM-L6-v2 embeddings of {len(x)} shared passages, {len(q)} multihop-val questions"
     leaves = args.leaves or int(np.sqrt(len(x)))
     cent, assign = kmeans(x, leaves, args.kmeans_iters, 0)
-    scores = q @ x.T
-    cand = np.argsort(-scores, axis=1)[:, :args.cand]
+    from searche1_jax.retrieval.exact import ExactIndex
+
+    _, cand = ExactIndex(x).search_vectors(q, args.cand)   # exact top-`cand`, best first
     print(f"{what}; exact top-{args.cand} rescored; residuals to {leaves} k-means centroids", flush=True)
     rows = []
-    codes = [("float32", 32, None)] + [(f"int{b} per-dim scale (ScaNN int8 layout)" if b == 8 else f"int{b} per-dim scale", b, False) for b in (8, 6, 4)]
+    codes = [("float32", 32, False)]
+    codes += [(f"int{b} per-dim scale" + (" (ScaNN int8 layout)" if b == 8 else ""), b, False) for b in (8, 6, 4)]
     codes += [(f"int{b} residual, per-vector scale", b, True) for b in (8, 7, 6, 5, 4)]
     for name, bits, resid in codes:
         if bits == 32:
             recon, nbytes = (lambda rows: x[rows]), x.shape[1] * 4
+        elif resid:
+            recon, nbytes = scalar_codes(x, bits, cent, assign)
         else:
-            recon, nbytes = scalar_codes(x, bits, cent if resid else None, assign if resid else None)
+            recon, nbytes = scalar_codes(x, bits)
         sc = np.einsum("qd,qkd->qk", q, recon(cand))
         order = np.take_along_axis(cand, np.argsort(-sc, axis=1), axis=1)
         r = {"source": args.source, "code": name, "bytes/vector": nbytes,
