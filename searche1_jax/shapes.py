@@ -1,0 +1,26 @@
+"""Shape arithmetic shared by every layer: rounding up to a multiple and to a power of two.
+
+Bottom of the package: imports nothing of ours, so model/, rollout/, retrieval/, train/ and
+plan.py may all use it (rl/ stays self-contained and does not).
+"""
+from __future__ import annotations
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= n (n >= 0, multiple >= 1)."""
+    if multiple < 1:
+        raise ValueError(f"round_up: multiple must be >= 1, got {multiple}")
+    return -(-int(n) // multiple) * multiple
+
+
+def ceil_div(n: int, d: int) -> int:
+    """ceil(n / d) for integers (d >= 1)."""
+    if d < 1:
+        raise ValueError(f"ceil_div: divisor must be >= 1, got {d}")
+    return -(-int(n) // d)
+
+
+def next_pow2(n: int, lo: int = 1) -> int:
+    """The smallest power of two that is >= max(n, lo)."""
+    n = max(int(n), int(lo), 1)
+    return 1 << (n - 1).bit_length()
