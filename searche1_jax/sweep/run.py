@@ -7,6 +7,7 @@ import json
 import os
 
 import jax
+import numpy as np
 
 from searche1_jax.sweep.report import plot_curves, summarize_population, write_summary
 from searche1_jax.sweep.spec import describe, parse_sweep, plan_sweep, with_overrides
@@ -28,8 +29,8 @@ def _check_workdir(workdir: str, identity: dict) -> None:
 def run_sweep(config, sweep: str, workdir: str, *, population: str = "auto", dev_limit: int = 16,
               log=print) -> list[dict]:
     """Train every population of the sweep; returns the summary rows (one per member)."""
-    from searche1_jax.sweep.setup import PopulationSetup
-    from searche1_jax.sweep.trainer import PopulationTrainer
+    from searche1_jax.train.loop import Trainer
+    from searche1_jax.train.setup import Experiment
 
     plan = plan_sweep(parse_sweep(sweep, config), population, config)
     os.makedirs(workdir, exist_ok=True)
@@ -45,14 +46,14 @@ def run_sweep(config, sweep: str, workdir: str, *, population: str = "auto", dev
         configs = [with_overrides(base, m) for m in members]
         names = [describe(m) for m in members]
         label = describe(structural) if structural else ""
-        setup = PopulationSetup(configs)
-        log(f"population {k} ({label or 'base'}): {setup.layout()}")
-        trainer = PopulationTrainer(setup, pop_dir, names)
+        exp = Experiment(configs, population=True)
+        log(f"population {k} ({label or 'base'}): {exp.layout.describe()}")
+        trainer = Trainer(exp, pop_dir, names)
         state = trainer.run()
         final_path = os.path.join(pop_dir, "final.json")
         final = json.load(open(final_path)) if os.path.exists(final_path) else None
         if final is None or final["step"] != state.step:
-            final = {"step": state.step, "dev_em": trainer.dev_em(state, dev_limit)}
+            final = {"step": state.step, "dev_em": dev_em(exp, state, dev_limit)}
             with open(final_path, "w") as f:
                 json.dump(final, f)
         pop_rows = summarize_population(k, pop_dir, names, members, structural, final["dev_em"])
@@ -60,10 +61,27 @@ def run_sweep(config, sweep: str, workdir: str, *, population: str = "auto", dev
             r["structural_name"] = label
         rows.extend(pop_rows)
         curves.append((label, pop_dir, names))
-        del setup, trainer, state
+        del exp, trainer, state
         jax.clear_caches()  # the next population compiles other shapes
     table = write_summary(rows, workdir)
     plot_curves(curves, os.path.join(workdir, "curves.png"))
     log(table)
     log(f"summary: {os.path.join(workdir, 'summary.md')}, curves: {os.path.join(workdir, 'curves.png')}")
     return rows
+
+
+def dev_em(exp, state, limit: int) -> list[float | None]:
+    """Greedy EM of each member on the first `limit` dev questions (None without a dev file)."""
+    if not exp.config.data.dev or limit <= 0:
+        return [None] * exp.n
+    from searche1_jax.data.qa import read_examples
+    from searche1_jax.rl.rewards import exact_match
+    from searche1_jax.rollout.sampler import SamplingParams
+    examples = read_examples(exp.config.data.dev)[:limit]
+    out = []
+    for i in range(exp.n):
+        trajs = exp.agent.run(exp.policy(state.params, i), [ex.question for ex in examples], jax.random.key(0),
+                              SamplingParams(greedy=True))
+        out.append(float(np.mean([exact_match(t.answer, ex.golden_answers) if t.answer is not None else 0.0
+                                  for t, ex in zip(trajs, examples)])))
+    return out

@@ -20,25 +20,12 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from searche1_jax.train.setup import POPULATION_FIELDS, check_population_field, config_fields  # noqa: F401
+
 ALIASES = {"seed": "train.seed", "lr": "train.lr"}
 
-# field -> what it feeds; every one is a per-member input of the shared step or of the sampler
-POPULATION_FIELDS = {
-    "train.seed": "initial params (random presets) and the member's rng",
-    "train.lr": "optimiser state (inject_hyperparams)",
-    "train.weight_decay": "optimiser state (inject_hyperparams)",
-    "train.grad_clip": "optimiser state (inject_hyperparams)",
-    "grpo.kl_coef": "traced loss coefficient",
-    "grpo.entropy_coef": "traced loss coefficient",
-    "rollout.temperature": "sampler (per member) and the log-prob temperature (hidden / tau)",
-    "rollout.top_p": "sampler (per member)",
-    "rollout.top_k": "sampler (per member)",
-    "ofsd.temperature": "the OFSD KL temperature (hidden / tau)",
-}
-
-# fields the trainer never reads: sweeping them would produce identical members
+# fields the trainer never reads for training: sweeping them would produce identical members
 UNUSED_FIELDS = {
-    "ofsd.lr": "OFSD rounds use the GRPO optimiser and its lr (METHOD §3.6); sweep train.lr instead",
     "data.dev": "the dev file is not a hyper-parameter",
     "log.tensorboard": "logging does not change training",
     "checkpoint.keep": "checkpointing does not change training",
@@ -69,17 +56,6 @@ class SweepPlan:
 
 def _product(axes: Sequence[Axis]) -> list[dict[str, Any]]:
     return [dict(zip([a.field for a in axes], vals)) for vals in itertools.product(*[a.values for a in axes])]
-
-
-def config_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-    """{"section.name": value} for every leaf of the config."""
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            out.update(config_fields(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def resolve_field(name: str, fields: dict[str, Any]) -> str:
@@ -181,20 +157,8 @@ def plan_sweep(axes: Sequence[Axis], population: str | Sequence[str] = "auto",
     return SweepPlan(tuple(a for a in axes if a.field in chosen), tuple(a for a in axes if a.field not in chosen))
 
 
-def check_population_field(field: str) -> None:
-    if field not in POPULATION_FIELDS:
-        raise ValueError(f"{field} cannot vary inside a population: it changes array shapes or compiled "
-                         f"code, so members could not share one step. Sweep it as a structural field "
-                         f"(one population per value). Population fields: {sorted(POPULATION_FIELDS)}")
 
 
-def check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
-    """Member configs may differ only in population fields."""
-    base = config_fields(configs[0])
-    for c in configs[1:]:
-        for f, v in config_fields(c).items():
-            if v != base.get(f):
-                check_population_field(f)
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:

@@ -13,6 +13,8 @@ import numpy as np
 
 
 def _scalar(v):
+    if isinstance(v, (str, int)):  # names and member indices stay as they are (bool is an int)
+        return v
     v = np.asarray(v)
     if v.size != 1:
         return v.tolist()

@@ -1,7 +1,16 @@
-"""Builds an experiment from a config: mesh, model, tokenizer, retriever, data, agent, steps."""
+"""Builds an experiment from its config(s): tokenizer, model(s), retriever, data, agent, steps.
+
+A single run is `Experiment(config)`: one member over the (data, fsdp, tensor) mesh. A sweep
+population is `Experiment([config, ...])`: members that differ only in population fields
+(numbers the compiled steps take as inputs, or the sampler's), stacked on a member axis.
+Both train with the same steps (`steps.py`) and the same loop (`loop.py`).
+"""
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
+import numpy as np
 
 from searche1_jax.model.checkpoint import load_pretrained, smollm2_gguf_path
 from searche1_jax.model.config import get_preset
@@ -9,9 +18,48 @@ from searche1_jax.model.create import create_model
 from searche1_jax.model.sharding import make_mesh
 from searche1_jax.model.tokenizer import Tokenizer
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
+from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
-from searche1_jax.train.state import Binder, TrainState, make_optimizer, params_of
-from searche1_jax.train.steps import GRPOLossConfig, OFSDLossConfig, make_grpo_step, make_logps_fn, make_ofsd_step
+from searche1_jax.train.layout import Population, SingleRun, member_mesh
+from searche1_jax.train.state import Binder, TrainState, params_of
+from searche1_jax.train.steps import HYPER_FIELDS, StepConfig, hyper_of, lr_at, make_steps
+
+# fields that may differ between the members of one population, and what each one feeds:
+# a traced input of the compiled steps, or the member's own sampler / rng
+POPULATION_FIELDS = {
+    **{field: f"traced step input {name!r}" for name, field in HYPER_FIELDS.items()},
+    "train.seed": "initial params (random presets) and the member's rng",
+    "ofsd.lr": "traced step input 'lr' of the OFSD updates (when set)",
+    "rollout.top_p": "sampler (per member)",
+    "rollout.top_k": "sampler (per member)",
+}
+
+
+def config_fields(config, prefix: str = "") -> dict:
+    """{"section.name": value} for every leaf of a ConfigDict."""
+    out = {}
+    for k, v in config.items():
+        if hasattr(v, "items"):
+            out.update(config_fields(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_population_field(field: str) -> None:
+    if field not in POPULATION_FIELDS:
+        raise ValueError(f"{field} cannot vary inside a population: it changes array shapes or compiled "
+                         f"code, so members could not share one step. Sweep it as a structural field "
+                         f"(one population per value). Population fields: {sorted(POPULATION_FIELDS)}")
+
+
+def check_members(configs: Sequence) -> None:
+    """Member configs may differ only in population fields."""
+    base = config_fields(configs[0])
+    for c in configs[1:]:
+        for f, v in config_fields(c).items():
+            if v != base.get(f):
+                check_population_field(f)
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -56,9 +104,24 @@ def check_config(c) -> None:
 
 
 class Experiment:
-    def __init__(self, config, *, need_train_data: bool = True):
-        self.config = c = config
-        check_config(c)
+    """config: one config (a single run) or a sequence of member configs (a population;
+    `population=True` makes even one config a population of one, on the member layout)."""
+
+    def __init__(self, config, *, need_train_data: bool = True, population: bool | None = None,
+                 devices=None):
+        configs = list(config) if isinstance(config, (list, tuple)) else [config]
+        if not configs:
+            raise ValueError("Experiment needs at least one config")
+        population = len(configs) > 1 if population is None else population
+        if len(configs) > 1 and not population:
+            raise ValueError("several member configs make a population: pass population=True or one config")
+        for mc in configs:
+            check_config(mc)
+        check_members(configs)
+        self.configs = configs
+        self.config = c = configs[0]  # shared fields are read from member 0
+        self.n = len(configs)
+
         self.train_data = None  # read first: a malformed line fails before minutes of model loading
         if need_train_data:
             from searche1_jax.data.loader import QuestionStream
@@ -68,7 +131,8 @@ class Experiment:
                                                        process_index=jax.process_index(),
                                                        process_count=jax.process_count())
 
-        self.mesh = make_mesh(dict(c.mesh)) if len(jax.devices()) > 1 else None
+        model_mesh = make_mesh(dict(c.mesh)) if (len(jax.devices()) > 1 and not population) else None
+        self.mesh = model_mesh
         overrides = dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
         tok_path = resolve_checkpoint(c.model.tokenizer or c.model.checkpoint)
         if not tok_path:
@@ -79,16 +143,23 @@ class Experiment:
             cfg = get_preset(c.model.preset, **overrides)
             if cfg.vocab_size < self.tokenizer.vocab_size:
                 cfg = cfg.replace(vocab_size=self.tokenizer.vocab_size)
-            model = create_model(cfg, mesh=self.mesh, seed=c.train.seed)
+            models = [create_model(cfg, mesh=model_mesh, seed=mc.train.seed) for mc in configs]
+            member_params = [params_of(m) for m in models]
+            model = models[0]
         else:
             if not c.model.checkpoint:
                 raise ValueError("set config.model.checkpoint to a HF directory (e.g. Qwen2.5-3B-Instruct) "
                                  "or a .gguf file, or config.model.preset for a random model")
-            model, cfg = load_pretrained(resolve_checkpoint(c.model.checkpoint), mesh=self.mesh, **overrides)
+            # a checkpoint is the same start for every member; the seed only changes the rng
+            model, cfg = load_pretrained(resolve_checkpoint(c.model.checkpoint), mesh=model_mesh, **overrides)
+            member_params = [params_of(model)] * self.n
         self.model_cfg = cfg
         self.binder = Binder(model)
-        self._init_params = params_of(model)
         del model
+
+        self.layout = Population(self.n, member_mesh(self.n, devices)) if population else SingleRun(model_mesh)
+        self._init_params = self.layout.stack(member_params)
+        del member_params
 
         self.retriever = build_retriever(c)
         stop = build_stop_automaton(list(STOP_STRINGS), token_bytes_from_tokenizer(self.tokenizer.backend))
@@ -98,28 +169,42 @@ class Experiment:
             max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
             max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket),
             use_chat_template=r.chat_template)
+        self.sampling = [SamplingParams(temperature=mc.rollout.temperature, top_p=mc.rollout.top_p,
+                                        top_k=mc.rollout.top_k) for mc in configs]
+        self.total_grpo_steps = c.train.rounds * c.grpo.steps_per_round
+        self.steps = make_steps(self.binder, StepConfig.from_config(c), population=population,
+                                member_sharding=getattr(self.layout, "sharding", None))
 
-        total = c.train.rounds * c.grpo.steps_per_round
-        self.optimizer = make_optimizer(c.train.lr, total_steps=total, warmup_ratio=c.train.warmup_ratio,
-                                        weight_decay=c.train.weight_decay, grad_clip=c.train.grad_clip)
-        g = c.grpo
-        loss_cfg = GRPOLossConfig(clip_eps=g.clip_eps, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator,
-                                  entropy_coef=g.entropy_coef, agg=g.agg, chunk=g.logit_chunk,
-                                  temperature=r.temperature)
-        self.logps_fn = make_logps_fn(self.binder, loss_cfg)
-        self.grpo_step = make_grpo_step(self.binder, self.optimizer, loss_cfg)
-        self.ofsd_step = make_ofsd_step(self.binder, self.optimizer, OFSDLossConfig(
-            temperature=c.ofsd.temperature, chunk=c.ofsd.logit_chunk))
+    # ---- the traced hyper-parameters of an update ----
+    def grpo_lr(self, mc, step: int) -> float:
+        """Member config mc's lr at GRPO step `step` (0-based; METHOD §2)."""
+        return lr_at(step, mc.train.lr, total_steps=self.total_grpo_steps, warmup_ratio=mc.train.warmup_ratio)
+
+    def hyper(self, step: int, *, ofsd: bool = False) -> dict:
+        """Every member's hyper-parameters for an update of GRPO step `step`; an OFSD round uses
+        the lr of the GRPO step it follows, or config.ofsd.lr when that is set (METHOD §3.6)."""
+        hypers = []
+        for mc in self.configs:
+            override = getattr(mc.ofsd, "lr", None) if ofsd else None
+            lr = override if override is not None else self.grpo_lr(mc, step)
+            hypers.append(hyper_of(mc, lr=lr))
+        return self.layout.hyper(hypers)
 
     def compile_count(self) -> int:
-        """Compiled executables of the train steps (flat across steps once buckets are warm)."""
-        return sum(f._cache_size() for f in (self.logps_fn, self.grpo_step, self.ofsd_step))
+        return self.steps.compile_count()
+
+    def member_params(self, params, i: int):
+        return self.layout.member(params, i)
+
+    def policy(self, params, i: int = 0):
+        """The model member i's rollouts sample from."""
+        return self.layout.policy_params(params, i, self.binder, self.model_cfg)
 
     def initial_state(self) -> TrainState:
         params = self._init_params
-        opt_state = jax.jit(self.optimizer.init)(params)
+        opt_state = self.steps.init(params, self.hyper(0))
         ref = jax.tree.map(lambda x: x.copy(), params)
-        return TrainState(params, opt_state, ref, 0, jax.random.key(self.config.train.seed),
+        rng = np.stack([jax.random.key_data(jax.random.key(mc.train.seed)) for mc in self.configs])
+        return TrainState(params, opt_state, ref, 0, jax.random.wrap_key_data(rng),
                           {"round": 0, "phase": "grpo", "round_step": 0,
                            "data": self.train_data.get_state() if self.train_data else {}})
-

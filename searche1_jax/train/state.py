@@ -8,7 +8,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 
 from searche1_jax.model.create import _nest
@@ -46,16 +45,6 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def unflatten(flat: dict[str, Any]) -> dict:
     return _nest(flat)
-
-
-def make_optimizer(lr: float, *, total_steps: int, warmup_ratio: float, weight_decay: float,
-                   grad_clip: float, b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
-    """AdamW with linear warmup then constant lr, after global-norm clipping (METHOD §2, veRL)."""
-    warmup = max(int(round(warmup_ratio * total_steps)), 0)
-    schedule = (optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
-                                     [warmup]) if warmup else optax.constant_schedule(lr))
-    return optax.chain(optax.clip_by_global_norm(grad_clip),
-                       optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
 
 
 @dataclasses.dataclass

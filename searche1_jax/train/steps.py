@@ -1,9 +1,22 @@
-"""Jitted train steps: log-probs, the GRPO update and the OFSD (fused forward-KL) update.
+"""The jitted train steps of a single run and of a population: one set of member functions.
 
-Batches carry a leading micro-batch axis [M, mb, ...]; a `lax.scan` accumulates gradients of
-each micro-batch's token-loss *sum* and the step divides once by the batch's token count, so
-the update equals one big batch whatever M is. Params and optimiser state are donated.
-Shapes are fixed per bucket; each distinct bucket compiles once.
+Every step is written for ONE member (params, optimiser state, batch, `hyper`) and compiled
+either as it is (a single run: params laid out over the (data, fsdp, tensor) mesh) or under
+`jax.vmap` over a leading member axis (a sweep population: members on a ("member",) mesh).
+The numbers a sweep varies are traced inputs, never constants of the compiled program, so one
+executable serves every step of every member whatever its lr or coefficients:
+
+  hyper = {"lr", "weight_decay", "grad_clip", "kl_coef", "entropy_coef", "temperature",
+           "ofsd_temperature"}: float32 scalars (a single run) or [N] (a population).
+
+The learning rate is an input of every update, computed on the host from the GRPO step
+(`lr_at`, METHOD §2): every update inside a step uses that step's lr and OFSD updates do
+not advance the clock. Temperatures scale the hidden state, (h/τ)·W = logits/τ, so the
+chunked log-prob and KL kernels run at τ = 1.
+
+Batches carry a micro-batch axis [M, mb, ...]; a `lax.scan` accumulates gradients of each
+micro-batch's token-loss *sum* and the step divides once by the batch's token count, so the
+update equals one big batch whatever M is. Params and optimiser state are donated.
 """
 from __future__ import annotations
 
@@ -12,6 +25,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from searche1_jax.rl.grpo import grpo_loss
@@ -19,22 +33,67 @@ from searche1_jax.rl.logprobs import token_logps_and_entropy
 from searche1_jax.rl.ofsd import fused_forward_kl
 from searche1_jax.train.state import Binder
 
+# member hyper-parameter -> the config field it is read from
+HYPER_FIELDS = {"lr": "train.lr", "weight_decay": "train.weight_decay", "grad_clip": "train.grad_clip",
+                "kl_coef": "grpo.kl_coef", "entropy_coef": "grpo.entropy_coef",
+                "temperature": "rollout.temperature", "ofsd_temperature": "ofsd.temperature"}
+
+
+def hyper(*, lr: float, weight_decay: float, grad_clip: float, kl_coef: float, entropy_coef: float,
+          temperature: float, ofsd_temperature: float) -> dict[str, np.float32]:
+    """One member's traced hyper-parameters as float32 scalars (every one named: no hidden
+    defaults; a config's values come through `hyper_of`)."""
+    return {k: np.float32(v) for k, v in dict(
+        lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, kl_coef=kl_coef, entropy_coef=entropy_coef,
+        temperature=temperature, ofsd_temperature=ofsd_temperature).items()}
+
+
+def hyper_of(config, lr: float | None = None) -> dict[str, np.float32]:
+    """One member's hyper-parameters from its config; `lr` replaces train.lr (the host passes
+    the scheduled lr of the current GRPO step)."""
+    values = {}
+    for name, field in HYPER_FIELDS.items():
+        section, key = field.split(".")
+        values[name] = getattr(getattr(config, section), key)
+    if lr is not None:
+        values["lr"] = lr
+    return hyper(**values)
+
+
+def lr_at(step: int, lr: float, *, total_steps: int, warmup_ratio: float) -> float:
+    """lr(s) = lr·min(1, s / ⌊warmup_ratio·S⌋) for GRPO step s = 0, 1, ... of S (METHOD §2:
+    step 0 runs at lr 0; constant after the warm-up; no warm-up when ⌊warmup_ratio·S⌋ = 0)."""
+    warmup = int(np.floor(warmup_ratio * total_steps))
+    return float(lr) if warmup <= 0 else float(lr) * min(1.0, step / warmup)
+
+
+def adamw(hyper) -> optax.GradientTransformation:
+    """AdamW after global-norm clipping, its numbers read from `hyper` (traced or concrete).
+
+    The state's structure does not depend on the numbers, so `adamw(any hyper).init(params)`
+    is every member's initial state and the update can take this step's values."""
+    return optax.chain(optax.clip_by_global_norm(hyper["grad_clip"]),
+                       optax.adamw(hyper["lr"], b1=0.9, b2=0.999, weight_decay=hyper["weight_decay"]))
+
 
 @dataclasses.dataclass(frozen=True)
-class GRPOLossConfig:
+class StepConfig:
+    """What is compiled into the steps (changing one of these compiles a new program)."""
     clip_eps: float = 0.2
-    kl_coef: float = 0.001
     kl_estimator: str = "k3"
-    entropy_coef: float = 0.001
     agg: str = "token-mean"
-    chunk: int = 1024          # tokens per chunk of the LM head / log-softmax
-    temperature: float = 1.0
+    grpo_chunk: int = 1024     # tokens per chunk of the LM head / log-softmax (GRPO)
+    ofsd_chunk: int = 512      # tokens per chunk of the fused forward KL (OFSD)
+
+    @classmethod
+    def from_config(cls, c) -> "StepConfig":
+        return cls(clip_eps=float(c.grpo.clip_eps), kl_estimator=c.grpo.kl_estimator, agg=c.grpo.agg,
+                   grpo_chunk=int(c.grpo.logit_chunk), ofsd_chunk=int(c.ofsd.logit_chunk))
 
 
-@dataclasses.dataclass(frozen=True)
-class OFSDLossConfig:
-    temperature: float = 1.0
-    chunk: int = 512
+def _tempered(h, temperature):
+    """h/τ in h's dtype: (h/τ)·W = logits/τ, so the kernels run at temperature 1."""
+    return (h / temperature).astype(h.dtype)
 
 
 def _shift(batch):
@@ -42,20 +101,8 @@ def _shift(batch):
     return batch["tokens"][:, 1:], batch["loss_mask"][:, 1:].astype(jnp.float32)
 
 
-def make_logps_fn(binder: Binder, cfg: GRPOLossConfig) -> Callable:
-    """(params, tokens [B,T], valid [B,T]) -> log π(token_t | <t) [B, T-1] (chunked head)."""
-    @jax.jit
-    def logps_fn(params, tokens, valid):
-        model = binder.bind(params)
-        hidden = model(tokens, valid, return_hidden=True)
-        logps, _ = token_logps_and_entropy(hidden[:, :-1], model.head(), tokens[:, 1:],
-                                           chunk=cfg.chunk, temperature=cfg.temperature)
-        return logps
-    return logps_fn
-
-
 def _accumulate(loss_fn, params, batch, extra):
-    """Scan micro-batches; loss_fn returns (token-loss sum, metrics sums, count)."""
+    """Scan micro-batches; loss_fn returns (token-loss sum, (metric sums, count))."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def body(acc, micro):
@@ -72,72 +119,115 @@ def _accumulate(loss_fn, params, batch, extra):
     return grads, loss_sum, msum, count
 
 
-def _apply(optimizer, params, opt_state, grads, count):
+def _apply(params, opt_state, grads, count, hyper):
     grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates, opt_state = adamw(hyper).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
 
-def make_grpo_step(binder: Binder, optimizer: optax.GradientTransformation, cfg: GRPOLossConfig):
-    """step(params, opt_state, batch) -> (params, opt_state, metrics).
+def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
+    """The un-jitted steps of one member:
 
-    batch [M, mb, T]: tokens, valid, loss_mask (1 on sampled tokens), old_logps and ref_logps
-    [M, mb, T-1] aligned with tokens[:, 1:], advantages [M, mb]. Token-mean over the whole
-    batch: every micro-batch contributes its loss times its token count, divided once.
+    logps(params, tokens [B,T], valid [B,T], hyper) -> log π(token_t | <t) [B, T-1]
+    grpo(params, opt_state, batch, hyper) -> (params, opt_state, metrics); batch [M, mb, ...]:
+        tokens, valid, loss_mask (1 on sampled tokens), old_logps and ref_logps [T-1] aligned
+        with tokens[:, 1:], advantages []. Exact token-mean over the whole batch.
+    ofsd(params, opt_state, teacher_params, batch, hyper, active) -> same; batch [M, mb, ...]:
+        student tokens/valid [T], teacher tokens/valid [T2] (the same sequence with the
+        privileged context inserted), student_idx / teacher_idx [R] (the positions whose
+        hidden state predicts each response token in either sequence), kl_mask [R] (1 on
+        sampled tokens). The teacher is under stop-gradient. active=False keeps params and
+        optimiser state (a population member that ran out of OFSD data).
+    init(params, hyper) -> opt_state
     """
     if cfg.agg != "token-mean":
-        raise ValueError("gradient accumulation across micro-batches is implemented for "
-                         f"agg='token-mean' (METHOD §2 default); got {cfg.agg!r}: use one micro-batch")
+        raise ValueError(f"config.grpo.agg must be 'token-mean' (the exact token mean of METHOD §2, "
+                         f"accumulated exactly across micro-batches), got {cfg.agg!r}")
 
-    def loss_fn(params, mb, _):
+    def logps(params, tokens, valid, hyper):
+        model = binder.bind(params)
+        hidden = model(tokens, valid, return_hidden=True)
+        out, _ = token_logps_and_entropy(_tempered(hidden[:, :-1], hyper["temperature"]), model.head(),
+                                         tokens[:, 1:], chunk=cfg.grpo_chunk, temperature=1.0)
+        return out
+
+    def grpo_loss_fn(params, mb, hyper):
         model = binder.bind(params)
         hidden = model(mb["tokens"], mb["valid"], return_hidden=True)
         targets, mask = _shift(mb)
-        logps, entropy = token_logps_and_entropy(hidden[:, :-1], model.head(), targets,
-                                                 chunk=cfg.chunk, temperature=cfg.temperature)
-        loss, metrics = grpo_loss(logps, mb["old_logps"], mb["ref_logps"], mb["advantages"], mask,
-                                  entropy, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
-                                  kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef,
+        lp, entropy = token_logps_and_entropy(_tempered(hidden[:, :-1], hyper["temperature"]), model.head(),
+                                              targets, chunk=cfg.grpo_chunk, temperature=1.0)
+        loss, metrics = grpo_loss(lp, mb["old_logps"], mb["ref_logps"], mb["advantages"], mask, entropy,
+                                  clip_eps=cfg.clip_eps, kl_coef=hyper["kl_coef"],
+                                  kl_estimator=cfg.kl_estimator, entropy_coef=hyper["entropy_coef"],
                                   agg="token-mean")
         n = mask.sum()
-        msum = jax.tree.map(lambda v: v * n, metrics)  # token-weighted, averaged at the end
-        return loss * n, (msum, n)
+        return loss * n, (jax.tree.map(lambda v: v * n, metrics), n)  # token-weighted sums
 
-    def step(params, opt_state, batch):
-        grads, loss_sum, msum, count = _accumulate(loss_fn, params, batch, None)
-        params, opt_state, gnorm = _apply(optimizer, params, opt_state, grads, count)
+    def grpo(params, opt_state, batch, hyper):
+        grads, loss_sum, msum, count = _accumulate(grpo_loss_fn, params, batch, hyper)
+        params, opt_state, gnorm = _apply(params, opt_state, grads, count, hyper)
         metrics = {k: v / jnp.maximum(count, 1.0) for k, v in msum.items()}
         metrics.update(loss=loss_sum / jnp.maximum(count, 1.0), grad_norm=gnorm, tokens=count)
         return params, opt_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def make_ofsd_step(binder: Binder, optimizer: optax.GradientTransformation, cfg: OFSDLossConfig):
-    """step(params, opt_state, teacher_params, batch) -> (params, opt_state, metrics).
-
-    batch [M, mb, ...]: student tokens/valid [T], teacher tokens/valid [T2] (the same
-    sequence with the privileged context inserted), student_idx / teacher_idx [R]: the
-    positions whose hidden state predicts each response token in either sequence, and
-    kl_mask [R] (1 on sampled tokens). The teacher is under stop-gradient.
-    """
-    def loss_fn(params, mb, teacher_params):
-        student = binder.bind(params)
-        teacher = binder.bind(teacher_params)
+    def ofsd_loss_fn(params, mb, extra):
+        teacher_params, hyper = extra
+        student, teacher = binder.bind(params), binder.bind(teacher_params)
         sh = student(mb["tokens"], mb["valid"], return_hidden=True)
         th = jax.lax.stop_gradient(teacher(mb["teacher_tokens"], mb["teacher_valid"], return_hidden=True))
         gather = lambda h, idx: jnp.take_along_axis(h, idx[..., None], axis=1).reshape(-1, h.shape[-1])  # noqa: E731
         mask = mb["kl_mask"].reshape(-1).astype(jnp.float32)
-        loss = fused_forward_kl(gather(sh, mb["student_idx"]), student.head(),
-                                gather(th, mb["teacher_idx"]), jax.lax.stop_gradient(teacher.head()),
-                                None, mask, chunk=cfg.chunk, temperature=cfg.temperature)
+        tau = hyper["ofsd_temperature"]
+        loss = fused_forward_kl(_tempered(gather(sh, mb["student_idx"]), tau), student.head(),
+                                _tempered(gather(th, mb["teacher_idx"]), tau),
+                                jax.lax.stop_gradient(teacher.head()), None, mask,
+                                chunk=cfg.ofsd_chunk, temperature=1.0)
         n = mask.sum()
         return loss * n, ({"kl": loss * n}, n)
 
-    def step(params, opt_state, teacher_params, batch):
-        grads, loss_sum, msum, count = _accumulate(loss_fn, params, batch, teacher_params)
-        params, opt_state, gnorm = _apply(optimizer, params, opt_state, grads, count)
-        return params, opt_state, {"ofsd_loss": loss_sum / jnp.maximum(count, 1.0),
-                                   "grad_norm": gnorm, "tokens": count}
+    def ofsd(params, opt_state, teacher_params, batch, hyper, active=True):
+        grads, loss_sum, _, count = _accumulate(ofsd_loss_fn, params, batch, (teacher_params, hyper))
+        new_params, new_state, gnorm = _apply(params, opt_state, grads, count, hyper)
+        if active is not True:  # a population member without data this update keeps its state
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)  # noqa: E731
+            new_params, new_state = keep(new_params, params), keep(new_state, opt_state)
+        return new_params, new_state, {"ofsd_loss": loss_sum / jnp.maximum(count, 1.0),
+                                       "grad_norm": gnorm, "tokens": count}
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    def init(params, hyper):
+        return adamw(hyper).init(params)
+
+    return {"logps": logps, "grpo": grpo, "ofsd": ofsd, "init": init}
+
+
+@dataclasses.dataclass
+class Steps:
+    """The compiled steps (see `member_functions` for the signatures; a population's arguments
+    and results all have a leading member axis, and its `ofsd` takes `active` [N] bool)."""
+    logps: Callable
+    grpo: Callable
+    ofsd: Callable
+    init: Callable
+
+    def compile_count(self) -> int:
+        """Compiled executables of the train steps (flat across steps once buckets are warm)."""
+        return sum(f._cache_size() for f in (self.logps, self.grpo, self.ofsd))
+
+
+def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, member_sharding=None) -> Steps:
+    """Jit the member functions: as they are (population=False), or vmapped over a leading
+    member axis, every argument and result placed by `member_sharding` (None: one device)."""
+    fns = member_functions(binder, cfg)
+    if not population:
+        ofsd = fns["ofsd"]
+        return Steps(logps=jax.jit(fns["logps"]), grpo=jax.jit(fns["grpo"], donate_argnums=(0, 1)),
+                     ofsd=jax.jit(lambda p, s, t, b, h: ofsd(p, s, t, b, h), donate_argnums=(0, 1)),
+                     init=jax.jit(fns["init"]))
+
+    def compile_vmapped(fn, donate=()):
+        kw = {} if member_sharding is None else dict(in_shardings=member_sharding, out_shardings=member_sharding)
+        return jax.jit(jax.vmap(fn), donate_argnums=donate, **kw)
+
+    return Steps(logps=compile_vmapped(fns["logps"]), grpo=compile_vmapped(fns["grpo"], (0, 1)),
+                 ofsd=compile_vmapped(fns["ofsd"], (0, 1)), init=compile_vmapped(fns["init"]))
