@@ -39,7 +39,8 @@ def roll_out(agent: SearchAgent, model, examples: Sequence, group_size: int, key
 
 def grpo_arrays(groups: list[Group], *, step: int, length_bucket: int, rows_multiple: int,
                 pad_id: int) -> dict[str, np.ndarray]:
-    """Packed [B, T] tokens/valid/loss_mask and advantages [B]; group ids unique per step."""
+    """Packed [B, T] tokens/valid/loss_mask, advantages [B] and group_ids [B] (unique per question
+    and step, -1 on padding rows)."""
     trajs = [t for g in groups for t in g.trajectories]
     rewards = np.concatenate([g.rewards for g in groups])
     # group id = (step, question index): never merges groups across steps (METHOD §2)
@@ -51,6 +52,8 @@ def grpo_arrays(groups: list[Group], *, step: int, length_bucket: int, rows_mult
     rows = -(-len(seqs) // rows_multiple) * rows_multiple
     batch = pack(seqs, masks, length=length, rows=rows, pad_id=pad_id)
     batch["advantages"] = pad_rows(adv, rows)
+    # host-side only (the trainer checks them, METHOD §2, and drops them): -1 on padding rows
+    batch["group_ids"] = np.concatenate([group_ids, np.full(rows - len(group_ids), -1)]).astype(np.int64)
     return batch
 
 
