@@ -8,8 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 from tiny import get_config  # noqa: E402
 
-from searche1_jax.sweep.spec import (check_members, describe, parse_sweep, plan_sweep,  # noqa: E402
-                                     with_overrides)
+from searche1_jax.sweep.spec import describe, parse_sweep, plan_sweep, with_overrides  # noqa: E402
+from searche1_jax.train.setup import check_members  # noqa: E402
 
 
 @pytest.fixture
@@ -73,9 +73,16 @@ def test_shape_changing_field_in_a_population_is_refused(config):
     check_members([a, with_overrides(a, {"train.lr": 0.5, "train.seed": 3})])
 
 
+def test_ofsd_lr_is_a_population_field(config):
+    # the OFSD updates take their lr as a traced input (config.ofsd.lr overrides the GRPO step's lr,
+    # METHOD §3.6), so its members share one step
+    plan = plan_sweep(parse_sweep("ofsd.lr=1e-6,2e-6", config))
+    assert [a.field for a in plan.population] == ["ofsd.lr"] and not plan.structural
+
+
 def test_other_refusals_name_the_field(config):
-    with pytest.raises(ValueError, match=r"ofsd.lr cannot be swept: OFSD rounds use the GRPO optimiser"):
-        parse_sweep("ofsd.lr=1e-6,2e-6", config)
+    with pytest.raises(ValueError, match=r"data.dev cannot be swept: the dev file is not a hyper-parameter"):
+        parse_sweep("data.dev=a.jsonl,b.jsonl", config)
     with pytest.raises(ValueError, match=r"train.lr appears twice"):
         parse_sweep("lr=1e-6;train.lr=2e-6", config)
     with pytest.raises(ValueError, match=r"'temperature' is ambiguous"):

@@ -22,8 +22,8 @@ random tied-embedding model already slightly prefers. With a marker after the ke
 the value (a copy through attention) the same budget stayed at ~1/K.
 
 Everything is the real machinery: generation with the jitted sampler (`append` + `decode` on
-the KV cache, temperature 1), group-normalised advantages, log-probs from `make_logps_fn`, the
-PPO-clipped GRPO step (two updates per rollout batch) and AdamW from `make_optimizer`.
+the KV cache, temperature 1), group-normalised advantages, log-probs from `steps.logps`, the
+PPO-clipped GRPO step (two updates per rollout batch) and AdamW (`steps.adamw`) from `make_steps`.
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ from searche1_jax.model.transformer import init_cache
 from searche1_jax.rl.grpo import group_advantages
 from searche1_jax.rollout.sampler import SamplingParams, append, decode, empty_state
 from searche1_jax.train.batching import pack, to_micro
-from searche1_jax.train.state import Binder, make_optimizer, params_of
-from searche1_jax.train.steps import GRPOLossConfig, make_grpo_step, make_logps_fn
+from searche1_jax.train.state import Binder, params_of
+from searche1_jax.train.steps import StepConfig, hyper, lr_at, make_steps
 
 PAD, Q, INFO = range(3)
 K = 4                                   # words (keys and values); no-search ceiling = 1/K
@@ -95,13 +95,14 @@ def train_grpo(*, seed: int, steps: int, lr: float, questions: int = QUESTIONS, 
     """GRPO from a random init -> per step (mean reward, fraction of queries = the right key)."""
     model = create_model(CFG, seed=seed)
     binder = Binder(model)
-    loss_cfg = GRPOLossConfig(chunk=VOCAB)  # METHOD §2 defaults: clip 0.2, k3 KL 0.001, entropy 0.001
-    opt = make_optimizer(lr, total_steps=steps, warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0)
+    train = make_steps(binder, StepConfig(grpo_chunk=VOCAB))  # METHOD §2 defaults: clip 0.2, k3 KL
+    # METHOD §2 coefficients (KL 0.001, entropy 0.001), temperature 1, constant lr, no weight decay
+    hyper_at = lambda step: hyper(lr=lr_at(step, lr, total_steps=steps, warmup_ratio=0.0), weight_decay=0.0,
+                                  grad_clip=1.0, kl_coef=0.001, entropy_coef=0.001, temperature=1.0,
+                                  ofsd_temperature=1.0)
     params = params_of(model)
     ref_params = jax.tree.map(jnp.array, params)  # the step donates params
-    opt_state = opt.init(params)
-    logps_fn = make_logps_fn(binder, loss_cfg)
-    grpo_step = make_grpo_step(binder, opt, loss_cfg)
+    opt_state = train.init(params, hyper_at(0))
     rng, key = np.random.default_rng(seed), jax.random.key(seed)
     rows, group_ids = questions * group, np.repeat(np.arange(questions), group)
     rewards_curve, search_curve = [], []
@@ -112,12 +113,13 @@ def train_grpo(*, seed: int, steps: int, lr: float, questions: int = QUESTIONS, 
         tokens, mask, rewards = roll_out(binder.bind(params), key_idx, corpora, sub)
         batch = pack(list(tokens), list(mask), length=tokens.shape[1])
         batch["advantages"] = group_advantages(rewards, group_ids)
-        batch["old_logps"] = np.asarray(logps_fn(params, batch["tokens"], batch["valid"]))
-        batch["ref_logps"] = np.asarray(logps_fn(ref_params, batch["tokens"], batch["valid"]))
+        h = hyper_at(step)
+        batch["old_logps"] = np.asarray(train.logps(params, batch["tokens"], batch["valid"], h))
+        batch["ref_logps"] = np.asarray(train.logps(ref_params, batch["tokens"], batch["valid"], h))
         order, per = rng.permutation(rows), rows // updates
         for u in range(updates):
             part = {k: v[order[u * per:(u + 1) * per]] for k, v in batch.items()}
-            params, opt_state, m = grpo_step(params, opt_state, to_micro(part, per))
+            params, opt_state, m = train.grpo(params, opt_state, to_micro(part, per), h)
         rewards_curve.append(float(rewards.mean()))
         search_curve.append(float((tokens[:, 2] == WORDS[key_idx]).mean()))
         if log:

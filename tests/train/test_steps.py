@@ -1,4 +1,5 @@
-"""GRPO and OFSD train steps on the tiny model: they learn, accumulate exactly, and shard exactly."""
+"""GRPO and OFSD train steps on the tiny model: they learn, accumulate exactly, and shard exactly;
+the lr schedule, the optimiser and the traced hyper-parameters against independent oracles."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,12 +9,15 @@ import pytest
 from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model, model_from_arrays
 from searche1_jax.model.sharding import make_mesh, named_sharding
+from searche1_jax.train import steps as steps_module
 from searche1_jax.train.batching import pack, to_micro
-from searche1_jax.train.state import Binder, flatten, make_optimizer, params_of, unflatten
-from searche1_jax.train.steps import (GRPOLossConfig, OFSDLossConfig, make_grpo_step, make_logps_fn,
-                                      make_ofsd_step)
+from searche1_jax.train.state import Binder, flatten, params_of
+from searche1_jax.train.steps import StepConfig, adamw, hyper, hyper_of, lr_at, make_steps
 
 CFG = get_preset("tiny")
+# the old single-run defaults: AdamW lr 1e-2, wd 0.01, clip 1.0, METHOD §2 coefficients, temperature 1
+HYPER = hyper(lr=1e-2, weight_decay=0.01, grad_clip=1.0, kl_coef=0.001, entropy_coef=0.001,
+              temperature=1.0, ofsd_temperature=1.0)
 
 
 def grpo_batch(seed=0, rows=8, length=24):
@@ -28,10 +32,10 @@ def grpo_batch(seed=0, rows=8, length=24):
     return b
 
 
-def with_logps(batch, logps_fn, params, ref_params):
+def with_logps(batch, logps_fn, params, ref_params, hyp=HYPER):
     b = dict(batch)
-    b["old_logps"] = np.asarray(logps_fn(params, batch["tokens"], batch["valid"]))
-    b["ref_logps"] = np.asarray(logps_fn(ref_params, batch["tokens"], batch["valid"]))
+    b["old_logps"] = np.asarray(logps_fn(params, batch["tokens"], batch["valid"], hyp))
+    b["ref_logps"] = np.asarray(logps_fn(ref_params, batch["tokens"], batch["valid"], hyp))
     return b
 
 
@@ -39,9 +43,16 @@ def with_logps(batch, logps_fn, params, ref_params):
 def setup():
     model = create_model(CFG, seed=1)
     binder = Binder(model)
-    opt = make_optimizer(1e-2, total_steps=10, warmup_ratio=0.0, weight_decay=0.01, grad_clip=1.0)
-    loss_cfg = GRPOLossConfig(chunk=64)
-    return model, binder, opt, loss_cfg
+    step_cfg = StepConfig(grpo_chunk=64)
+    return model, binder, make_steps(binder, step_cfg), step_cfg
+
+
+@pytest.fixture
+def sgd(monkeypatch):
+    """Steps built while `adamw` is plain SGD(1.0): Adam's normalisation would amplify float
+    rounding of near-zero gradients, hiding what the exactness tests check."""
+    monkeypatch.setattr(steps_module, "adamw", lambda h: optax.sgd(1.0))
+    return lambda binder, cfg: make_steps(binder, cfg)
 
 
 def copy(tree):
@@ -49,30 +60,25 @@ def copy(tree):
 
 
 def test_grpo_step_changes_params_and_lowers_its_own_loss(setup):
-    model, binder, opt, loss_cfg = setup
+    model, binder, steps, _ = setup
     params = params_of(model)
-    logps_fn = make_logps_fn(binder, loss_cfg)
-    batch = with_logps(grpo_batch(), logps_fn, params, params)
-    step = make_grpo_step(binder, opt, loss_cfg)
+    batch = with_logps(grpo_batch(), steps.logps, params, params)
     p0 = copy(params)
-    p1, s1, m1 = step(copy(params), opt.init(params), to_micro(batch, 4))
+    p1, s1, m1 = steps.grpo(copy(params), steps.init(params, HYPER), to_micro(batch, 4), HYPER)
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)))
     # same batch again (old logps from the original policy): the surrogate loss went down
-    _, _, m2 = step(copy(p1), s1, to_micro(batch, 4))
+    _, _, m2 = steps.grpo(copy(p1), s1, to_micro(batch, 4), HYPER)
     assert float(m2["loss"]) < float(m1["loss"])
     assert float(m1["tokens"]) == batch["loss_mask"][:, 1:].sum()
 
 
-def test_micro_batch_accumulation_equals_one_big_batch(setup):
-    # plain SGD: Adam's normalisation would amplify float rounding of near-zero gradients
-    model, binder, _, loss_cfg = setup
-    opt = optax.sgd(1.0)
+def test_micro_batch_accumulation_equals_one_big_batch(setup, sgd):
+    model, binder, _, step_cfg = setup
+    steps = sgd(binder, step_cfg)
     params = params_of(model)
-    logps_fn = make_logps_fn(binder, loss_cfg)
-    batch = with_logps(grpo_batch(seed=3), logps_fn, params, params)
-    step = make_grpo_step(binder, opt, loss_cfg)
-    a, _, ma = step(copy(params), opt.init(params), to_micro(batch, 8))
-    b, _, mb = step(copy(params), opt.init(params), to_micro(batch, 2))
+    batch = with_logps(grpo_batch(seed=3), steps.logps, params, params)
+    a, _, ma = steps.grpo(copy(params), steps.init(params, HYPER), to_micro(batch, 8), HYPER)
+    b, _, mb = steps.grpo(copy(params), steps.init(params, HYPER), to_micro(batch, 2), HYPER)
     np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-5, atol=1e-7)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
@@ -105,25 +111,25 @@ def ofsd_batch(seed=0, rows=4, length=24, extra=6):
 
 
 def test_ofsd_step_changes_params_and_lowers_its_own_loss(setup):
-    model, binder, opt, _ = setup
+    model, binder, _, _ = setup
     params = params_of(model)
     teacher = params_of(create_model(CFG, seed=2))  # a different teacher: KL > 0
-    step = make_ofsd_step(binder, opt, OFSDLossConfig(chunk=16))
+    steps = make_steps(binder, StepConfig(ofsd_chunk=16))
     batch = to_micro(ofsd_batch(), 2)
-    p1, s1, m1 = step(copy(params), opt.init(params), teacher, batch)
-    _, _, m2 = step(copy(p1), s1, teacher, batch)
+    p1, s1, m1 = steps.ofsd(copy(params), steps.init(params, HYPER), teacher, batch, HYPER)
+    _, _, m2 = steps.ofsd(copy(p1), s1, teacher, batch, HYPER)
     assert float(m1["ofsd_loss"]) > 0
     assert float(m2["ofsd_loss"]) < float(m1["ofsd_loss"])
 
 
 def test_ofsd_loss_matches_naive_full_vocab_kl(setup):
     """The step's loss == mean over unmasked response tokens of KL(p_T || p_S), numpy oracle."""
-    model, binder, opt, _ = setup
+    model, binder, _, _ = setup
     params = params_of(model)
     teacher_model = create_model(CFG, seed=2)
     b = ofsd_batch(seed=5)
-    _, _, m = make_ofsd_step(binder, opt, OFSDLossConfig(chunk=7))(
-        copy(params), opt.init(params), params_of(teacher_model), to_micro(b, 4))
+    steps = make_steps(binder, StepConfig(ofsd_chunk=7))
+    _, _, m = steps.ofsd(copy(params), steps.init(params, HYPER), params_of(teacher_model), to_micro(b, 4), HYPER)
     s_logits = np.asarray(model(jnp.asarray(b["tokens"]), jnp.asarray(b["valid"])), np.float64)
     t_logits = np.asarray(teacher_model(jnp.asarray(b["teacher_tokens"]), jnp.asarray(b["teacher_valid"])), np.float64)
     kls = []
@@ -137,14 +143,12 @@ def test_ofsd_loss_matches_naive_full_vocab_kl(setup):
     np.testing.assert_allclose(float(m["ofsd_loss"]), np.mean(kls), rtol=1e-4)
 
 
-def test_grpo_step_on_8_devices_equals_single_device(setup):
-    model, binder, _, loss_cfg = setup
-    opt = optax.sgd(1.0)
+def test_grpo_step_on_8_devices_equals_single_device(setup, sgd):
+    model, binder, _, step_cfg = setup
+    steps = sgd(binder, step_cfg)
     params = params_of(model)
-    logps_fn = make_logps_fn(binder, loss_cfg)
-    batch = to_micro(with_logps(grpo_batch(seed=9), logps_fn, params, params), 4)
-    step = make_grpo_step(binder, opt, loss_cfg)
-    ref_params, _, ref_m = step(copy(params), opt.init(params), batch)
+    batch = to_micro(with_logps(grpo_batch(seed=9), steps.logps, params, params), 4)
+    ref_params, _, ref_m = steps.grpo(copy(params), steps.init(params, HYPER), batch, HYPER)
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     sharded_model = model_from_arrays(CFG, {k: np.asarray(v) for k, v in flatten(params).items()}, mesh=mesh)
@@ -153,9 +157,76 @@ def test_grpo_step_on_8_devices_equals_single_device(setup):
         "fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(sp))
     sb = {k: jax.device_put(v, named_sharding((None, "batch") + (None,) * (v.ndim - 2), v.shape, mesh))
           for k, v in batch.items()}
-    sh_binder = Binder(sharded_model)
-    sh_step = make_grpo_step(sh_binder, opt, loss_cfg)
-    out_params, _, m = sh_step(sp, jax.jit(opt.init)(sp), sb)
+    sh_steps = sgd(Binder(sharded_model), step_cfg)
+    out_params, _, m = sh_steps.grpo(sp, sh_steps.init(sp, HYPER), sb, HYPER)
     np.testing.assert_allclose(float(m["loss"]), float(ref_m["loss"]), rtol=1e-5, atol=1e-6)
     for x, y in zip(jax.tree.leaves(out_params), jax.tree.leaves(ref_params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+
+
+# ---- the host-side lr schedule, the optimiser and the traced hyper-parameters ----
+
+def test_lr_at_warms_up_linearly_by_grpo_step_then_stays_constant():
+    # METHOD §2 at Search-R1 scale: S = 1005, ratio 0.285 -> floor(286.425) = 286 warm-up steps
+    lr, kw = 1e-6, dict(total_steps=1005, warmup_ratio=0.285)
+    assert lr_at(0, lr, **kw) == 0.0                       # step 0 runs at lr 0
+    assert lr_at(143, lr, **kw) == pytest.approx(lr * 143 / 286, rel=1e-12)
+    assert lr_at(285, lr, **kw) == pytest.approx(lr * 285 / 286, rel=1e-12)
+    assert lr_at(286, lr, **kw) == lr
+    assert lr_at(1000, lr, **kw) == lr
+    # no warm-up: constant from step 0
+    assert [lr_at(s, lr, total_steps=1005, warmup_ratio=0.0) for s in (0, 1, 500, 1004)] == [lr] * 4
+
+
+def test_hyper_of_reads_every_field_of_the_config_and_takes_the_scheduled_lr():
+    import ml_collections
+    c = ml_collections.ConfigDict({
+        "train": {"lr": 1e-3, "weight_decay": 0.05, "grad_clip": 2.0},
+        "grpo": {"kl_coef": 0.01, "entropy_coef": 0.002},
+        "rollout": {"temperature": 0.7}, "ofsd": {"temperature": 1.5}})
+    want = dict(lr=1e-3, weight_decay=0.05, grad_clip=2.0, kl_coef=0.01, entropy_coef=0.002,
+                temperature=0.7, ofsd_temperature=1.5)
+    got = hyper_of(c)
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert got[k].dtype == np.float32 and got[k] == np.float32(v), k
+    assert hyper_of(c, lr=2.5e-4)["lr"] == np.float32(2.5e-4)
+
+
+def test_adamw_of_hyper_equals_optax_clip_then_adamw():
+    """`adamw(hyper)` with concrete numbers == optax's own clip-then-AdamW chain, update by update."""
+    lr, wd, clip = 3e-3, 0.05, 0.5
+    h = hyper(lr=lr, weight_decay=wd, grad_clip=clip, kl_coef=0.0, entropy_coef=0.0, temperature=1.0,
+              ofsd_temperature=1.0)
+    oracle = optax.chain(optax.clip_by_global_norm(clip), optax.adamw(lr, weight_decay=wd))
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)}
+    ours, theirs = adamw(h), oracle
+    s_ours, s_theirs = ours.init(params), theirs.init(params)
+    p_ours, p_theirs = params, params
+    for scale in (1.0, 2.0, 3.0, 4.0):
+        grads = jax.tree.map(lambda x, c=scale: jnp.asarray(rng.normal(size=x.shape) * c, jnp.float32), params)
+        assert float(optax.tree.norm(grads)) > clip  # the clip is active
+        u, s_ours = ours.update(grads, s_ours, p_ours)
+        p_ours = optax.apply_updates(p_ours, u)
+        u, s_theirs = theirs.update(grads, s_theirs, p_theirs)
+        p_theirs = optax.apply_updates(p_theirs, u)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p_ours)))
+    for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_theirs)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_changing_the_lr_does_not_recompile_the_step(setup):
+    """lr is a traced input: a new lr every GRPO step reuses one executable, and it is used."""
+    model, binder, _, step_cfg = setup
+    steps = make_steps(binder, step_cfg)
+    params = params_of(model)
+    batch = to_micro(with_logps(grpo_batch(seed=4), steps.logps, params, params), 4)
+    counts, outs = [], []
+    for lr in (1e-2, 3e-3):
+        h = dict(HYPER, lr=np.float32(lr))
+        out, _, _ = steps.grpo(copy(params), steps.init(params, h), batch, h)
+        outs.append(out)
+        counts.append(steps.compile_count())
+    assert counts == [2, 2]  # one logps and one grpo executable for both lrs
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])))
