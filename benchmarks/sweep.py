@@ -2,8 +2,9 @@
 
 Train-step level (fixed packed batches, as in tests/train/test_steps.py): each "run" does
 `--steps` GRPO steps (old/ref log-probs + one PPO update of `--rows` trajectories x
-`--length` tokens). Members differ in seed and lr, so the single runs need one compiled step
-each (lr is baked into their optimiser) while the population compiles once. Prints wall
+`--length` tokens). Members differ in seed and lr; both sides run the same member step
+(`train/steps.py`, hyper-parameters traced): the single runs call it plainly one member after
+another, the population calls it vmapped over all members at once. Prints wall
 time with compilation (what a user waits for) and the steady-state per-step time, and the
 ratios sequential / population.
 
@@ -39,24 +40,30 @@ def block(tree):
     jax.tree.map(lambda x: x.block_until_ready(), tree)
 
 
+def _hyper(lr):
+    from searche1_jax.train.steps import hyper
+    return hyper(lr=lr, weight_decay=0.01, grad_clip=1.0, kl_coef=0.001, entropy_coef=0.001, temperature=1.0,
+                 ofsd_temperature=1.0)
+
+
 def single_runs(cfg, binder, seeds, lrs, batches, micro):
     from searche1_jax.model.create import create_model
     from searche1_jax.train.batching import to_micro
-    from searche1_jax.train.state import make_optimizer, params_of
-    from searche1_jax.train.steps import GRPOLossConfig, make_grpo_step, make_logps_fn
+    from searche1_jax.train.state import params_of
+    from searche1_jax.train.steps import StepConfig, make_steps
     step_times = []
     t0 = time.perf_counter()
+    steps = make_steps(binder, StepConfig(grpo_chunk=128))
     for seed, lr in zip(seeds, lrs):
         params = params_of(create_model(cfg, seed=seed))
         ref = jax.tree.map(jnp.copy, params)
-        opt = make_optimizer(lr, total_steps=100, warmup_ratio=0.0, weight_decay=0.01, grad_clip=1.0)
-        loss_cfg = GRPOLossConfig(chunk=128)
-        step, logps = make_grpo_step(binder, opt, loss_cfg), make_logps_fn(binder, loss_cfg)
-        state = opt.init(params)
+        h = _hyper(lr)
+        state = steps.init(params, h)
         for i, b in enumerate(batches):
             t = time.perf_counter()
-            b = dict(b, old_logps=logps(params, b["tokens"], b["valid"]), ref_logps=logps(ref, b["tokens"], b["valid"]))
-            params, state, m = step(params, state, to_micro(b, micro))
+            b = dict(b, old_logps=steps.logps(params, b["tokens"], b["valid"], h),
+                     ref_logps=steps.logps(ref, b["tokens"], b["valid"], h))
+            params, state, m = steps.grpo(params, state, to_micro(b, micro), h)
             block(params)
             if i:
                 step_times.append(time.perf_counter() - t)
@@ -65,27 +72,24 @@ def single_runs(cfg, binder, seeds, lrs, batches, micro):
 
 def population(cfg, binder, seeds, lrs, batches, micro, mesh):
     from searche1_jax.model.create import create_model
-    from searche1_jax.sweep.population import make_population_optimizer, make_population_steps, stack
+    from searche1_jax.train.layout import Population, stack
     from searche1_jax.train.state import params_of
-    from searche1_jax.train.steps import GRPOLossConfig, OFSDLossConfig
+    from searche1_jax.train.steps import StepConfig, make_steps
     n = len(seeds)
     t0 = time.perf_counter()
-    opt, init = make_population_optimizer(total_steps=100, warmup_ratio=0.0)
-    steps = make_population_steps(binder, opt, init, GRPOLossConfig(chunk=128), OFSDLossConfig(), mesh)
-    hyper = steps.shard({"lr": np.asarray(lrs, np.float32), "weight_decay": np.full(n, 0.01, np.float32),
-                         "grad_clip": np.ones(n, np.float32), "kl_coef": np.full(n, 0.001, np.float32),
-                         "entropy_coef": np.full(n, 0.001, np.float32), "temperature": np.ones(n, np.float32),
-                         "ofsd_temperature": np.ones(n, np.float32)})
-    params = steps.shard(stack([params_of(create_model(cfg, seed=s)) for s in seeds]))
+    layout = Population(n, mesh)
+    steps = make_steps(binder, StepConfig(grpo_chunk=128), population=True, member_sharding=layout.sharding)
+    hyper = layout.hyper([_hyper(lr) for lr in lrs])
+    params = layout.place(stack([params_of(create_model(cfg, seed=s)) for s in seeds]))
     ref = jax.tree.map(jnp.copy, params)
     state = steps.init(params, hyper)
     step_times = []
     for i, b in enumerate(batches):
         t = time.perf_counter()
-        tiled = steps.shard({k: np.broadcast_to(v, (n,) + v.shape) for k, v in b.items()})
+        tiled = layout.place({k: np.broadcast_to(v, (n,) + v.shape) for k, v in b.items()})
         b = dict(tiled, old_logps=steps.logps(params, tiled["tokens"], tiled["valid"], hyper),
                  ref_logps=steps.logps(ref, tiled["tokens"], tiled["valid"], hyper))
-        micro_b = steps.shard({k: v.reshape((n, -1, micro) + v.shape[2:]) for k, v in b.items()})
+        micro_b = layout.place({k: v.reshape((n, -1, micro) + v.shape[2:]) for k, v in b.items()})
         params, state, m = steps.grpo(params, state, micro_b, hyper)
         block(params)
         if i:
@@ -105,7 +109,7 @@ def main():
 
     from searche1_jax.model.config import get_preset
     from searche1_jax.model.create import create_model
-    from searche1_jax.sweep.population import member_mesh
+    from searche1_jax.train.layout import member_mesh
     from searche1_jax.train.state import Binder
 
     cfg = get_preset(args.preset, dtype="float32", remat=False)

@@ -37,12 +37,12 @@ def make_batch(rng, vocab, rows, length):
     return seqs, masks
 
 
-def torch_grpo_loss_sum(torch, logits, tokens, loss_mask, old_logps, ref_logps, adv, lc):
+def torch_grpo_loss_sum(torch, logits, tokens, loss_mask, old_logps, ref_logps, adv, lc, h):
     """Σ over sampled tokens of the GRPO per-token loss (METHOD §2), and that token count.
 
     logits [b, T, V]; the position t predicts token t+1, as in our `_shift`.
     """
-    z = logits[:, :-1].float() / lc.temperature
+    z = logits[:, :-1].float() / float(h["temperature"])
     targets = tokens[:, 1:]
     mask = loss_mask[:, 1:].float()
     logp_all = torch.log_softmax(z, dim=-1)
@@ -53,7 +53,7 @@ def torch_grpo_loss_sum(torch, logits, tokens, loss_mask, old_logps, ref_logps, 
     pg = torch.maximum(-a * ratio, -a * ratio.clamp(1.0 - lc.clip_eps, 1.0 + lc.clip_eps))
     d = ref_logps - logp
     kl = torch.exp(d) - d - 1.0  # k3
-    per_tok = pg + lc.kl_coef * kl - lc.entropy_coef * entropy
+    per_tok = pg + float(h["kl_coef"]) * kl - float(h["entropy_coef"]) * entropy
     per_tok = torch.where(mask > 0, per_tok * mask, torch.zeros_like(per_tok))
     return per_tok.sum(), mask.sum()
 
@@ -89,13 +89,16 @@ def main(args):
 
     from searche1_jax.model.checkpoint import load_gguf, save_hf, smollm2_gguf_path
     from searche1_jax.train.batching import pack, to_micro
-    from searche1_jax.train.state import Binder, make_optimizer, params_of
-    from searche1_jax.train.steps import GRPOLossConfig, make_grpo_step, make_logps_fn
+    from searche1_jax.train.state import Binder, params_of
+    from searche1_jax.train.steps import StepConfig, hyper, make_steps
 
     n_cores = os.cpu_count()
     torch.set_num_threads(args.threads)
-    lc = GRPOLossConfig() if args.chunk is None else GRPOLossConfig(chunk=args.chunk)
+    lc = StepConfig() if args.chunk is None else StepConfig(grpo_chunk=args.chunk)
     lr, wd, clip = 1e-6, 0.01, 1.0  # configs/common.py train.*
+    kl_coef, entropy_coef = 0.001, 0.001  # configs/common.py grpo.*
+    h = hyper(lr=lr, weight_decay=wd, grad_clip=clip, kl_coef=kl_coef, entropy_coef=entropy_coef,
+              temperature=1.0, ofsd_temperature=1.0)
 
     model, cfg = load_gguf(smollm2_gguf_path(), remat=args.remat, dtype=args.dtype)
     tmp = tempfile.mkdtemp()
@@ -111,7 +114,8 @@ def main(args):
     rng = np.random.default_rng(args.seed)
     seqs, masks = make_batch(rng, cfg.vocab_size, args.batch, args.length)
     batch = pack(seqs, masks, length=args.length)
-    logps = np.asarray(make_logps_fn(binder, lc)(params, batch["tokens"], batch["valid"]))
+    steps = make_steps(binder, lc)
+    logps = np.asarray(steps.logps(params, batch["tokens"], batch["valid"], h))
     batch["old_logps"] = (logps + rng.normal(0, 0.1, logps.shape)).astype(np.float32)
     batch["ref_logps"] = (logps + rng.normal(0, 0.3, logps.shape)).astype(np.float32)
     batch["advantages"] = rng.normal(0.3, 1.0, args.batch).astype(np.float32)
@@ -121,11 +125,11 @@ def main(args):
     n_loss = int(batch["loss_mask"][:, 1:].sum())
 
     # ---- ours ----
-    opt = make_optimizer(lr, total_steps=1000, warmup_ratio=0.0, weight_decay=wd, grad_clip=clip)
-    opt_state = jax.jit(opt.init)(params)
+    opt_state = steps.init(params, h)
     jmicro = {k: jnp.asarray(v) for k, v in micro.items()}
     t = time.perf_counter()
-    step = make_grpo_step(binder, opt, lc).lower(params, opt_state, jmicro).compile()
+    compiled = steps.grpo.lower(params, opt_state, jmicro, h).compile()
+    step = lambda p, s, b: compiled(p, s, b, h)  # noqa: E731
     ours_compile = time.perf_counter() - t
     state = {"p": params, "s": opt_state}
 
@@ -149,7 +153,7 @@ def main(args):
             with autocast:
                 logits = hf(input_ids=tok, attention_mask=tm["valid"][i].long()).logits
             s, c = torch_grpo_loss_sum(torch, logits, tok, tm["loss_mask"][i], tm["old_logps"][i],
-                                       tm["ref_logps"][i], tm["advantages"][i], lc)
+                                       tm["ref_logps"][i], tm["advantages"][i], lc, h)
             s.backward()
             loss_sum += float(s.detach())
             count += float(c)
@@ -194,14 +198,15 @@ def main(args):
           f"(torch.set_num_threads({torch.get_num_threads()})); load average {os.getloadavg()}")
     print(f"SmolLM2-135M GRPO step, {args.dtype}, batch {args.batch} x {args.length} "
           f"({args.batch // args.micro_batch} micro-batches of {args.micro_batch}), "
-          f"remat={args.remat}, logit chunk {lc.chunk}; {n_tok} tokens/step counted "
+          f"remat={args.remat}, logit chunk {lc.grpo_chunk}; {n_tok} tokens/step counted "
           f"(batch x length; {n_valid} valid, {n_loss} in the loss); {flops / 1e12:.2f} TFLOP/step")
     for name in sides:
         m = first[name]
         extra = f", compile {ours_compile:.1f} s" if name == "ours" else ""
         print(f"  {name:5s}: {n_tok / med[name]:7.1f} tok/s  median {med[name]:.2f} s/step "
               f"(steps {', '.join(f'{x:.2f}' for x in times[name])}), "
-              f"{flops / med[name] / 1e9:.0f} GFLOP/s, CPU {np.median(cpu[name]):.2f} s/step; warm-up step {warm[name]:.2f} s{extra}; "
+              f"{flops / med[name] / 1e9:.0f} GFLOP/s, CPU {np.median(cpu[name]):.2f} s/step; "
+              f"warm-up step {warm[name]:.2f} s{extra}; "
               f"first-step loss {m['loss']:.7f}, grad norm {m['grad_norm']:.6f}, tokens {m['tokens']:.0f}")
     if len(sides) == 2:
         a, b = first["ours"]["loss"], first["torch"]["loss"]

@@ -68,8 +68,8 @@ def plot_curves(populations: list[tuple[str, str, list[str]]], out: str,
     import matplotlib.pyplot as plt
 
     cols = min(2, len(metrics))
-    fig, axes = plt.subplots(math.ceil(len(metrics) / cols), cols, figsize=(5.5 * cols, 3.4 * math.ceil(len(metrics) / cols)),
-                             squeeze=False)
+    n_rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(5.5 * cols, 3.4 * n_rows), squeeze=False)
     for ax, name in zip(axes.flat, metrics):
         for label, workdir, names in populations:
             for m, pts in member_curves(os.path.join(workdir, "metrics.jsonl")).items():

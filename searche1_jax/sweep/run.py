@@ -34,7 +34,8 @@ def run_sweep(config, sweep: str, workdir: str, *, population: str = "auto", dev
 
     plan = plan_sweep(parse_sweep(sweep, config), population, config)
     os.makedirs(workdir, exist_ok=True)
-    _check_workdir(workdir, {"sweep": sweep, "population": population, "config": json.loads(config.to_json_best_effort())})
+    _check_workdir(workdir, {"sweep": sweep, "population": population,
+                             "config": json.loads(config.to_json_best_effort())})
     members = plan.members()
     pops = plan.populations()
     log(f"sweep: {len(pops)} population(s) x {len(members)} member(s); vmapped fields "
