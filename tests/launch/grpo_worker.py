@@ -18,9 +18,10 @@ import optax  # noqa: E402
 from searche1_jax.model.config import get_preset  # noqa: E402
 from searche1_jax.model.create import model_from_arrays  # noqa: E402
 from searche1_jax.model.sharding import make_mesh  # noqa: E402
+from searche1_jax.train import steps as steps_module  # noqa: E402
 from searche1_jax.train.multihost import rollout_replica, to_global, to_local  # noqa: E402
 from searche1_jax.train.state import Binder, flatten, params_of  # noqa: E402
-from searche1_jax.train.steps import GRPOLossConfig, make_grpo_step, make_logps_fn  # noqa: E402
+from searche1_jax.train.steps import StepConfig, hyper, make_steps  # noqa: E402
 
 cfg = get_preset("tiny")
 mesh = make_mesh({"fsdp": -1})
@@ -31,16 +32,19 @@ half = batch["tokens"].shape[1] // 2
 local = {k: v[:, pid * half:(pid + 1) * half] for k, v in batch.items()}
 binder = Binder(model_from_arrays(cfg, dict(np.load(f"{data}/params.npz")), mesh=mesh))
 
+# plain SGD(1.0) in place of AdamW, as in the one-process oracle (test_multiprocess.py)
+steps_module.adamw = lambda h: optax.sgd(1.0)
+steps = make_steps(binder, StepConfig(grpo_chunk=64))
+h = hyper(lr=1.0, weight_decay=0.0, grad_clip=1.0, kl_coef=0.001, entropy_coef=0.001, temperature=1.0,
+          ofsd_temperature=1.0)
+
 # old log-probs of this process's rows through the global model, back to host rows
-logps_fn = make_logps_fn(binder, GRPOLossConfig(chunk=64))
 g = to_global({"tokens": local["tokens"][0], "valid": local["valid"][0]}, mesh)
-old0 = to_local(logps_fn(params, g["tokens"], g["valid"]), mesh)
+old0 = to_local(steps.logps(params, g["tokens"], g["valid"], h), mesh)
 replica = rollout_replica(params, cfg)             # the process-local policy of the rollouts
 rep_logits = np.asarray(replica(local["tokens"][0], local["valid"][0]))
 
-opt = optax.sgd(1.0)
-step = make_grpo_step(binder, opt, GRPOLossConfig(chunk=64))
-out, _, metrics = step(params, jax.jit(opt.init)(params), to_global(local, mesh, row_axis=1))
+out, _, metrics = steps.grpo(params, steps.init(params, h), to_global(local, mesh, row_axis=1), h)
 host = jax.experimental.multihost_utils.process_allgather(flatten(out), tiled=True)
 loss = float(metrics["loss"])
 if pid == 0:

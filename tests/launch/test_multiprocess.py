@@ -14,12 +14,16 @@ import pytest
 from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model, model_from_arrays
 from searche1_jax.model.sharding import make_mesh, named_sharding
+from searche1_jax.train import steps as steps_module
 from searche1_jax.train.batching import pack, to_micro
 from searche1_jax.train.state import Binder, flatten, params_of
-from searche1_jax.train.steps import GRPOLossConfig, make_grpo_step, make_logps_fn
+from searche1_jax.train.steps import StepConfig, hyper, make_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = get_preset("tiny")
+# METHOD §2 coefficients, temperature 1; the optimiser is SGD(1.0) (below and in grpo_worker.py)
+HYPER = hyper(lr=1.0, weight_decay=0.0, grad_clip=1.0, kl_coef=0.001, entropy_coef=0.001, temperature=1.0,
+              ofsd_temperature=1.0)
 
 
 def free_port() -> int:
@@ -37,18 +41,19 @@ def grpo_batch(logps_fn, params, rows=16, length=24, seed=9):
         masks.append([0] * p + [1] * r)
     b = pack(seqs, masks, length=length)
     b["advantages"] = rng.normal(size=rows).astype(np.float32)
-    b["old_logps"] = np.asarray(logps_fn(params, b["tokens"], b["valid"]))
+    b["old_logps"] = np.asarray(logps_fn(params, b["tokens"], b["valid"], HYPER))
     b["ref_logps"] = b["old_logps"] + rng.normal(scale=0.1, size=b["old_logps"].shape).astype(np.float32)
     return b
 
 
 @pytest.mark.slow  # ~2-4 min on a contended 2-core machine: three JAX processes compile
-def test_two_processes_equal_one_process_with_8_devices(tmp_path):
+def test_two_processes_equal_one_process_with_8_devices(tmp_path, monkeypatch):
+    monkeypatch.setattr(steps_module, "adamw", lambda h: optax.sgd(1.0))
     model = create_model(CFG, seed=1)
     params = params_of(model)
-    loss_cfg = GRPOLossConfig(chunk=64)
+    step_cfg = StepConfig(grpo_chunk=64)
     flat = {k: np.asarray(v) for k, v in flatten(params).items()}
-    batch = to_micro(grpo_batch(make_logps_fn(Binder(model), loss_cfg), params), 8)  # [2, 8, T]
+    batch = to_micro(grpo_batch(make_steps(Binder(model), step_cfg).logps, params), 8)  # [2, 8, T]
     np.savez(tmp_path / "params.npz", **flat)
     np.savez(tmp_path / "batch.npz", **batch)
 
@@ -58,8 +63,8 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     sp = params_of(sharded)
     sb = {k: jax.device_put(v, named_sharding((None, "batch") + (None,) * (v.ndim - 2), v.shape, mesh))
           for k, v in batch.items()}
-    opt = optax.sgd(1.0)
-    ref, _, ref_m = make_grpo_step(Binder(sharded), opt, loss_cfg)(sp, jax.jit(opt.init)(sp), sb)
+    steps = make_steps(Binder(sharded), step_cfg)
+    ref, _, ref_m = steps.grpo(sp, steps.init(sp, HYPER), sb, HYPER)
 
     port = str(free_port())
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ def tiny_config():
 
 def state_with(d_model):
     params = {"embed": {"embedding": jnp.zeros((10, d_model))}, "norm": {"scale": jnp.ones((d_model,))}}
-    return TrainState(params, {"count": jnp.int32(0)}, None, 0, __import__("jax").random.key(0),
+    rng = jax.random.key(0)[None]  # [N] member keys: a single run is a population of one
+    return TrainState(params, {"count": jnp.int32(0)}, None, 0, rng,
                       {"round": 0, "phase": "grpo", "round_step": 0, "data": {}})
 
 
@@ -45,6 +47,7 @@ def test_checkpoint_from_a_different_model_shape_is_refused(tmp_path):
     # same shapes restore fine, with the meta intact
     restored = ckpt.restore_latest(state_with(8))
     assert restored.meta == {"round": 0, "phase": "grpo", "round_step": 0, "data": {}}
+    assert restored.rng.shape == (1,)
     np.testing.assert_array_equal(restored.params["norm"]["scale"], np.ones(8))
     with pytest.raises(ValueError, match=r"different model: parameter embed\.embedding has shape "
                                          r"\(10, 8\) in the checkpoint, \(10, 16\) in this model.*new --workdir"):
