@@ -1,4 +1,4 @@
-"""The population trainer, step for step, against the single-run `Trainer` of each member.
+"""The population `Trainer`, step for step, against the single-run `Trainer` of each member.
 
 The policy's rollouts are replaced by a scripted agent whose trajectories depend only on the
 rollout key (seeded per member), so the OFSD round has real sibling/student pairs and the
@@ -48,9 +48,7 @@ def scripted_run(golds):
 @pytest.mark.slow
 def test_population_trainer_equals_single_trainers(tmp_path, monkeypatch):
     from searche1_jax.data.qa import read_examples
-    from searche1_jax.sweep.setup import PopulationSetup
     from searche1_jax.sweep.spec import with_overrides
-    from searche1_jax.sweep.trainer import PopulationTrainer
     from searche1_jax.train.loop import Trainer
     from searche1_jax.train.metrics import Progress
     from searche1_jax.train.setup import Experiment
@@ -60,10 +58,11 @@ def test_population_trainer_equals_single_trainers(tmp_path, monkeypatch):
     monkeypatch.setattr(SearchAgent, "run", scripted_run(golds))
     configs = [with_overrides(base, {"train.seed": s, "train.lr": lr}) for s, lr in ((0, 1e-3), (1, 3e-3))]
 
-    setup = PopulationSetup(configs)
-    pop = PopulationTrainer(setup, str(tmp_path / "pop"), ["a", "b"])
+    pop_exp = Experiment(configs, population=True)
+    assert pop_exp.layout.population and pop_exp.n == 2
+    pop = Trainer(pop_exp, str(tmp_path / "pop"), ["a", "b"])
     pop.progress = Progress(1)
-    state = pop.ofsd_round(pop.grpo_step(setup.initial_state()))
+    state = pop.ofsd_round(pop.grpo_step(pop_exp.initial_state()))
     rows = [r for r in map(eval_json, open(pop.metrics_path)) if r["phase"] == "ofsd"]
     updates = [r["ofsd_updates"] for r in rows]
     assert min(updates) >= 1 and updates[0] != updates[1], updates  # both distil, unequal batches
@@ -73,7 +72,7 @@ def test_population_trainer_equals_single_trainers(tmp_path, monkeypatch):
     monkeypatch.setattr("searche1_jax.train.setup.make_mesh", lambda shape: None)
     for i, c in enumerate(configs):
         exp = Experiment(c)
-        assert exp.mesh is None
+        assert exp.mesh is None and not exp.layout.population
         single = Trainer(exp, str(tmp_path / f"single{i}"))
         single.progress = Progress(1)
         s = single.ofsd_round(single.grpo_step(exp.initial_state()))
@@ -83,7 +82,7 @@ def test_population_trainer_equals_single_trainers(tmp_path, monkeypatch):
             want = [r[key] for r in single_rows if r["phase"] == phase]
             got_m = [r[key] for r in pop_rows if r["phase"] == phase and r["member"] == i]
             np.testing.assert_allclose(got_m, want, rtol=1e-4, atol=1e-6, err_msg=f"{phase} {key}")
-        got = jax.tree.map(lambda x: x[i], state.params)
+        got = pop_exp.member_params(state.params, i)
         diff = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
                                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(s.params))])
         # Same updates, other summation order (batched kernels, other padding). Adam divides by
@@ -94,7 +93,8 @@ def test_population_trainer_equals_single_trainers(tmp_path, monkeypatch):
         # and the worst element against one update.
         assert np.quantile(diff, 0.9) < 2e-5, np.quantile(diff, [0.5, 0.9, 0.99])
         assert diff.max() < c.train.lr, diff.max()
-        np.testing.assert_array_equal(jax.random.key_data(s.rng), jax.random.key_data(state.rng[i]))
+        assert s.rng.shape == (1,)  # a single run is a population of one: rng [1]
+        np.testing.assert_array_equal(jax.random.key_data(s.rng[0]), jax.random.key_data(state.rng[i]))
 
 
 def eval_json(line):
