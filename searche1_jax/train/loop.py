@@ -53,7 +53,7 @@ class Trainer:
         self.total_grpo = exp.total_grpo_steps
         self.progress = Progress(self.total_grpo)
         self.pad = {"tokens": exp.tokenizer.pad_id, "teacher_tokens": exp.tokenizer.pad_id}
-        self._group_ids: frozenset = frozenset()
+        self._group_ids = [frozenset()] * exp.n  # per member: members share the questions
 
     def _write(self, step: int, phase: str, per_member: list[dict]) -> list[dict]:
         if not self.layout.population:
@@ -87,10 +87,9 @@ class Trainer:
         per = [grpo_arrays(g, step=state.step, length_bucket=c.grpo.length_bucket,
                            rows_multiple=np.lcm(traj_per_update, rows), pad_id=exp.tokenizer.pad_id)
                for g in groups]
-        for b in per:  # METHOD §2: a group id never repeats across steps
-            ids = b.pop("group_ids", None)
-            if ids is not None:
-                self._group_ids = check_unique_group_ids(ids[ids >= 0], self._group_ids)
+        for i, b in enumerate(per):  # METHOD §2: a group id never repeats across steps
+            ids = b.pop("group_ids")
+            self._group_ids[i] = check_unique_group_ids(ids[ids >= 0], self._group_ids[i])
         batch = lay.combine(per, GRPO_DTYPES, self.pad)  # same shapes everywhere
         batch.pop("_rows", None)
         hyper = exp.hyper(state.step)
