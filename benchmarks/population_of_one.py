@@ -7,8 +7,9 @@ Three GRPO train steps over the same packed batch, compiled once each, called in
   (`--baseline-rev`, default e8f540c: `train/steps.py::make_grpo_step` with its optax AdamW
   and the loss numbers baked into the program as constants);
 - `single`: today's single run (`make_steps(population=False)`: hyper-parameters traced);
-- `pop1`: a population of one (`make_steps(population=True)`: the same member step under
-  `jax.vmap` over a member axis of size 1).
+- `pop1`: a population of one (`make_steps(population=True)`: the same member step over a
+  leading member axis of size 1; a device holding one member drops the axis inside its
+  program, `--vmap-one` times `jax.vmap` over the size-1 axis instead, as it was first built).
 
 Prints median seconds per step and the ratios to the baseline, and checks the three give the
 same loss and gradient norm.
@@ -73,6 +74,7 @@ def main():
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--baseline-rev", default="e8f540c")
+    ap.add_argument("--vmap-one", action="store_true", help="pop1 as jax.vmap over the size-1 member axis")
     args = ap.parse_args()
 
     from searche1_jax.model.checkpoint import load_gguf, smollm2_gguf_path
@@ -107,6 +109,10 @@ def main():
     base_step = old_steps.make_grpo_step(binder, opt, old_steps.GRPOLossConfig(chunk=chunk, kl_coef=kl,
                                                                                entropy_coef=ent))
     pop = make_steps(binder, StepConfig(grpo_chunk=chunk), population=True)
+    if args.vmap_one:
+        from searche1_jax.train.steps import member_functions
+        pop.grpo = jax.jit(jax.vmap(member_functions(binder, StepConfig(grpo_chunk=chunk))["grpo"]),
+                           donate_argnums=(0, 1))
     h1 = {k: jnp.asarray(v)[None] for k, v in h.items()}
     micro1 = jax.tree.map(lambda x: x[None], micro)
 

@@ -78,7 +78,7 @@ def population(cfg, binder, seeds, lrs, batches, micro, mesh):
     n = len(seeds)
     t0 = time.perf_counter()
     layout = Population(n, mesh)
-    steps = make_steps(binder, StepConfig(grpo_chunk=128), population=True, member_sharding=layout.sharding)
+    steps = make_steps(binder, StepConfig(grpo_chunk=128), population=True, mesh=layout.mesh)
     hyper = layout.hyper([_hyper(lr) for lr in lrs])
     params = layout.place(stack([params_of(create_model(cfg, seed=s)) for s in seeds]))
     ref = jax.tree.map(jnp.copy, params)

@@ -173,7 +173,7 @@ class Experiment:
                                         top_k=mc.rollout.top_k) for mc in configs]
         self.total_grpo_steps = c.train.rounds * c.grpo.steps_per_round
         self.steps = make_steps(self.binder, StepConfig.from_config(c), population=population,
-                                member_sharding=getattr(self.layout, "sharding", None))
+                                mesh=self.layout.mesh if population else None)
 
     # ---- the traced hyper-parameters of an update ----
     def grpo_lr(self, mc, step: int) -> float:

@@ -80,7 +80,7 @@ def single_runs(binder, seeds, batches):
 def population_run(binder, seeds, batches, mesh):
     n = len(seeds)
     lay = Population(n, mesh)
-    steps = make_steps(binder, StepConfig(grpo_chunk=64), population=True, member_sharding=lay.sharding)
+    steps = make_steps(binder, StepConfig(grpo_chunk=64), population=True, mesh=lay.mesh)
     params = lay.stack([params_of(create_model(CFG, seed=s)) for s in seeds])
     ref = jax.tree.map(jnp.copy, params)
     state = steps.init(params, lay.hyper(hypers_at(0)))
