@@ -70,13 +70,14 @@ def chat_prompts(tok, batch: int) -> list[list[int]]:
     return [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}])) for q in QUESTIONS[:batch]]
 
 
-def make_ours_generate(model, cfg, prompts: list[list[int]], new: int, bucket: int = 64, decode_kernels=None):
+def make_ours_generate(model, cfg, prompts: list[list[int]], new: int, bucket: int = 64, speed=None):
     """-> fn() returning [B, new] greedy tokens: prefill (`append`) + `decode`, blocking."""
     from searche1_jax.model.transformer import init_cache
     from searche1_jax.rollout.sampler import SamplingParams, append, decode, empty_state
+    from searche1_jax.shapes import round_up
 
     b = len(prompts)
-    width = -(-max(map(len, prompts)) // bucket) * bucket
+    width = round_up(max(map(len, prompts)), bucket)
     toks = np.zeros((b, width), np.int32)
     for r, ids in enumerate(prompts):
         toks[r, :len(ids)] = ids
@@ -89,7 +90,7 @@ def make_ours_generate(model, cfg, prompts: list[list[int]], new: int, bucket: i
         state = empty_state(init_cache(cfg, b, width + new), cfg.vocab_size)
         state = append(model, state, toks, n, jnp.int32(0))
         out, _ = decode(model, state, active, key, max_new=new, params=SamplingParams(greedy=True),
-                        decode_kernels=decode_kernels, **no_stop)
+                        speed=speed, **no_stop)
         got = np.asarray(out.tokens)
         if not (np.asarray(out.n_new) == new).all():
             raise RuntimeError(f"ours generated {np.asarray(out.n_new)} tokens, expected {new} each")
@@ -132,24 +133,30 @@ def load_line() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _kernels_arg(args):
-    return {"auto": None, "on": True, "off": False}[args.decode_kernels]
+def _speed(args, batch: int):
+    """The decode `SpeedPolicy` at this batch: the backend's (auto) or [out, in] kernels forced on/off."""
+    import dataclasses
+
+    from searche1_jax.model.speed import SpeedPolicy
+
+    speed = SpeedPolicy.for_backend(batch=batch)
+    if args.decode_kernels == "auto":
+        return speed
+    return dataclasses.replace(speed, few_row_kernels=args.decode_kernels == "on")
 
 
 def cmd_generate(args):
-    from searche1_jax.rollout.sampler import use_decode_kernels
-
     model, cfg, tok = load_ours()
     prompts = chat_prompts(tok, args.batch)
     n_tok = args.batch * args.new
-    kernels = _kernels_arg(args)
+    speed = _speed(args, args.batch)
     print(f"machine: {os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].platform}; {load_line()}")
     print(f"SmolLM2-135M-Instruct, batch {args.batch}, prompts {min(map(len, prompts))}-{max(map(len, prompts))} "
           f"tokens, {args.new} new tokens each, greedy, fp32, no EOS stop, prefill included in both; "
-          f"decode kernels [out, in]: {use_decode_kernels(args.batch) if kernels is None else kernels}")
+          f"decode kernels [out, in]: {speed.few_row_kernels}")
     sides = {}
     if args.only in ("", "ours"):
-        sides["ours"] = make_ours_generate(model, cfg, prompts, args.new, decode_kernels=kernels)
+        sides["ours"] = make_ours_generate(model, cfg, prompts, args.new, speed=speed)
     if args.only in ("", "torch"):
         import torch
 
@@ -198,7 +205,7 @@ def cmd_profile(args):
         times = {}
         for steps in (args.new // 4, args.new):
             f = lambda: decode(model, state, jnp.ones((b,), bool), jax.random.key(0), max_new=steps,  # noqa: E731
-                               params=SamplingParams(greedy=True), decode_kernels=_kernels_arg(args), **no_stop)
+                               params=SamplingParams(greedy=True), speed=_speed(args, b), **no_stop)
             jax.block_until_ready(f())
             t = time.perf_counter()
             jax.block_until_ready(f())

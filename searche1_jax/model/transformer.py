@@ -30,24 +30,25 @@ def _param(rngs: nnx.Rngs, init, shape, dtype, axes) -> nnx.Param:
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel (+ bias); kernel [in, out] (HF stores [out, in])."""
+    """y = x @ kernel (+ bias); kernel [in, out] (HF stores [out, in]), or [out, in] when
+    `out_in` (only in a `Transformer.few_row_view`, for few-token decode steps)."""
 
     def __init__(self, d_in, d_out, axes, *, bias: bool, cfg: ModelConfig, rngs: nnx.Rngs):
         self.kernel = _param(rngs, nnx.initializers.normal(0.02), (d_in, d_out), cfg.param_dtype, axes)
         self.bias = (_param(rngs, nnx.initializers.zeros, (d_out,), cfg.param_dtype, axes[1:])
                      if bias else None)
         self.dtype = jnp.dtype(cfg.dtype)
+        self.out_in = False
 
-    def __call__(self, x, kernel_t=None):
-        """kernel_t: optional copy of the kernel stored [out, in] (`Transformer.decode_kernels`)."""
+    def __call__(self, x):
         # A 2-D [tokens, in] operand: XLA:CPU runs the backward's weight-gradient dot
         # (contracting the token axis) ~15% faster than over [B, T, in].
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)
-        if kernel_t is None:
-            y = x2 @ self.kernel[...].astype(self.dtype)
+        if self.out_in:
+            y = _small_m_dot(x2, self.kernel[...].astype(self.dtype))
         else:
-            y = _small_m_dot(x2, kernel_t.astype(self.dtype))
+            y = x2 @ self.kernel[...].astype(self.dtype)
         y = y.reshape(lead + (y.shape[-1],))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
@@ -63,6 +64,12 @@ def _small_m_dot(x, w_t, preferred_element_type=None):
     """
     y_t = jnp.einsum("oi,mi->om", w_t, x, preferred_element_type=preferred_element_type)
     return jax.lax.optimization_barrier(y_t).T
+
+
+@jax.jit
+def _transposed(ws: tuple) -> tuple:
+    """Each [a, b] -> [b, a], materialised: otherwise XLA folds the transposes back into the dots."""
+    return jax.lax.optimization_barrier(tuple(w.T for w in ws))
 
 
 class RMSNorm(nnx.Module):
@@ -140,17 +147,16 @@ class Attention(nnx.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = h, k, hd
         self.theta = cfg.rope_theta
 
-    def qkv(self, x, positions, kt=None):
+    def qkv(self, x, positions):
         b, t, _ = x.shape
-        kt = kt or {}
-        q = self.q_proj(x, kt.get("q_proj")).reshape(b, t, self.n_heads, self.head_dim)
-        k = self.k_proj(x, kt.get("k_proj")).reshape(b, t, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x, kt.get("v_proj")).reshape(b, t, self.n_kv_heads, self.head_dim)
+        q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
         return rope(q, positions, self.theta), rope(k, positions, self.theta), v
 
-    def out(self, o, kt=None):
+    def out(self, o):
         b, t = o.shape[:2]
-        return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim), (kt or {}).get("o_proj"))
+        return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim))
 
 
 class MLP(nnx.Module):
@@ -160,10 +166,8 @@ class MLP(nnx.Module):
         self.up_proj = Linear(d, m, ("embed", "mlp"), bias=False, cfg=cfg, rngs=rngs)
         self.down_proj = Linear(m, d, ("mlp", "embed"), bias=False, cfg=cfg, rngs=rngs)
 
-    def __call__(self, x, kt=None):
-        kt = kt or {}
-        h = jax.nn.silu(self.gate_proj(x, kt.get("gate_proj"))) * self.up_proj(x, kt.get("up_proj"))
-        return self.down_proj(h, kt.get("down_proj"))
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nnx.Module):
@@ -178,18 +182,16 @@ class Block(nnx.Module):
         x = x + self.attn.out(attend_causal(q, k, v, mask, attn_block))
         return x + self.mlp(self.post_attn_norm(x))
 
-    def extend(self, x, positions, mask, k_cache, v_cache, write_idx, kt=None):
-        """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped).
-
-        kt: this block's `decode_kernels` entry, or None."""
-        q, k, v = self.attn.qkv(self.input_norm(x), positions, kt)
+    def extend(self, x, positions, mask, k_cache, v_cache, write_idx):
+        """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped)."""
+        q, k, v = self.attn.qkv(self.input_norm(x), positions)
         rows = jnp.arange(x.shape[0])[:, None]
         # k_cache [B,K,D,S], v_cache [B,K,S,D]: the indexed (slot) results are [B,T,K,D] = k, v
         k_cache = k_cache.at[rows, :, :, write_idx].set(k.astype(k_cache.dtype), mode="drop")
         v_cache = v_cache.at[rows, :, write_idx].set(v.astype(v_cache.dtype), mode="drop")
         x = x + self.attn.out(attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask,
-                                     cached=True), kt)
-        return x + self.mlp(self.post_attn_norm(x), kt), k_cache, v_cache
+                                     cached=True))
+        return x + self.mlp(self.post_attn_norm(x)), k_cache, v_cache
 
 
 class KVCache(NamedTuple):
@@ -229,20 +231,25 @@ class Transformer(nnx.Module):
         self.lm_head = (None if cfg.tie_embeddings else
                         _param(rngs, nnx.initializers.normal(0.02), (cfg.d_model, cfg.vocab_size),
                                cfg.param_dtype, ("embed", "vocab")))
+        self.head_out_in = False  # lm_head stored [V, d] (a `few_row_view`; a tied head is [V, d] already)
 
     # ---- pieces shared by both entry points ----
+    def _head_rows(self) -> jax.Array:
+        """The LM head as stored rows [V, d]: the embedding when tied, else the [V, d] copy."""
+        return self.embed[...] if self.lm_head is None else self.lm_head[...]
+
     def head(self) -> jax.Array:
         """LM head [d_model, vocab] in the compute dtype (the embedding transposed when tied)."""
-        w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        w = self._head_rows().T if self.lm_head is None or self.head_out_in else self.lm_head[...]
         return w.astype(self.cfg.dtype)
 
-    def logits(self, hidden: jax.Array, head_t: jax.Array | None = None) -> jax.Array:
-        """hidden [..., d] -> logits [..., V] in fp32. head_t: the head as [V, d]
-        (`decode_kernels()["head"]`) for the few-token form, or None."""
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden [..., d] -> logits [..., V] in fp32 (the few-row form in a `few_row_view`)."""
         hidden = hidden.astype(self.cfg.dtype)
-        if head_t is not None:
+        if self.head_out_in:
             lead = hidden.shape[:-1]
-            out = _small_m_dot(hidden.reshape(-1, hidden.shape[-1]), head_t.astype(self.cfg.dtype),
+            out = _small_m_dot(hidden.reshape(-1, hidden.shape[-1]),
+                               self._head_rows().astype(self.cfg.dtype),
                                preferred_element_type=jnp.float32)
             return out.reshape(lead + (out.shape[-1],))
         return jnp.einsum("...d,dv->...v", hidden, self.head(), preferred_element_type=jnp.float32)
@@ -277,32 +284,37 @@ class Transformer(nnx.Module):
         return hidden if return_hidden else self.logits(hidden)
 
     # ---- cached forward ----
-    def decode_kernels(self) -> dict:
-        """The linear kernels and the LM head as [out, in], for `extend(..., kernels=)`.
+    def few_row_view(self) -> Transformer:
+        """This model with its linear kernels and LM head stored [out, in], for decoding on CPU.
 
-        For decoding on CPU: XLA:CPU multiplies a few tokens by an [out, in] weight about
-        twice as fast as by the [in, out] one the model stores (the LM head [16, 576] x
-        [576, 49,152]: 22 -> 13 ms). Build once per rollout, outside the token loop: it costs
-        one copy of the linear weights (a tied head is the embedding itself, no copy).
-        -> {"layers": ({"q_proj": [out, in], ...} per block), "head": [V, d]}
+        XLA:CPU multiplies a few tokens by an [out, in] weight about twice as fast as by the
+        [in, out] one the model stores (the LM head [16, 576] x [576, 49,152]: 22 -> 13 ms).
+        Same outputs as the model; used when `SpeedPolicy.few_row_kernels`. Build once per
+        rollout, outside the token loop: it costs one copy of the linear weights (a tied head is
+        the embedding itself, no copy); everything else is shared with this model. Idempotent.
         """
-        layers = tuple({name: getattr(module, name).kernel[...].T
-                        for module, names in ((block.attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
-                                              (block.mlp, ("gate_proj", "up_proj", "down_proj")))
-                        for name in names}
-                       for block in self.layers)
-        head = self.embed[...] if self.lm_head is None else self.lm_head[...].T
-        # materialised: otherwise XLA folds the transposes back into the dots
-        return jax.lax.optimization_barrier({"layers": layers, "head": head})
+        if self.head_out_in:
+            return self
+        view = nnx.clone(self)
+        linears = [m for _, m in nnx.iter_modules(view) if isinstance(m, Linear)]
+        untied = view.lm_head is not None
+        rows = _transposed(tuple(m.kernel[...] for m in linears)
+                           + ((view.lm_head[...],) if untied else ()))
+        for m, w in zip(linears, rows):
+            m.kernel = nnx.Param(w, logical_axes=m.kernel.get_metadata()["logical_axes"][::-1])
+            m.out_in = True
+        if untied:
+            view.lm_head = nnx.Param(rows[-1], logical_axes=("vocab", "embed"))
+        view.head_out_in = True
+        return view
 
-    def extend(self, tokens, n_valid, cache: KVCache, *, output: str = "last", kernels=None):
+    def extend(self, tokens, n_valid, cache: KVCache, *, output: str = "last"):
         """Append the first `n_valid[b]` of `tokens[b]` (right-padded [B, T]) to each row.
 
         Returns (out, new_cache). `output`: "last" -> logits [B, V] at each row's last
         appended token (undefined for rows with n_valid == 0); "all" -> logits [B, T, V];
         "hidden" -> final hidden [B, T, d]. Rows must fit: length + n_valid <= cache.max_len
-        (tokens past the end are dropped; the caller checks the budget). kernels: the result of
-        `decode_kernels()` (same outputs, faster few-token steps on CPU), or None.
+        (tokens past the end are dropped; the caller checks the budget).
         """
         b, t = tokens.shape
         s = cache.max_len
@@ -313,18 +325,16 @@ class Transformer(nnx.Module):
         x = self._embed(tokens)
         ks, vs = [], []
         for i, block in enumerate(self.layers):
-            x, k, v = block.extend(x, slots, mask, cache.k[i], cache.v[i], write_idx,
-                                   None if kernels is None else kernels["layers"][i])
+            x, k, v = block.extend(x, slots, mask, cache.k[i], cache.v[i], write_idx)
             ks.append(k)
             vs.append(v)
         hidden = self.final_norm(x)
         new_cache = KVCache(tuple(ks), tuple(vs), cache.length + n_valid.astype(jnp.int32))
         if output == "hidden":
             return hidden, new_cache
-        head_t = None if kernels is None else kernels["head"]
         if output == "all":
-            return self.logits(hidden, head_t), new_cache
+            return self.logits(hidden), new_cache
         if output != "last":
             raise ValueError(f"output must be 'last', 'all' or 'hidden', got {output!r}")
         last = jnp.take_along_axis(hidden, jnp.maximum(n_valid - 1, 0)[:, None, None], axis=1)[:, 0]
-        return self.logits(last, head_t), new_cache
+        return self.logits(last), new_cache

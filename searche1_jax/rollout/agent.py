@@ -17,13 +17,13 @@ from typing import Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import init_cache
 from searche1_jax.rl.rewards import extract_answer
 from searche1_jax.rollout import prompts as P
 from searche1_jax.rollout.sampler import (STOPPED, SamplingParams, append, decode, decode_window,
-                                          empty_state, use_decode_kernels)
+                                          empty_state)
 
 SEARCH, ANSWER = 0, 1  # stop-string ids: the automaton is built with (</search>, </answer>)
 STOP_STRINGS = (P.SEARCH_CLOSE, P.ANSWER_CLOSE)
@@ -167,9 +167,10 @@ class SearchAgent:
         state = self._append(model, state, {i: t.prompt_ids for i, t in enumerate(trajs)}, b,
                              [len(t.prompt_ids) for t in trajs])
         room = lambda t: cfg.max_response_tokens - len(t.response_ids)  # noqa: E731
-        # [out, in] weight copies for the few-row decode dots, made once for all turns (CPU)
-        kernels = (_decode_kernels(model) if hasattr(model, "decode_kernels") and use_decode_kernels(b)
-                   else None)
+        # the backend's decode fast path, chosen once for all turns ([out, in] weights on CPU)
+        speed = SpeedPolicy.for_backend(batch=b)
+        decoder = (model.few_row_view() if speed.few_row_kernels and hasattr(model, "few_row_view")
+                   else model)
 
         active = np.ones((b,), bool)
         for turn in range(cfg.max_turns + 1):
@@ -182,10 +183,10 @@ class SearchAgent:
             window = decode_window([len(trajs[r].prompt_ids) + len(trajs[r].response_ids)
                                     for r in np.flatnonzero(active)], cfg.max_turn_tokens, cache.max_len)
             with self._timed("decode"):
-                out, state = decode(model, state, jnp.asarray(active), sub, stop_table=self.table,
+                out, state = decode(decoder, state, jnp.asarray(active), sub, stop_table=self.table,
                                     stop_rank=self.rank, stop_enabled=jnp.asarray(enabled),
                                     eos_ids=self.eos, max_new=cfg.max_turn_tokens, params=sampling,
-                                    kernels=kernels, window=window)
+                                    speed=speed, window=window)
                 toks, lps = np.asarray(out.tokens), np.asarray(out.logps)
                 n_new, status, hit = np.asarray(out.n_new), np.asarray(out.status), np.asarray(out.stop_hit)
             observations: dict[int, list[int]] = {}
@@ -238,11 +239,6 @@ class SearchAgent:
                 t.policy_text = "\n".join(self.tok.decode(seg) for seg in t.sampled_segments())
                 t.answer = extract_answer(t.policy_text)
         return trajs
-
-
-@nnx.jit
-def _decode_kernels(model):
-    return model.decode_kernels()
 
 
 class _Timer:

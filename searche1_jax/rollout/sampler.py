@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import KVCache
 from searche1_jax.rollout.stop import step as stop_step
+from searche1_jax.shapes import next_pow2
 
 RUNNING, STOPPED, EOS, BUDGET = 0, 1, 2, 3
 
@@ -87,17 +89,6 @@ def sample(logits: jax.Array, key: jax.Array, params: SamplingParams):
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
-def use_decode_kernels(batch: int) -> bool:
-    """Whether `decode` multiplies by [out, in] weight copies (`Transformer.decode_kernels`).
-
-    On XLA:CPU a dot of a few rows by an [out, in] weight runs faster than by the stored
-    [in, out] one (SmolLM2's MLP shapes: 2.3x at 16 rows, 1.7x at 32, no gain at 64), which made
-    batch-16 decoding ~1.6x faster for one extra copy of the linear weights. GPU and TPU
-    compilers choose their own layouts, so elsewhere the copy would only cost memory.
-    """
-    return jax.default_backend() == "cpu" and batch <= 32
-
-
 def decode_window(lengths, max_new: int, max_len: int, smallest: int = 64) -> int:
     """The `window` for a `decode` / `append` call: the rows' longest length + max_new, rounded
     up to a power of two (at least `smallest`), at most the cache's max_len. Powers of two keep
@@ -106,8 +97,7 @@ def decode_window(lengths, max_new: int, max_len: int, smallest: int = 64) -> in
     lengths: the rows' current cache lengths (host ints; rows that will not decode may be left
     out)."""
     need = max((int(n) for n in lengths), default=0) + max_new
-    window = max(smallest, 1 << max(need - 1, 0).bit_length())
-    return min(window, max_len)
+    return min(next_pow2(need, smallest), max_len)
 
 
 def _cache_prefix(cache: KVCache, window: int) -> KVCache:
@@ -122,11 +112,11 @@ def _cache_put_prefix(full: KVCache, part: KVCache) -> KVCache:
                    part.length)
 
 
-@nnx.jit(static_argnames=("max_new", "params", "decode_kernels", "window"))
+@nnx.jit(static_argnames=("max_new", "params", "speed", "window"))
 def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
            stop_table: jax.Array, stop_rank: jax.Array, stop_enabled: jax.Array,
            eos_ids: jax.Array, max_new: int, params: SamplingParams,
-           kernels=None, decode_kernels: bool | None = None, window: int | None = None):
+           speed: SpeedPolicy | None = None, window: int | None = None):
     """Decode up to `max_new` tokens for the rows where `active` [B] is true.
 
     stop_table [S, V] int32 and stop_rank [S, n_stops] int32 are the stop automaton
@@ -135,15 +125,19 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
     Returns (DecodeOut, DecodeState). Rows stop early when the cache is full (BUDGET).
 
     Speed options (the tokens are the same with any of them):
-    - kernels: `model.decode_kernels()` made once by the caller (a rollout makes many calls);
-      without it, decode_kernels says whether to make them inside this call (None: decided
-      by `use_decode_kernels`: CPU and batch <= 32).
+    - speed: the backend's fast paths (None: `SpeedPolicy.for_backend(batch=B)`). With
+      few_row_kernels the loop runs `model.few_row_view()`; a rollout that makes many calls
+      passes that view as `model` (built once; a view's view is itself).
     - window: attend to (and write) only the cache's first `window` slots, e.g.
       `decode_window(lengths, max_new, max_len)`: each step reads window slots instead of
       all of them. A row that reaches the window stops as if the cache were full (BUDGET),
       so pick window >= length + max_new for the rows that decode.
     """
     b = active.shape[0]
+    speed = SpeedPolicy.for_backend(batch=b) if speed is None else speed
+    # a policy without a few-row view (e.g. a scripted test policy) decodes as it is
+    if speed.few_row_kernels and hasattr(model, "few_row_view"):
+        model = model.few_row_view()
     full_cache = state.cache
     if window is not None and window < full_cache.max_len:
         state = state._replace(cache=_cache_prefix(full_cache, window))
@@ -169,7 +163,7 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
         toks = toks.at[rows, col].set(token, mode="drop")
         lps = lps.at[rows, col].set(logp, mode="drop")
         n_new = n_new + running
-        logits, cache = model.extend(token[:, None], running.astype(jnp.int32), st.cache, **extend_kw)
+        logits, cache = model.extend(token[:, None], running.astype(jnp.int32), st.cache)
         new_stop_state, fired = stop_step(stop_table, stop_rank, st.stop_state, token, stop_enabled)
         stop_state = jnp.where(running, new_stop_state, st.stop_state)
         fired_enabled = fired >= 0
@@ -181,11 +175,6 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
         logits = jnp.where(running[:, None], logits, st.logits)
         return i + 1, DecodeState(cache, logits, stop_state), toks, lps, n_new, status, hit, key
 
-    if (kernels is None and hasattr(model, "decode_kernels")
-            and (use_decode_kernels(b) if decode_kernels is None else decode_kernels)):
-        kernels = model.decode_kernels()
-    # a policy without decode kernels (e.g. a scripted test policy) keeps its plain extend()
-    extend_kw = {} if kernels is None else {"kernels": kernels}
     zeros = jnp.zeros((b,), jnp.int32)
     carry = (jnp.int32(0), state, tokens0, logps0, zeros, status0, zeros - 1, key)
     _, state, toks, lps, n_new, status, hit, _ = jax.lax.while_loop(cond, body, carry)

@@ -75,18 +75,18 @@ def test_hidden_states_times_head_equal_logits(tiny):
                                np.asarray(model(jnp.asarray(tokens), jnp.asarray(valid))), atol=1e-5)
 
 
-@pytest.mark.parametrize("kernels", [False, True], ids=["stored_kernels", "decode_kernels"])
-def test_cached_extend_matches_full_forward(tiny, kernels):
+@pytest.mark.parametrize("few_rows", [False, True], ids=["stored_kernels", "few_row_view"])
+def test_cached_extend_matches_full_forward(tiny, few_rows):
     """Prefill rows of different lengths, decode one token at a time with rows at different
     positions, and extend one row by a 37-token chunk mid-way (an observation). With
-    kernels=True every call multiplies by the [out, in] copies of `decode_kernels`."""
+    few_rows=True every call runs `few_row_view()` (kernels and head stored [out, in])."""
     _, model, cfg, _ = tiny
     rng = np.random.default_rng(1)
     prompt_lens = np.array([11, 4, 7])
     total = 80
     seqs = [list(rng.integers(0, cfg.vocab_size, size=n)) for n in prompt_lens]
     cache = init_cache(cfg, 3, total)
-    step = jax.jit(lambda m, t, n, c: m.extend(t, n, c, kernels=m.decode_kernels() if kernels else None))
+    step = jax.jit(lambda m, t, n, c: (m.few_row_view() if few_rows else m).extend(t, n, c))
 
     prompt = np.zeros((3, prompt_lens.max()), np.int32)
     for i, s in enumerate(seqs):

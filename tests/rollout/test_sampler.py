@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from searche1_jax.model.checkpoint import load_hf
+from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import init_cache
 from searche1_jax.rollout.sampler import (BUDGET, EOS, STOPPED, SamplingParams, append, decode,
                                           decode_window, empty_state, filter_logits)
@@ -34,15 +35,16 @@ def prefill(model, prompts, max_len):
     return append(model, st, jnp.asarray(toks), jnp.asarray([len(p) for p in prompts]), jnp.int32(0))
 
 
-@pytest.mark.parametrize("kernels", [False, True], ids=["stored_kernels", "decode_kernels"])
-def test_greedy_equals_transformers_generate_for_rows_of_different_lengths(tiny, kernels):
+@pytest.mark.parametrize("few_rows", [False, True], ids=["stored_kernels", "few_row_kernels"])
+def test_greedy_equals_transformers_generate_for_rows_of_different_lengths(tiny, few_rows):
     hf, model, cfg = tiny
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(0, cfg.vocab_size, n)) for n in (9, 4, 13)]
     st = prefill(model, prompts, 64)
     out, _ = decode(model, st, jnp.ones(3, bool), jax.random.key(0), **NO_STOP,
                     stop_enabled=jnp.ones((3, 1), bool), eos_ids=jnp.array([-1], jnp.int32),
-                    max_new=20, params=SamplingParams(greedy=True), decode_kernels=kernels)
+                    max_new=20, params=SamplingParams(greedy=True),
+                    speed=SpeedPolicy(few_row_kernels=few_rows))
     assert list(np.asarray(out.n_new)) == [20, 20, 20]
     assert list(np.asarray(out.status)) == [BUDGET] * 3
     for i, p in enumerate(prompts):
