@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from searche1_jax.retrieval.corpus import Corpus
+from searche1_jax.shapes import ceil_div
 
 META = "shards.json"
 
@@ -39,7 +40,7 @@ def encode_corpus(encoder, corpus: Corpus, directory: str, *, shard_size: int = 
         with open(meta_path, "w") as f:
             json.dump(meta, f, indent=1)
     n = len(corpus)
-    num_shards = -(-n // shard_size)
+    num_shards = ceil_div(n, shard_size)
     start, done = time.time(), 0
     for i in range(num_shards):
         path = _shard_path(directory, i)

@@ -20,6 +20,7 @@ from flax import nnx
 
 from searche1_jax.model.weight_map import check_complete, hf_to_flax
 from searche1_jax.retrieval.bert import BERT_IGNORE, BERT_RULES, BertConfig, BertModel, mean_pool_normalize
+from searche1_jax.shapes import next_pow2
 
 # (query prefix, passage prefix) presets. e5 models were trained with these prefixes (e5 paper,
 # Search-R1's retriever); sentence-transformers models such as all-MiniLM-L6-v2 use none.
@@ -27,12 +28,10 @@ PREFIXES = {"e5": ("query: ", "passage: "), "none": ("", "")}
 MIN_BUCKET = 16
 
 
-def bucket_length(n: int, max_length: int) -> int:
-    """Smallest power of two >= n (at least MIN_BUCKET), capped at max_length."""
-    b = MIN_BUCKET
-    while b < n:
-        b *= 2
-    return min(b, max_length)
+def pow2_padded_length(n: int, max_length: int) -> int:
+    """The padded token width of a batch whose longest text has n tokens: the smallest power of
+    two >= n (at least MIN_BUCKET), capped at max_length. Few widths -> few compiles."""
+    return min(next_pow2(n, MIN_BUCKET), max_length)
 
 
 def _flat_state(model: nnx.Module) -> dict[str, nnx.Variable]:
@@ -142,7 +141,7 @@ class Encoder:
         bs = self.batch_size
         for s in range(0, len(order), bs):
             rows = order[s:s + bs]
-            t = bucket_length(max(len(ids[r]) for r in rows), self.max_length)
+            t = pow2_padded_length(max(len(ids[r]) for r in rows), self.max_length)
             batch = np.zeros((bs, t), np.int32)
             mask = np.zeros((bs, t), np.int32)
             for j, r in enumerate(rows):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from searche1_jax.retrieval.index import DenseIndex
+from searche1_jax.shapes import ceil_div, next_pow2, round_up
 
 EMBEDDINGS_FILE = "embeddings.npy"
 
@@ -62,13 +63,6 @@ def chunked_top_k(q: jax.Array, db: jax.Array, *, k: int, n: int) -> tuple[jax.A
     return scores, rows
 
 
-def _pow2(n: int, lo: int = 8) -> int:
-    b = lo
-    while b < n:
-        b *= 2
-    return b
-
-
 class ExactIndex(DenseIndex):
     """Brute-force maximum inner product over all vectors (exact top-k)."""
     kind = "exact"
@@ -79,8 +73,8 @@ class ExactIndex(DenseIndex):
             raise ValueError(f"embeddings must be a non-empty [N, d] array, got shape {list(emb.shape)}")
         self.embeddings = emb
         n, d = emb.shape
-        chunk = min(chunk_size, -(-n // BLOCK) * BLOCK)  # a multiple of BLOCK (padding is masked)
-        c = -(-n // chunk)
+        chunk = min(chunk_size, round_up(n, BLOCK))  # a multiple of BLOCK (padding is masked)
+        c = ceil_div(n, chunk)
         padded = np.zeros((c * chunk, d), np.float32)
         padded[:n] = emb
         self._db = jnp.asarray(padded.reshape(c, chunk, d))
@@ -97,7 +91,7 @@ class ExactIndex(DenseIndex):
         if k > self._chunk:
             raise ValueError(f"k={k} exceeds the chunk size {self._chunk}")
         nq = len(q)
-        qp = np.zeros((_pow2(nq), self.dim), np.float32)  # few query-batch shapes -> few compiles
+        qp = np.zeros((next_pow2(nq, 8), self.dim), np.float32)  # few query-batch shapes -> few compiles
         qp[:nq] = q
         s, r = chunked_top_k(jnp.asarray(qp), self._db, k=int(k), n=self.num_passages)
         return np.asarray(s)[:nq], np.asarray(r)[:nq].astype(np.int64)

@@ -4,7 +4,7 @@ import pytest
 
 from searche1_jax.model.weight_map import flax_to_hf, hf_to_flax
 from searche1_jax.retrieval.bert import BERT_IGNORE, BERT_RULES
-from searche1_jax.retrieval.encoder import Encoder, bucket_length
+from searche1_jax.retrieval.encoder import Encoder, pow2_padded_length
 
 TEXTS = ["who wrote hamlet?", "x",
          "The capital of France is Paris, a city on the Seine known for its museums and bridges. " * 9,  # > 128 tokens: truncation
@@ -59,7 +59,7 @@ def test_length_buckets_bound_compilations_and_order_is_kept(tiny_bert_dir):
     np.testing.assert_allclose(all_at_once, one_by_one, atol=1e-5)
     # lengths 3..121 tokens -> buckets 16, 32, 64, 128 only, one batch shape each
     assert enc.num_compilations <= 4
-    assert [bucket_length(n, 128) for n in (1, 16, 17, 100, 300)] == [16, 16, 32, 128, 128]
+    assert [pow2_padded_length(n, 128) for n in (1, 16, 17, 100, 300)] == [16, 16, 32, 128, 128]
 
 
 def test_weight_table_round_trips_and_rejects_unknown_tensors(tiny_bert_dir):
