@@ -11,7 +11,6 @@ ratio ours / transformers.
 import argparse
 import os
 import tempfile
-import time
 
 os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
 
@@ -62,8 +61,10 @@ def main():
     ours, theirs = med["ours"], med["torch"]
     with torch.inference_mode():
         diff = float(np.abs(np.asarray(fwd(model, jt)) - hf(tt).logits.numpy()).max())
-    flops = 2 * cfg.num_params * n_tok + 2 * cfg.n_layers * 2 * args.batch * args.length ** 2 * cfg.n_heads * cfg.head_dim
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()}, jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    attn_flops = 2 * cfg.n_layers * 2 * args.batch * args.length ** 2 * cfg.n_heads * cfg.head_dim
+    flops = 2 * cfg.num_params * n_tok + attn_flops
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()}, jax {jax.__version__} on "
+          f"{jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(f"SmolLM2-135M forward, batch {args.batch} x {args.length}, fp32")
     print(f"  ours (jax jit):        {n_tok / ours:8.1f} tok/s  ({ours:.3f} s/step, {flops / ours / 1e9:.0f} GFLOP/s)")
     print(f"  transformers (torch):  {n_tok / theirs:8.1f} tok/s  ({theirs:.3f} s/step)")

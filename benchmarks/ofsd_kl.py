@@ -1,4 +1,4 @@
-"""OFSD forward KL, loss + grad: naive full-vocab vs fused chunked (searche1_jax.rl.divergence).
+"""OFSD forward KL, loss + grad: naive full-vocab (rl/kl.py) vs fused chunked (rl/fused_kl.py).
 
 The naive loss builds student and teacher logits [N, V]; the fused ones never build [N, V]:
 `fused_grad_in_forward` (the default of `fused_forward_kl`) computes the gradients in the
@@ -46,7 +46,11 @@ def child(variant: str, n: int, d: int, v: int, chunk: int, vocab_chunk: int, it
     import numpy as np
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    from searche1_jax.rl.divergence import forward_kl, fused_forward_kl
+    from searche1_jax.model.speed import SpeedPolicy
+    from searche1_jax.rl.fused_kl import fused_forward_kl
+    from searche1_jax.rl.kl import forward_kl
+
+    barrier = SpeedPolicy.for_backend().logit_barrier   # as the training step passes it
 
     key = jax.random.PRNGKey(0)
     k1, k2, k3, k4 = jax.random.split(key, 4)
@@ -70,7 +74,7 @@ def child(variant: str, n: int, d: int, v: int, chunk: int, vocab_chunk: int, it
 
         def loss(hs, head, ht, t_head, mask):
             return fused_forward_kl(hs, head, ht, t_head, None, mask, chunk=eager_chunk if eager else chunk,
-                                    grad_in_forward=eager, vocab_chunk=vc)
+                                    grad_in_forward=eager, vocab_chunk=vc, barrier=barrier)
     else:
         raise ValueError(f"unknown variant {variant!r}")
 
@@ -167,7 +171,8 @@ def main():
             print(f"{variant:>22}: XLA temp {row['xla_temp_gib']:6.2f} GiB  arguments "
                   f"{row['xla_args_gib']:.2f} GiB  outputs {row['xla_out_gib']:.2f} GiB", flush=True)
             continue
-        print(f"{variant:>22}: {row['time_s']:7.2f} s (CPU {row['cpu_s']:7.2f} s)  peak RSS {row['peak_rss_gib']:6.2f} GiB "
+        print(f"{variant:>22}: {row['time_s']:7.2f} s (CPU {row['cpu_s']:7.2f} s)  "
+              f"peak RSS {row['peak_rss_gib']:6.2f} GiB "
               f"(inputs resident before: {row['resident_before_gib']:.2f} GiB, "
               f"working set {row['peak_rss_gib'] - row['resident_before_gib']:.2f} GiB)  "
               f"XLA temp {row['xla_temp_gib']:6.2f} GiB  loss {row['loss']:.6f}", flush=True)
@@ -182,13 +187,14 @@ def main():
     if base is None:
         print("no naive baseline measured: no ratios")
         return
+    working_set = lambda x: x["peak_rss_gib"] - x["resident_before_gib"]  # noqa: E731
     for r in rows:
         if r is base:
             continue
         print(f"{r['variant']:>22} / naive: time {r['time_s'] / base['time_s']:.2f}x  "
               f"CPU time {r['cpu_s'] / base['cpu_s']:.2f}x  "
               f"peak RSS {r['peak_rss_gib'] / base['peak_rss_gib']:.3f}x  working set "
-              f"{(r['peak_rss_gib'] - r['resident_before_gib']) / (base['peak_rss_gib'] - base['resident_before_gib']):.3f}x  "
+              f"{working_set(r) / working_set(base):.3f}x  "
               f"XLA temp {r['xla_temp_gib'] / base['xla_temp_gib']:.4f}x  "
               f"|loss diff| {abs(r['loss'] - base['loss']):.2e}")
 

@@ -21,6 +21,7 @@ optional `timings` dict.
     python benchmarks/sampler.py profile   # per-step decode time vs batch and budget (ours)
 """
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -179,7 +180,8 @@ def cmd_generate(args):
         first_diff = [int(np.argmin(row)) if not row.all() else args.new for row in same]
         print(f"  ratio ours / transformers: {res['torch'] / res['ours']:.2f}x")
         print(f"  greedy agreement: {same.mean():.3f} of tokens equal; rows identical for all {args.new}: "
-              f"{sum(f == args.new for f in first_diff)}/{args.batch}; first divergence (median) at {int(np.median(first_diff))}")
+              f"{sum(f == args.new for f in first_diff)}/{args.batch}; "
+              f"first divergence (median) at {int(np.median(first_diff))}")
     print(json.dumps({k: n_tok / v for k, v in res.items()}))
 
 
@@ -204,8 +206,8 @@ def cmd_profile(args):
         state = jax.block_until_ready(append(model, state, jnp.asarray(toks), n, jnp.int32(0)))
         times = {}
         for steps in (args.new // 4, args.new):
-            f = lambda: decode(model, state, jnp.ones((b,), bool), jax.random.key(0), max_new=steps,  # noqa: E731
-                               params=SamplingParams(greedy=True), speed=_speed(args, b), **no_stop)
+            f = functools.partial(decode, model, state, jnp.ones((b,), bool), jax.random.key(0), max_new=steps,
+                                  params=SamplingParams(greedy=True), speed=_speed(args, b), **no_stop)
             jax.block_until_ready(f())
             t = time.perf_counter()
             jax.block_until_ready(f())
@@ -214,7 +216,8 @@ def cmd_profile(args):
         per_step = (times[hi] - times[lo]) / (hi - lo)
         print(f"  batch {b:3d}: {1e3 * per_step:6.1f} ms/step (marginal, {lo}->{hi} steps), "
               f"{b / per_step:7.1f} tok/s, weights {weight_bytes / per_step / 1e9:5.1f} GB/s; "
-              f"{hi} steps {times[hi]:.2f} s; decode executables cached: {decode._cache_size() if hasattr(decode, '_cache_size') else '?'}  [{load_line()}]")
+              f"{hi} steps {times[hi]:.2f} s; decode executables cached: "
+              f"{decode._cache_size() if hasattr(decode, '_cache_size') else '?'}  [{load_line()}]")
 
 
 def cmd_agent(args):

@@ -13,35 +13,28 @@ import jax
 import jax.numpy as jnp
 
 
-def pad_rows(x: jax.Array, n_pad: int) -> jax.Array:
-    """Append n_pad zero rows along axis 0."""
-    if n_pad == 0:
-        return x
-    return jnp.pad(x, [(0, n_pad)] + [(0, 0)] * (x.ndim - 1))
-
-
 def to_chunks(x: jax.Array, chunk: int) -> jax.Array:
-    """[N, ...] -> [N_pad / chunk, chunk, ...], zero-padded at the end."""
-    n = x.shape[0]
-    n_pad = -n % chunk
-    x = pad_rows(x, n_pad)
+    """[N, ...] -> [N_pad / chunk, chunk, ...], zero rows appended up to a multiple of chunk."""
+    n_pad = -x.shape[0] % chunk
+    if n_pad:
+        x = jnp.pad(x, [(0, n_pad)] + [(0, 0)] * (x.ndim - 1))
     return x.reshape((x.shape[0] // chunk, chunk) + x.shape[1:])
 
 
-def logit_dot(h: jax.Array, head: jax.Array) -> jax.Array:
-    """h [C, d] @ head [d, V] in float32. On CPU the product is fenced off
+def logit_dot(h: jax.Array, head: jax.Array, barrier: bool = False) -> jax.Array:
+    """h [C, d] @ head [d, V] in float32. barrier=True fences the product off
     (`optimization_barrier`) from what reads it: XLA:CPU otherwise fuses this matmul with the
     softmax's row max into one kernel that runs ~3x below its plain GEMM rate (measured with
     jax 0.10.2: a [512, 2048] x [2048, 151,936] logits product at ~35 GFLOP/s fused vs ~120
     alone). On GPU/TPU the fusion is the fast path (the logits need not round-trip through
-    memory), so it is left alone there."""
+    memory). The caller decides (`model.speed.SpeedPolicy.logit_barrier`); the value is the same."""
     z = jnp.dot(h, head, preferred_element_type=jnp.float32)
-    return jax.lax.optimization_barrier(z) if jax.default_backend() == "cpu" else z
+    return jax.lax.optimization_barrier(z) if barrier else z
 
 
-def chunk_logits(h: jax.Array, head: jax.Array, temperature: float) -> jax.Array:
+def chunk_logits(h: jax.Array, head: jax.Array, temperature: float, barrier: bool = False) -> jax.Array:
     """h [C, d] @ head [d, V] / temperature, accumulated and returned in float32."""
-    return logit_dot(h, head) / temperature
+    return logit_dot(h, head, barrier) / temperature
 
 
 def _logp_entropy_from_logits(z: jax.Array, targets: jax.Array):
@@ -52,31 +45,31 @@ def _logp_entropy_from_logits(z: jax.Array, targets: jax.Array):
     return logp, entropy
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _chunked(h, head, targets, chunk, temperature):
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _chunked(h, head, targets, chunk, temperature, barrier):
     """h [N, d], head [d, V], targets [N] -> (logps [N], entropy [N]) f32."""
     n = h.shape[0]
 
     def body(_, xs):
         hc, tc = xs
-        return None, _logp_entropy_from_logits(chunk_logits(hc, head, temperature), tc)
+        return None, _logp_entropy_from_logits(chunk_logits(hc, head, temperature, barrier), tc)
 
     _, (lp, ent) = jax.lax.scan(body, None, (to_chunks(h, chunk), to_chunks(targets, chunk)))
     return lp.reshape(-1)[:n], ent.reshape(-1)[:n]
 
 
-def _chunked_fwd(h, head, targets, chunk, temperature):
-    return _chunked(h, head, targets, chunk, temperature), (h, head, targets)
+def _chunked_fwd(h, head, targets, chunk, temperature, barrier):
+    return _chunked(h, head, targets, chunk, temperature, barrier), (h, head, targets)
 
 
-def _chunked_bwd(chunk, temperature, res, cts):
+def _chunked_bwd(chunk, temperature, barrier, res, cts):
     h, head, targets = res
     g_lp, g_ent = cts
     n = h.shape[0]
 
     def body(d_head, xs):
         hc, tc, glc, gec = xs
-        z, pull_z = jax.vjp(lambda hh, ww: chunk_logits(hh, ww, temperature), hc, head)
+        z, pull_z = jax.vjp(lambda hh, ww: chunk_logits(hh, ww, temperature, barrier), hc, head)
         _, pull = jax.vjp(lambda zz: _logp_entropy_from_logits(zz, tc), z)
         (dz,) = pull((glc, gec))
         dh, dw = pull_z(dz)
@@ -93,14 +86,15 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def token_logps_and_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array, *,
-                            chunk: int = 1024, temperature: float = 1.0):
+                            chunk: int = 1024, temperature: float = 1.0, barrier: bool = False):
     """Log-prob of each target token and the entropy of each position's distribution.
 
     hidden: [B, T, d] or [N, d], the final hidden states (after the last norm);
     head: [d, V], the LM head (the transposed embedding when tied);
     targets: [B, T] or [N] int, the token whose log-prob each position scores;
     chunk: tokens per scan step (peak extra memory ~ a few × chunk × V × 4 bytes);
-    temperature: logits are divided by it (the sampling temperature, METHOD §2 uses 1).
+    temperature: logits are divided by it (the sampling temperature, METHOD §2 uses 1);
+    barrier: fence each chunk's logit product from its softmax (`logit_dot`; True on CPU).
     Returns (logps, entropy), both float32 with the leading shape of `targets`:
     logps = log softmax(h·W/τ)[target], entropy = −Σ_v p_v log p_v.
     Differentiable w.r.t. hidden and head (the backward pass recomputes chunk logits).
@@ -118,5 +112,5 @@ def token_logps_and_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Arr
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1).astype(jnp.int32)
     chunk = min(chunk, max(h.shape[0], 1))
-    lp, ent = _chunked(h, head, t, chunk, float(temperature))
+    lp, ent = _chunked(h, head, t, chunk, float(temperature), bool(barrier))
     return lp.reshape(lead), ent.reshape(lead)

@@ -1,8 +1,9 @@
 """OFSD data side: sibling and student selection, privileged teacher context (METHOD §3.1–§3.3).
 
 The losses (forward KL and its fused chunked form, reverse KL, generalised JSD) live in
-`divergence.py` and are re-exported here, so `from searche1_jax.rl.ofsd import fused_forward_kl`
-works. Arrays and strings in, arrays and token lists out; the tokenizer is a plain callable.
+`kl.py` (definitions, naive forms) and `fused_kl.py` (fused forms) and are re-exported here, so
+`from searche1_jax.rl.ofsd import fused_forward_kl` works. Arrays and strings in, arrays and
+token lists out; the tokenizer is a plain callable.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from searche1_jax.rl.divergence import (  # noqa: F401  (re-exported API)
-    divergence_from_logps, forward_kl, fused_divergence_sum, fused_forward_kl,
-    fused_forward_kl_sum, fused_generalized_jsd, fused_reverse_kl, generalized_jsd, reverse_kl)
+from searche1_jax.rl.fused_kl import (  # noqa: F401  (re-exported API)
+    fused_divergence_sum, fused_forward_kl, fused_forward_kl_sum, fused_generalized_jsd,
+    fused_reverse_kl)
+from searche1_jax.rl.kl import (  # noqa: F401  (re-exported API)
+    divergence_from_logps, forward_kl, generalized_jsd, reverse_kl)
 from searche1_jax.rl.rewards import search_queries
 
 RENDERINGS = ("queries", "no_docs", "full", "all_siblings")

@@ -83,3 +83,17 @@ def test_refuses_bad_arguments():
         token_logps_and_entropy(h, w, t, chunk=0)
     with pytest.raises(ValueError, match="head must be"):
         token_logps_and_entropy(h, w.T, t, chunk=4)
+
+
+def test_logit_barrier_changes_neither_values_nor_gradients():
+    # barrier=True (SpeedPolicy.logit_barrier, CPU) only fences the logit matmul from the softmax.
+    h, w, t = _inputs(4)
+
+    def run(barrier):
+        f = lambda h, w: token_logps_and_entropy(h, w, t, chunk=4, barrier=barrier)  # noqa: E731
+        out = f(h, w)
+        grads = jax.grad(lambda h, w: sum(x.sum() for x in f(h, w)), argnums=(0, 1))(h, w)
+        return out + grads
+
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
