@@ -7,8 +7,9 @@
     report = build_report(log.records(), method="ours")  # per benchmark + plain average + CIs
     write_json_report(report, "out/report.json"); print(markdown_report(report))
 
-The scalar metrics (SQuAD-normalised EM, token F1, cover-EM, last-<answer> extraction) are
-those of `searche1_jax.rl.rewards`, the same functions the GRPO reward uses (METHOD §1).
+The scalar metrics (SQuAD-normalised EM, token F1, cover-EM) are those of
+`searche1_jax.rl.rewards` and the answer extraction that of `searche1_jax.rollout.protocol`, the
+same functions the GRPO reward uses (METHOD §1).
 Averages: a benchmark's score is the mean over its examples; the overall average is the plain
 (unweighted) mean over benchmarks, as Search-R1 reports it (METHOD §5).
 """
@@ -22,7 +23,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from searche1_jax.data.benchmarks import BENCHMARKS, PUBLISHED, SHORT_NAMES, PublishedRow
-from searche1_jax.rl.rewards import cover_exact_match, exact_match, extract_answer, f1_score
+from searche1_jax.rl.rewards import cover_exact_match, exact_match, f1_score
+from searche1_jax.rollout.protocol import count_searches, extract_answer, is_valid_format
 
 METRICS = ("em", "f1", "cover_em", "searches", "length")
 SCORE_METRICS = ("em", "f1", "cover_em")  # bootstrapped
@@ -46,6 +48,26 @@ def score_example(benchmark: str, example_id: str, question: str, golden_answers
     return {"benchmark": benchmark, "id": example_id, "question": question, "golden_answers": golds,
             "prediction": pred, "em": float(em), "f1": float(f1), "cover_em": float(cover),
             "searches": int(searches), "length": int(length), "response": response, **extra}
+
+
+def _f32(xs) -> np.ndarray:
+    return np.asarray(xs, dtype=np.float32)
+
+
+def batch_metrics(texts: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+    """Per-text em, f1, cover_em, num_searches and valid_format, each [B] float32, of responses
+    given as text (e.g. a foreign model's outputs; our trajectories carry answer and queries)."""
+    if len(texts) != len(golds):
+        raise ValueError(f"batch_metrics needs one gold list per text, got {len(texts)} texts "
+                         f"and {len(golds)} gold lists")
+    preds = [extract_answer(t) for t in texts]
+    return {
+        "em": _f32([exact_match(p, g) for p, g in zip(preds, golds)]),
+        "f1": _f32([f1_score(p, g) for p, g in zip(preds, golds)]),
+        "cover_em": _f32([cover_exact_match(p, g) for p, g in zip(preds, golds)]),
+        "num_searches": _f32([count_searches(t) for t in texts]),
+        "valid_format": _f32([is_valid_format(t) for t in texts]),
+    }
 
 
 def _check_record(rec: Mapping, where: str) -> None:

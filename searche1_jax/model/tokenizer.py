@@ -61,7 +61,7 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str) -> "Tokenizer":
-        from searche1_jax.rollout.gguf_tokenizer import tokenizer_from_gguf
+        from searche1_jax.model.gguf_tokenizer import tokenizer_from_gguf
 
         backend, meta = tokenizer_from_gguf(path)
         return cls(backend, chat_template=meta.get("chat_template"), eos_tokens=[meta["eos_token"]],

@@ -7,7 +7,6 @@ token lists out; the tokenizer is a plain callable.
 """
 from __future__ import annotations
 
-import re
 from typing import Callable, Sequence
 
 import numpy as np
@@ -17,10 +16,8 @@ from searche1_jax.rl.fused_kl import (  # noqa: F401  (re-exported API)
     fused_reverse_kl)
 from searche1_jax.rl.kl import (  # noqa: F401  (re-exported API)
     divergence_from_logps, forward_kl, generalized_jsd, reverse_kl)
-from searche1_jax.rl.rewards import search_queries
 
 RENDERINGS = ("queries", "no_docs", "full", "all_siblings")
-_INFORMATION = re.compile(r"\s*<information>.*?</information>\s*", re.DOTALL)
 
 
 def _correct(rewards) -> np.ndarray:
@@ -89,32 +86,32 @@ def student_masks(rewards, num_searches, num_tokens, *, include_equal: bool = Fa
                      for q in range(r.shape[0])]) if r.shape[0] else np.zeros(r.shape, bool)
 
 
-def render_context(sibling_text: str, rendering: str = "queries", *,
-                   all_texts: Sequence[str] | None = None,
+def render_context(queries: Sequence[str], rendering: str = "queries", *, text: str | None = None,
+                   all_queries: Sequence[Sequence[str]] | None = None,
                    all_rewards: Sequence[float] | None = None) -> str:
     """The privileged context block (text) for the teacher, ending in a blank line.
 
+    Takes the sibling's record, never re-parses a response (a corrective message in it names
+    the search tags): queries are `Trajectory.queries`, the searches the agent really ran.
     queries (default): the sibling's search queries only; never its answer.
-    no_docs: the sibling's response with the <information> blocks removed.
-    full: the sibling's full response.
-    all_siblings (SD-Search ablation): for every rollout of the question, its queries and
-    whether it was correct (from all_texts / all_rewards); no answers are printed.
+    no_docs: `text` = the sibling's response with its observation blocks already removed by the
+      caller (`rollout.protocol.strip_information`).
+    full: `text` = the sibling's full response.
+    all_siblings (SD-Search ablation): for every rollout of the question, its queries
+      (all_queries) and whether it was correct (all_rewards); no answers are printed.
     """
     if rendering == "queries":
-        qs = search_queries(sibling_text)
-        body = "\n".join(f"{i}. {q}" for i, q in enumerate(qs, 1)) if qs else "(no search needed)"
+        body = "\n".join(f"{i}. {q}" for i, q in enumerate(queries, 1)) if queries else "(no search needed)"
         return f"Searches that led to a correct answer to this question:\n{body}\n\n"
-    if rendering == "no_docs":
-        text = _INFORMATION.sub("\n", sibling_text).strip()
-        return f"A correct solution to this question:\n{text}\n\n"
-    if rendering == "full":
-        return f"A correct solution to this question:\n{sibling_text.strip()}\n\n"
+    if rendering in ("no_docs", "full"):
+        if text is None:
+            raise ValueError(f"rendering {rendering!r} needs the sibling's response text (text=...)")
+        return f"A correct solution to this question:\n{text.strip()}\n\n"
     if rendering == "all_siblings":
-        if all_texts is None or all_rewards is None or len(all_texts) != len(all_rewards):
-            raise ValueError("rendering 'all_siblings' needs all_texts and all_rewards of equal length")
+        if all_queries is None or all_rewards is None or len(all_queries) != len(all_rewards):
+            raise ValueError("rendering 'all_siblings' needs all_queries and all_rewards of equal length")
         lines = []
-        for i, (txt, rew) in enumerate(zip(all_texts, all_rewards), 1):
-            qs = search_queries(txt)
+        for i, (qs, rew) in enumerate(zip(all_queries, all_rewards), 1):
             outcome = "correct" if _correct([rew])[0] else "incorrect"
             shown = "; ".join(qs) if qs else "(no search)"
             lines.append(f"Attempt {i} ({outcome}): {shown}")
@@ -123,14 +120,15 @@ def render_context(sibling_text: str, rendering: str = "queries", *,
 
 
 def privileged_prompt(tokenize: Callable[[str], list[int]], student_ids: Sequence[int],
-                      insert_at: int, sibling_text: str, *, rendering: str = "queries",
-                      all_texts: Sequence[str] | None = None,
+                      insert_at: int, queries: Sequence[str], *, rendering: str = "queries",
+                      text: str | None = None, all_queries: Sequence[Sequence[str]] | None = None,
                       all_rewards: Sequence[float] | None = None):
     """Teacher and student token ids for one student trajectory (METHOD §3.3).
 
     tokenize: text -> token ids (no special tokens added); student_ids: the student's exact
     sequence (prompt + response); insert_at: index in student_ids where the question starts
-    (the context block goes right before it); sibling_text: the sibling's response text.
+    (the context block goes right before it); queries, text, all_queries, all_rewards: the
+    sibling's record as `render_context` takes it.
     Returns (teacher_ids, student_ids, offset): teacher_ids = student_ids[:insert_at] +
     tokenize(context) + student_ids[insert_at:], so for every position p >= insert_at,
     teacher_ids[p + offset] == student_ids[p] (the same response tokens, aligned by offset).
@@ -138,7 +136,7 @@ def privileged_prompt(tokenize: Callable[[str], list[int]], student_ids: Sequenc
     student_ids = [int(x) for x in student_ids]
     if not 0 <= insert_at <= len(student_ids):
         raise ValueError(f"insert_at must be in [0, {len(student_ids)}], got {insert_at}")
-    ctx = [int(x) for x in tokenize(render_context(sibling_text, rendering, all_texts=all_texts,
+    ctx = [int(x) for x in tokenize(render_context(queries, rendering, text=text, all_queries=all_queries,
                                                    all_rewards=all_rewards))]
     teacher_ids = student_ids[:insert_at] + ctx + student_ids[insert_at:]
     return teacher_ids, student_ids, len(ctx)

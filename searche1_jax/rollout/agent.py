@@ -20,10 +20,10 @@ import numpy as np
 
 from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import init_cache
-from searche1_jax.rl.rewards import extract_answer
-from searche1_jax.rollout import prompts as P
+from searche1_jax.rollout import protocol as P
 from searche1_jax.rollout.sampler import (STOPPED, SamplingParams, append, decode, decode_window,
                                           empty_state)
+from searche1_jax.shapes import round_up
 
 SEARCH, ANSWER = 0, 1  # stop-string ids: the automaton is built with (</search>, </answer>)
 STOP_STRINGS = (P.SEARCH_CLOSE, P.ANSWER_CLOSE)
@@ -58,7 +58,8 @@ class Trajectory:
     response_ids: list[int] = dataclasses.field(default_factory=list)
     loss_mask: list[int] = dataclasses.field(default_factory=list)    # 1 = sampled by the policy
     logps: list[float] = dataclasses.field(default_factory=list)      # sampling log-probs (0 on context)
-    queries: list[str] = dataclasses.field(default_factory=list)
+    queries: list[str] = dataclasses.field(default_factory=list)  # each search the agent ran, in
+                                  # order: the record OFSD and logging read, never the text
     finish_reason: str = ""       # answer | max_turns | length
     response_text: str = ""       # everything after the prompt: sampled turns and observations
     policy_text: str = ""         # only what the policy sampled, turns joined by newlines
@@ -140,7 +141,7 @@ class SearchAgent:
         if not rows:
             return state
         width = max(len(v) for v in rows.values())
-        width = -(-width // self.cfg.prompt_bucket) * self.cfg.prompt_bucket
+        width = round_up(width, self.cfg.prompt_bucket)
         toks = np.zeros((batch, width), np.int32)
         n = np.zeros((batch,), np.int32)
         for r, ids in rows.items():
@@ -161,7 +162,7 @@ class SearchAgent:
         with self._timed("tokenise"):
             trajs = [Trajectory(*self.prompt_ids(q)) for q in questions]
         longest = max(len(t.prompt_ids) for t in trajs)
-        prompt_width = -(-longest // cfg.prompt_bucket) * cfg.prompt_bucket
+        prompt_width = round_up(longest, cfg.prompt_bucket)
         cache = init_cache(model.cfg, b, prompt_width + cfg.max_response_tokens)
         state = empty_state(cache, model.cfg.vocab_size, self.start)
         state = self._append(model, state, {i: t.prompt_ids for i, t in enumerate(trajs)}, b,
@@ -208,7 +209,7 @@ class SearchAgent:
                 else:  # EOS or the per-turn budget without a tag: Search-R1's invalid action
                     observations[r] = self.invalid_ids
             with self._timed("tokenise"):
-                parsed = [(r, P.parse_search_query(self.tok.decode(toks[r, :n_new[r]]))) for r in to_search]
+                parsed = [(r, _search_query(self.tok.decode(toks[r, :n_new[r]]))) for r in to_search]
             for r, q in parsed:
                 if not q:  # `<search></search>`: nothing to retrieve, answered as an invalid action
                     observations[r] = self.invalid_ids
@@ -237,8 +238,15 @@ class SearchAgent:
                 t.finish_reason = t.finish_reason or "max_turns"
                 t.response_text = self.tok.decode(t.response_ids)
                 t.policy_text = "\n".join(self.tok.decode(seg) for seg in t.sampled_segments())
-                t.answer = extract_answer(t.policy_text)
+                t.answer = P.extract_answer(t.policy_text)
         return trajs
+
+
+def _search_query(turn_text: str) -> str | None:
+    """The query of a turn that stopped on the search closing tag; None when its action is not a
+    complete search pair (then it is answered as an invalid action)."""
+    action = P.parse_action(turn_text)
+    return action.content if action is not None and action.kind == P.SEARCH else None
 
 
 class _Timer:

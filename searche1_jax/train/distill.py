@@ -8,6 +8,8 @@ import dataclasses
 import numpy as np
 
 from searche1_jax.rl import ofsd
+from searche1_jax.rollout import protocol
+from searche1_jax.shapes import round_up
 from searche1_jax.train.batching import bucket_length, pack, pad_rows
 
 
@@ -32,6 +34,17 @@ def select_pairs(groups, *, include_equal: bool = False) -> list[Pair]:
     return pairs
 
 
+def sibling_text(sibling, rendering: str) -> str | None:
+    """The response text a rendering shows of the sibling: its full response (`full`), the
+    response without its observation blocks (`no_docs`), none for the query renderings (they
+    read `Trajectory.queries`, never the text)."""
+    if rendering == "full":
+        return sibling.response_text
+    if rendering == "no_docs":
+        return protocol.strip_information(sibling.response_text)
+    return None
+
+
 def ofsd_arrays(pairs: list[Pair], groups, tokenizer, *, rendering: str, length_bucket: int,
                 rows_multiple: int) -> dict[str, np.ndarray]:
     """Student tokens [B, T], teacher tokens [B, T2], aligned indices and KL mask [B, R]."""
@@ -41,15 +54,16 @@ def ofsd_arrays(pairs: list[Pair], groups, tokenizer, *, rendering: str, length_
         stu, sib = g.trajectories[p.student], g.trajectories[p.sibling]
         seq = stu.prompt_ids + stu.response_ids
         teacher_ids, student_ids, offset = ofsd.privileged_prompt(
-            tokenizer.encode, seq, stu.question_start, sib.response_text, rendering=rendering,
-            all_texts=[t.response_text for t in g.trajectories], all_rewards=list(g.rewards))
+            tokenizer.encode, seq, stu.question_start, sib.queries, rendering=rendering,
+            text=sibling_text(sib, rendering), all_queries=[t.queries for t in g.trajectories],
+            all_rewards=list(g.rewards))
         si, ti = ofsd.aligned_positions(len(stu.prompt_ids), len(stu.response_ids), offset)
         students.append(student_ids)
         teachers.append(teacher_ids)
         s_idx.append(si)
         t_idx.append(ti)
         kl.append(np.asarray(stu.loss_mask, np.int32))  # sampled tokens only
-    rows = -(-len(pairs) // rows_multiple) * rows_multiple
+    rows = round_up(len(pairs), rows_multiple)
     t_len = bucket_length(max(len(s) for s in students), length_bucket)
     t2_len = bucket_length(max(len(t) for t in teachers), length_bucket)
     r_len = bucket_length(max(len(i) for i in s_idx), length_bucket)

@@ -13,6 +13,7 @@ from searche1_jax.rl.grpo import group_advantages
 from searche1_jax.rl.rewards import em_rewards
 from searche1_jax.rollout.agent import SearchAgent, Trajectory
 from searche1_jax.rollout.sampler import SamplingParams
+from searche1_jax.shapes import round_up
 from searche1_jax.train.batching import bucket_length, pack, pad_rows
 
 
@@ -31,7 +32,7 @@ def roll_out(agent: SearchAgent, model, examples: Sequence, group_size: int, key
     questions = [ex.question for ex in examples for _ in range(group_size)]
     trajs = agent.run(model, questions, key, sampling)
     golds = [tuple(ex.golden_answers) for ex in examples for _ in range(group_size)]
-    rewards = em_rewards([t.policy_text for t in trajs], golds)  # the policy's own <answer>
+    rewards = em_rewards([t.answer for t in trajs], golds)  # the last answer the policy sampled
     return [Group(ex.question, tuple(ex.golden_answers), trajs[i * group_size:(i + 1) * group_size],
                   np.asarray(rewards[i * group_size:(i + 1) * group_size], np.float32))
             for i, ex in enumerate(examples)]
@@ -49,7 +50,7 @@ def grpo_arrays(groups: list[Group], *, step: int, length_bucket: int, rows_mult
     seqs = [t.prompt_ids + t.response_ids for t in trajs]
     masks = [[0] * len(t.prompt_ids) + t.loss_mask for t in trajs]
     length = bucket_length(max(len(s) for s in seqs), length_bucket)
-    rows = -(-len(seqs) // rows_multiple) * rows_multiple
+    rows = round_up(len(seqs), rows_multiple)
     batch = pack(seqs, masks, length=length, rows=rows, pad_id=pad_id)
     batch["advantages"] = pad_rows(adv, rows)
     # host-side only (the trainer checks them, METHOD §2, and drops them): -1 on padding rows

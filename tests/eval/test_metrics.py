@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from searche1_jax.data.benchmarks import BENCHMARKS, load_benchmark
-from searche1_jax.eval.metrics import (PredictionLog, aggregate, average_over_benchmarks, bootstrap_ci, build_report,
-                                       em_table, markdown_report, read_predictions, score_example,
-                                       write_json_report, write_markdown_report)
+from searche1_jax.eval.metrics import (PredictionLog, aggregate, average_over_benchmarks, batch_metrics,
+                                       bootstrap_ci, build_report, em_table, markdown_report, read_predictions,
+                                       score_example, write_json_report, write_markdown_report)
 from tests.data.shared import SHARED_DATA, needs_shared
 
 
@@ -106,6 +106,16 @@ def test_score_example_uses_the_last_answer_span():
     none = score_example("nq", "nq-2", "q", ["x"], "<think>no answer</think>", searches=4, length=9)
     assert none["prediction"] is None and (none["em"], none["f1"], none["cover_em"]) == (0.0, 0.0, 0.0)
     assert score_example("nq", "nq-3", "q", ["The Beatles"], "<answer>beatles!</answer>", 0, 1)["em"] == 1.0
+
+
+def test_batch_metrics():
+    m = batch_metrics(["<search>q</search><information>d</information><answer>new york city</answer>",
+                       "nothing"], [["new york"], ["x"]])
+    np.testing.assert_allclose(m["em"], [0, 0])
+    np.testing.assert_allclose(m["f1"], [0.8, 0], rtol=1e-6)
+    np.testing.assert_allclose(m["cover_em"], [1, 0])
+    np.testing.assert_allclose(m["num_searches"], [1, 0])
+    np.testing.assert_allclose(m["valid_format"], [1, 0])
 
 
 # ---- resumable predictions ----

@@ -3,6 +3,7 @@ import pytest
 
 from searche1_jax.rl.ofsd import (aligned_positions, privileged_prompt, render_context, sibling_index,
                                   sibling_indices, student_mask, student_masks)
+from searche1_jax.rollout.protocol import strip_information
 
 
 @pytest.mark.parametrize("rewards,searches,tokens,want", [
@@ -57,33 +58,36 @@ SIBLING = ("<think>need the director</think>\n<search> director of Jaws </search
            "<information>Doc 1(Title: Jaws) directed by Steven Spielberg</information>\n\n"
            "<search>Spielberg birthplace</search>\n\n<information>Doc 1(Title: S) born in Cincinnati"
            "</information>\n\n<answer> Cincinnati </answer>")
+SIBLING_QUERIES = ["director of Jaws", "Spielberg birthplace"]  # its Trajectory.queries
+# the response text each rendering is given (no_docs: observation blocks removed by the caller)
+SIBLING_TEXT = {"queries": None, "no_docs": strip_information(SIBLING), "full": SIBLING}
 
 
 def test_queries_rendering_shows_queries_and_never_the_answer():
-    ctx = render_context(SIBLING, "queries")
+    ctx = render_context(SIBLING_QUERIES, "queries")
     assert "director of Jaws" in ctx and "Spielberg birthplace" in ctx
     assert "Cincinnati" not in ctx and "<answer>" not in ctx and "<information>" not in ctx
-    assert "no search" in render_context("<answer>x</answer>", "queries")
+    assert "no search" in render_context([], "queries")
 
 
 def test_no_docs_and_full_renderings():
-    no_docs = render_context(SIBLING, "no_docs")
+    no_docs = render_context(SIBLING_QUERIES, "no_docs", text=SIBLING_TEXT["no_docs"])
     assert "<information>" not in no_docs and "directed by Steven" not in no_docs
     assert "<search> director of Jaws </search>" in no_docs and "<answer> Cincinnati </answer>" in no_docs
-    full = render_context(SIBLING, "full")
+    full = render_context(SIBLING_QUERIES, "full", text=SIBLING_TEXT["full"])
     assert "directed by Steven Spielberg" in full and "<answer> Cincinnati </answer>" in full
 
 
 def test_all_siblings_rendering_lists_outcomes_without_answers():
-    texts = [SIBLING, "<search>jaws cast</search><information>x</information><answer>Boston</answer>"]
-    ctx = render_context(SIBLING, "all_siblings", all_texts=texts, all_rewards=[1.0, 0.0])
+    all_queries = [SIBLING_QUERIES, ["jaws cast"]]
+    ctx = render_context(SIBLING_QUERIES, "all_siblings", all_queries=all_queries, all_rewards=[1.0, 0.0])
     assert "Attempt 1 (correct): director of Jaws; Spielberg birthplace" in ctx
     assert "Attempt 2 (incorrect): jaws cast" in ctx
     assert "Cincinnati" not in ctx and "Boston" not in ctx
-    with pytest.raises(ValueError, match="needs all_texts"):
-        render_context(SIBLING, "all_siblings")
+    with pytest.raises(ValueError, match="needs all_queries"):
+        render_context(SIBLING_QUERIES, "all_siblings")
     with pytest.raises(ValueError, match="rendering must be one of"):
-        render_context(SIBLING, "everything")
+        render_context(SIBLING_QUERIES, "everything")
 
 
 def _tok(text):
@@ -97,9 +101,10 @@ def test_privileged_prompt_aligns_the_same_response_tokens(rendering):
     response = "<think>x</think><answer> Cincinnati </answer>"
     student = _tok(prompt + response)
     insert_at = prompt.index("Question:")
-    teacher, stud, offset = privileged_prompt(_tok, student, insert_at, SIBLING, rendering=rendering)
+    teacher, stud, offset = privileged_prompt(_tok, student, insert_at, SIBLING_QUERIES, rendering=rendering,
+                                              text=SIBLING_TEXT[rendering])
     assert stud == student
-    ctx = _tok(render_context(SIBLING, rendering))
+    ctx = _tok(render_context(SIBLING_QUERIES, rendering, text=SIBLING_TEXT[rendering]))
     assert offset == len(ctx)
     assert teacher == student[:insert_at] + ctx + student[insert_at:]
     for p in range(insert_at, len(student)):
@@ -112,10 +117,16 @@ def test_privileged_prompt_aligns_the_same_response_tokens(rendering):
 
 
 def test_privileged_prompt_queries_does_not_leak_answer():
-    teacher, _, offset = privileged_prompt(_tok, _tok("Question: q?\n"), 0, SIBLING)
+    teacher, _, offset = privileged_prompt(_tok, _tok("Question: q?\n"), 0, SIBLING_QUERIES)
     assert "Cincinnati" not in "".join(map(chr, teacher[:offset]))
 
 
 def test_privileged_prompt_refuses_bad_insert_position():
     with pytest.raises(ValueError, match="insert_at must be"):
-        privileged_prompt(_tok, [1, 2, 3], 5, SIBLING)
+        privileged_prompt(_tok, [1, 2, 3], 5, SIBLING_QUERIES)
+
+
+def test_text_renderings_need_the_text():
+    for rendering in ("no_docs", "full"):
+        with pytest.raises(ValueError, match="needs the sibling's response text"):
+            render_context(SIBLING_QUERIES, rendering)

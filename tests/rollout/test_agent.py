@@ -11,7 +11,7 @@ from searche1_jax.model.checkpoint import smollm2_gguf_path
 from searche1_jax.model.config import ModelConfig
 from searche1_jax.model.tokenizer import Tokenizer
 from searche1_jax.model.transformer import KVCache
-from searche1_jax.rollout import prompts as P
+from searche1_jax.rollout import protocol as P
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
@@ -165,7 +165,7 @@ def test_answer_comes_only_from_sampled_text(tok):
     assert t.finish_reason == "max_turns"
     assert "<answer> and </answer>" in t.response_text and "<answer>" not in t.policy_text
     assert t.answer is None and trajs[1].answer == "yes"
-    assert list(em_rewards([x.policy_text for x in trajs], [("and",), ("yes",)])) == [0.0, 1.0]
+    assert list(em_rewards([P.extract_answer(x.policy_text) for x in trajs], [("and",), ("yes",)])) == [0.0, 1.0]
     rec = score_example("nq", "0", "q0", ["and"], t.response_text, searches=0, length=t.num_sampled,
                         answer_text=t.policy_text)
     assert rec["prediction"] is None and rec["em"] == 0.0 and rec["response"] == t.response_text

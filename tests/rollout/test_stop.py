@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from searche1_jax.rollout.gguf_tokenizer import tokenizer_from_gguf
+from searche1_jax.model.gguf_tokenizer import tokenizer_from_gguf
 from searche1_jax.rollout.stop import build_stop_automaton, step, token_bytes_from_tokenizer
 
 STOPS = ("</search>", "</answer>")

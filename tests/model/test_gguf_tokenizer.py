@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from searche1_jax.rollout.gguf_tokenizer import read_gguf_metadata, tokenizer_from_gguf
+from searche1_jax.model.gguf_tokenizer import read_gguf_metadata, tokenizer_from_gguf
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
