@@ -1,1 +1,8 @@
+"""Generating trajectories. Submodules (importing this package imports none of them):
 
+    sampler   the jitted decode loop over a KV cache (`decode`, `append`, `SamplingParams`)
+    stop      stop-string detection inside that loop (a token-level automaton)
+    protocol  the Search-R1 agent protocol: tags, prompts, observations, action parsing
+    agent     the multi-turn search agent (`SearchAgent`, `Trajectory`)
+"""
+__all__ = ["agent", "protocol", "sampler", "stop"]
