@@ -35,10 +35,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_baseline(rev: str):
-    """The module `searche1_jax/train/steps.py` at git revision `rev`, and that revision's
-    `make_optimizer` (train/state.py), imported under private names."""
+    """The modules `train/steps.py` and `train/state.py` (its `make_optimizer`) at git revision
+    `rev`, imported under private names, the steps wired to that revision's `rl/logprobs.py`
+    (which chose its CPU logit barrier itself)."""
     out = {}
-    for name, path in (("steps", "searche1_jax/train/steps.py"), ("state", "searche1_jax/train/state.py")):
+    for name, path in (("logprobs", "searche1_jax/rl/logprobs.py"), ("steps", "searche1_jax/train/steps.py"),
+                       ("state", "searche1_jax/train/state.py")):
         src = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:{path}"], check=True, capture_output=True,
                              text=True).stdout
         file = os.path.join(tempfile.mkdtemp(), f"baseline_{name}.py")
@@ -49,6 +51,7 @@ def load_baseline(rev: str):
         sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
         spec.loader.exec_module(module)
         out[name] = module
+    out["steps"].token_logps_and_entropy = out["logprobs"].token_logps_and_entropy
     return out["steps"], out["state"]
 
 
@@ -80,6 +83,7 @@ def main():
     from searche1_jax.model.checkpoint import load_gguf, smollm2_gguf_path
     from searche1_jax.model.config import get_preset
     from searche1_jax.model.create import create_model
+    from searche1_jax.model.speed import SpeedPolicy
     from searche1_jax.train.batching import to_micro
     from searche1_jax.train.state import Binder, params_of
     from searche1_jax.train.steps import StepConfig, hyper, make_steps
@@ -94,10 +98,11 @@ def main():
     lr, wd, clip, kl, ent = 1e-6, 0.01, 1.0, 0.001, 0.001  # configs/common.py
     h = hyper(lr=lr, weight_decay=wd, grad_clip=clip, kl_coef=kl, entropy_coef=ent, temperature=1.0,
               ofsd_temperature=1.0)
-    chunk = 1024
+    step_cfg = StepConfig(grpo_chunk=1024, logit_barrier=SpeedPolicy.for_backend().logit_barrier)
+    chunk = step_cfg.grpo_chunk
 
     rng = np.random.default_rng(1)
-    single = make_steps(binder, StepConfig(grpo_chunk=chunk))
+    single = make_steps(binder, step_cfg)
     b = make_batch(cfg.vocab_size, args.batch, args.length)
     logps = np.asarray(single.logps(params0, b["tokens"], b["valid"], h))
     b["old_logps"] = (logps + rng.normal(0, 0.1, logps.shape)).astype(np.float32)
@@ -108,10 +113,10 @@ def main():
     opt = old_state.make_optimizer(lr, total_steps=1000, warmup_ratio=0.0, weight_decay=wd, grad_clip=clip)
     base_step = old_steps.make_grpo_step(binder, opt, old_steps.GRPOLossConfig(chunk=chunk, kl_coef=kl,
                                                                                entropy_coef=ent))
-    pop = make_steps(binder, StepConfig(grpo_chunk=chunk), population=True)
+    pop = make_steps(binder, step_cfg, population=True)
     if args.vmap_one:
         from searche1_jax.train.steps import member_functions
-        pop.grpo = jax.jit(jax.vmap(member_functions(binder, StepConfig(grpo_chunk=chunk))["grpo"]),
+        pop.grpo = jax.jit(jax.vmap(member_functions(binder, step_cfg)["grpo"]),
                            donate_argnums=(0, 1))
     h1 = {k: jnp.asarray(v)[None] for k, v in h.items()}
     micro1 = jax.tree.map(lambda x: x[None], micro)

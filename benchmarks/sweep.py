@@ -46,6 +46,11 @@ def _hyper(lr):
                  ofsd_temperature=1.0)
 
 
+def _barrier():
+    from searche1_jax.model.speed import SpeedPolicy
+    return SpeedPolicy.for_backend().logit_barrier
+
+
 def single_runs(cfg, binder, seeds, lrs, batches, micro):
     from searche1_jax.model.create import create_model
     from searche1_jax.train.batching import to_micro
@@ -53,7 +58,7 @@ def single_runs(cfg, binder, seeds, lrs, batches, micro):
     from searche1_jax.train.steps import StepConfig, make_steps
     step_times = []
     t0 = time.perf_counter()
-    steps = make_steps(binder, StepConfig(grpo_chunk=128))
+    steps = make_steps(binder, StepConfig(grpo_chunk=128, logit_barrier=_barrier()))
     for seed, lr in zip(seeds, lrs):
         params = params_of(create_model(cfg, seed=seed))
         ref = jax.tree.map(jnp.copy, params)
@@ -78,7 +83,7 @@ def population(cfg, binder, seeds, lrs, batches, micro, mesh):
     n = len(seeds)
     t0 = time.perf_counter()
     layout = Population(n, mesh)
-    steps = make_steps(binder, StepConfig(grpo_chunk=128), population=True, mesh=layout.mesh)
+    steps = make_steps(binder, StepConfig(grpo_chunk=128, logit_barrier=_barrier()), population=True, mesh=layout.mesh)
     hyper = layout.hyper([_hyper(lr) for lr in lrs])
     params = layout.place(stack([params_of(create_model(cfg, seed=s)) for s in seeds]))
     ref = jax.tree.map(jnp.copy, params)

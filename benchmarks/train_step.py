@@ -94,7 +94,10 @@ def main(args):
 
     n_cores = os.cpu_count()
     torch.set_num_threads(args.threads)
-    lc = StepConfig() if args.chunk is None else StepConfig(grpo_chunk=args.chunk)
+    from searche1_jax.model.speed import SpeedPolicy
+    barrier = SpeedPolicy.for_backend().logit_barrier
+    lc = StepConfig(logit_barrier=barrier) if args.chunk is None else StepConfig(grpo_chunk=args.chunk,
+                                                                                  logit_barrier=barrier)
     lr, wd, clip = 1e-6, 0.01, 1.0  # configs/common.py train.*
     kl_coef, entropy_coef = 0.001, 0.001  # configs/common.py grpo.*
     h = hyper(lr=lr, weight_decay=wd, grad_clip=clip, kl_coef=kl_coef, entropy_coef=entropy_coef,

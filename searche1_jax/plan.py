@@ -19,7 +19,7 @@ import math
 import os
 
 from searche1_jax.model.config import PRESETS, ModelConfig, get_preset
-from searche1_jax.rl.divergence import VOCAB_CHUNK
+from searche1_jax.rl.fused_kl_tiles import VOCAB_CHUNK
 
 
 @dataclasses.dataclass(frozen=True)

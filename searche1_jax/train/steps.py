@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.rl.grpo import grpo_loss
 from searche1_jax.rl.logprobs import token_logps_and_entropy
 from searche1_jax.rl.ofsd import fused_forward_kl
@@ -85,11 +86,13 @@ class StepConfig:
     agg: str = "token-mean"
     grpo_chunk: int = 1024     # tokens per chunk of the LM head / log-softmax (GRPO)
     ofsd_chunk: int = 512      # tokens per chunk of the fused forward KL (OFSD)
+    logit_barrier: bool = False  # fence the logit matmul off the softmax (SpeedPolicy: XLA:CPU)
 
     @classmethod
-    def from_config(cls, c) -> "StepConfig":
+    def from_config(cls, c) -> StepConfig:
         return cls(clip_eps=float(c.grpo.clip_eps), kl_estimator=c.grpo.kl_estimator, agg=c.grpo.agg,
-                   grpo_chunk=int(c.grpo.logit_chunk), ofsd_chunk=int(c.ofsd.logit_chunk))
+                   grpo_chunk=int(c.grpo.logit_chunk), ofsd_chunk=int(c.ofsd.logit_chunk),
+                   logit_barrier=SpeedPolicy.for_backend().logit_barrier)
 
 
 def _tempered(h, temperature):
@@ -149,7 +152,8 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         model = binder.bind(params)
         hidden = model(tokens, valid, return_hidden=True)
         out, _ = token_logps_and_entropy(_tempered(hidden[:, :-1], hyper["temperature"]), model.head(),
-                                         tokens[:, 1:], chunk=cfg.grpo_chunk, temperature=1.0)
+                                         tokens[:, 1:], chunk=cfg.grpo_chunk, temperature=1.0,
+                                         barrier=cfg.logit_barrier)
         return out
 
     def grpo_loss_fn(params, mb, hyper):
@@ -157,7 +161,8 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         hidden = model(mb["tokens"], mb["valid"], return_hidden=True)
         targets, mask = _shift(mb)
         lp, entropy = token_logps_and_entropy(_tempered(hidden[:, :-1], hyper["temperature"]), model.head(),
-                                              targets, chunk=cfg.grpo_chunk, temperature=1.0)
+                                              targets, chunk=cfg.grpo_chunk, temperature=1.0,
+                                              barrier=cfg.logit_barrier)
         loss, metrics = grpo_loss(lp, mb["old_logps"], mb["ref_logps"], mb["advantages"], mask, entropy,
                                   clip_eps=cfg.clip_eps, kl_coef=hyper["kl_coef"],
                                   kl_estimator=cfg.kl_estimator, entropy_coef=hyper["entropy_coef"],
@@ -183,7 +188,7 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         loss = fused_forward_kl(_tempered(gather(sh, mb["student_idx"]), tau), student.head(),
                                 _tempered(gather(th, mb["teacher_idx"]), tau),
                                 jax.lax.stop_gradient(teacher.head()), None, mask,
-                                chunk=cfg.ofsd_chunk, temperature=1.0)
+                                chunk=cfg.ofsd_chunk, temperature=1.0, barrier=cfg.logit_barrier)
         n = mask.sum()
         return loss * n, ({"kl": loss * n}, n)
 
