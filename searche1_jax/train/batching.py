@@ -5,10 +5,12 @@ from typing import Sequence
 
 import numpy as np
 
+from searche1_jax.shapes import round_up
+
 
 def bucket_length(n: int, bucket: int) -> int:
     """Round up to a multiple of `bucket` (at least one bucket)."""
-    return max(bucket, -(-n // bucket) * bucket)
+    return max(bucket, round_up(n, bucket))
 
 
 def pack(sequences: Sequence[Sequence[int]], masks: Sequence[Sequence[int]], *, length: int,
