@@ -35,20 +35,9 @@ flags.DEFINE_string("method", "ours", "name of this row in the report")
 FLAGS = flags.FLAGS
 
 
-def load_policy(exp, checkpoint: str):
-    """Params from a training workdir's latest checkpoint, else the experiment's model."""
-    ckpt_dir = os.path.join(checkpoint, "checkpoints")
-    if checkpoint and os.path.isdir(ckpt_dir):
-        from searche1_jax.train.checkpoint import Checkpointer
-        state = Checkpointer(ckpt_dir, async_save=False).restore_latest(exp.initial_state())
-        if state is None:
-            raise FileNotFoundError(f"{ckpt_dir} holds no checkpoint")
-        print(f"policy: {ckpt_dir} (train step {state.step})", flush=True)
-        return exp.binder.bind(state.params)
-    return exp.binder.bind(exp.initial_state().params)
-
-
-def evaluate(exp, model, benchmarks, *, data_dir, split, limit, batch, out, method, log=print):
+def evaluate(policy, model, benchmarks, *, data_dir, split, limit, batch, out, method, log=print):
+    """Greedy rollouts of `model` with `policy.agent` (an `eval.policy.Policy` or anything with an
+    `.agent`) over the benchmarks; returns (report, markdown table)."""
     import jax
 
     from searche1_jax.data.benchmarks import load_benchmark
@@ -69,7 +58,7 @@ def evaluate(exp, model, benchmarks, *, data_dir, split, limit, batch, out, meth
             # a short last batch is padded with copies of its last question (their rollouts are
             # dropped): every call has the same batch size, so nothing is compiled again for it
             questions += questions[-1:] * (batch - len(chunk))
-            trajs = exp.agent.run(model, questions, jax.random.key(0), greedy)[:len(chunk)]
+            trajs = policy.agent.run(model, questions, jax.random.key(0), greedy)[:len(chunk)]
             for ex, t in zip(chunk, trajs):
                 preds.append(score_example(name, ex.id, ex.question, ex.golden_answers, t.response_text,
                                            searches=t.num_searches, length=t.num_sampled, answer_text=t.policy_text,
@@ -87,7 +76,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     from searche1_jax.data.benchmarks import parse_benchmarks
-    from searche1_jax.train.setup import Experiment
+    from searche1_jax.eval.policy import build_policy
 
     benchmarks = parse_benchmarks(FLAGS.benchmarks)  # unknown names list the valid ones
     config = FLAGS.config
@@ -96,9 +85,9 @@ def main(argv):
     is_workdir = FLAGS.checkpoint and os.path.isdir(os.path.join(FLAGS.checkpoint, "checkpoints"))
     if FLAGS.checkpoint and not is_workdir:
         config.model.checkpoint, config.model.preset = FLAGS.checkpoint, ""
-    exp = Experiment(config, need_train_data=False)
-    model = load_policy(exp, FLAGS.checkpoint if is_workdir else "")
-    _, table = evaluate(exp, model, benchmarks, data_dir=FLAGS.data_dir, split=FLAGS.split,
+    # inference only: a workdir's latest params (never its optimiser state), else the config's model
+    policy = build_policy(config, FLAGS.checkpoint if is_workdir else "")
+    _, table = evaluate(policy, policy.model, benchmarks, data_dir=FLAGS.data_dir, split=FLAGS.split,
                         limit=FLAGS.limit, batch=FLAGS.batch, out=FLAGS.out, method=FLAGS.method)
     print(table)
 

@@ -50,6 +50,14 @@ class AgentConfig:
             if getattr(self, name) < (0 if name == "max_turns" else 1):
                 raise ValueError(f"config.rollout.{name} must be >= 1, got {getattr(self, name)}")
 
+    @classmethod
+    def from_config(cls, c) -> "AgentConfig":
+        """From an experiment config: its `rollout` section and `retrieval.topk`."""
+        r = c.rollout
+        return cls(max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
+                   max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
+                   max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket)
+
 
 @dataclasses.dataclass
 class Trajectory:

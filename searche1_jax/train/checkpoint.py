@@ -1,6 +1,7 @@
 """Orbax checkpoints of the whole train state: params, optimiser, reference, rng, step, and the
 JSON meta (round, phase, data-iterator position). Asynchronous, atomic (orbax writes to a
-temporary directory and renames), keep-last-k; `restore_latest` makes a restarted run resume.
+temporary directory and renames), keep-last-k; `restore_latest` makes a restarted run resume,
+`restore_latest_params` reads the policy's parameters alone (evaluation, export).
 """
 from __future__ import annotations
 
@@ -63,18 +64,23 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def _checked_meta(self, step: int, like_params: dict) -> dict:
+        """The JSON meta of save `step`, after checking its parameter shapes against like_params."""
+        meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        saved = meta.pop("param_shapes", None)
+        problem = _shape_mismatch(saved, param_shapes(like_params)) if saved is not None else None
+        if problem:
+            raise ValueError(f"checkpoint {self.directory}/{step} was written by a different model: "
+                             f"{problem}. Use a new --workdir for this config, or the config that "
+                             f"wrote this checkpoint")
+        return meta
+
     def restore_latest(self, like: TrainState) -> TrainState | None:
         """Restore the newest checkpoint onto the structure and shardings of `like`; None if none."""
         step = self.manager.latest_step()  # a save index, not the train step
         if step is None:
             return None
-        meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-        saved = meta.pop("param_shapes", None)
-        problem = _shape_mismatch(saved, param_shapes(like.params)) if saved is not None else None
-        if problem:
-            raise ValueError(f"checkpoint {self.directory}/{step} was written by a different model: "
-                             f"{problem}. Use a new --workdir for this config, or the config that "
-                             f"wrote this checkpoint")
+        meta = self._checked_meta(step, like.params)
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like.arrays())
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         arrays = out["state"]
@@ -82,6 +88,27 @@ class Checkpointer:
                           ref_params=unflatten(arrays["ref_params"]) if arrays["ref_params"] else None,
                           step=int(arrays["step"]), rng=jax.random.wrap_key_data(arrays["rng"]),
                           meta=meta)
+
+    def restore_latest_params(self, like_params: dict) -> tuple[dict, dict] | None:
+        """Only the policy parameters of the newest checkpoint: (params, meta), None if none.
+
+        like_params: the nested params dict as abstract leaves (`jax.ShapeDtypeStruct`, e.g. from
+        `jax.eval_shape`), each placed with its `.sharding` (none: the default device). A partial
+        restore of the `state` item: the optimiser state, reference copy and rng on disk are never
+        read, so nothing about the optimiser needs to be known. meta["step"] is the train step.
+        """
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        meta = self._checked_meta(step, like_params)
+        default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = {"params": {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding or default)
+                             for k, v in flatten(like_params).items()},
+                  "step": jax.ShapeDtypeStruct((), jax.numpy.int32)}
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)))
+        return unflatten(out["state"]["params"]), dict(meta, step=int(out["state"]["step"]))
 
     def wait(self):
         self.manager.wait_until_finished()
