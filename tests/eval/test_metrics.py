@@ -77,7 +77,8 @@ def test_em_table_has_method_section_5_layout():
     lines = em_table(report).split("\n")
     assert lines[0] == "| Method | NQ | TQA | PopQA | HotpotQA | 2Wiki | Musique | Bamboogle | Avg |"
     assert lines[2] == "| ours | 0.500 | – | 0.500 | – | – | – | – | 0.500 (2/7) |"
-    assert "| Search-R1 GRPO base (published) | 0.421 | 0.583 | 0.413 | 0.297 | 0.274 | 0.066 | 0.128 | 0.312 |" in lines
+    assert ("| Search-R1 GRPO base (published) | 0.421 | 0.583 | 0.413 | 0.297 | 0.274 | 0.066 | 0.128 "
+            "| 0.312 |") in lines
     assert "| Search-E1 (published) | – | – | – | – | – | – | – | 0.440 |" in lines
     md = markdown_report(report)
     assert "| NQ | 4 | 0.500 [" in md and "| 1.50 | 25.0 |" in md
@@ -95,7 +96,8 @@ def test_report_writers(tmp_path):
 # ---- scalar metrics come from searche1_jax.rl.rewards ----
 
 def test_score_example_uses_the_last_answer_span():
-    text = "<think>hm</think><answer> Paris </answer> wait <search>q</search> <answer>the Eiffel Tower in Paris</answer>"
+    text = ("<think>hm</think><answer> Paris </answer> wait <search>q</search> "
+            "<answer>the Eiffel Tower in Paris</answer>")
     rec = score_example("nq", "nq-1", "where?", ["Eiffel Tower"], text, searches=1, length=42, turns=2)
     assert rec["prediction"].strip() == "the Eiffel Tower in Paris"
     # normalised prediction tokens: eiffel tower in paris; gold: eiffel tower
