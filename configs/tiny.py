@@ -4,14 +4,15 @@ Data: the demo's shipped questions and corpus (BM25); model: the `tiny` preset w
 SmolLM2 tokenizer's vocabulary size so real token ids fit.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import base  # noqa: E402
-from demo import DEMO_DIR  # noqa: E402
+from searche1_jax.config import DEMO_DIR, base
+
+VARIANTS = ("",)  # the string args get_config takes
 
 
 def get_config(arg: str = ""):
+    if arg not in VARIANTS:
+        raise ValueError(f"configs/tiny.py takes no variant, got {arg!r}")
     c = base()
     c.model.preset = "tiny"
     c.model.checkpoint = ""

@@ -2,9 +2,11 @@
 
 Parameters are annotated with logical names (`embed`, `mlp`, `heads`, `kv_heads`, `vocab`);
 activations with `batch`, `length`, `embed`, ... A rules table maps each logical name to mesh
-axes (`data`, `fsdp`, `tensor`). Changing the parallelism plan is editing `DEFAULT_RULES` (or
-passing another table). A mesh axis that does not divide a dimension is dropped for that
-dimension (e.g. 2 KV heads on tensor=4 replicate), so every preset shards on every mesh.
+axes (`data`, `fsdp`, `tensor`). The table an experiment uses is `config.logical_axis_rules`
+(written out in `searche1_jax.config.base()` as `DEFAULT_RULES`); every function here takes it
+as `rules`, so changing the parallelism plan is editing that table. A mesh axis that does not
+divide a dimension is dropped for that dimension (e.g. 2 KV heads on tensor=4 replicate), so
+every preset shards on every mesh.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
+MEMBER_AXIS = "member"   # the population mesh's only axis (train/layout.py)
 
 # FSDP over `embed` for parameters; tensor parallel over heads / mlp / vocab; batch over
 # data x fsdp for activations (MaxText's default logical rules, trimmed to what we use).
@@ -32,6 +35,35 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("layers", None),
     ("member", ("member",)),
 )
+
+
+def check_rules(rules) -> None:
+    """Refuse a rules table the model cannot use, naming the row: every row is
+    (logical_name, None | tuple of mesh axes); names are unique; mesh axes are MESH_AXES or
+    MEMBER_AXIS, each at most once in a row; every logical name of DEFAULT_RULES (the names the
+    model and trainer annotate with) has a row."""
+    valid_axes = (*MESH_AXES, MEMBER_AXIS)
+    seen = set()
+    for row in rules:
+        if len(row) != 2 or not isinstance(row[0], str):
+            raise ValueError(f"each row is (logical_name, mesh_axes or None), got {row!r}")
+        name, axes = row
+        if name in seen:
+            raise ValueError(f"logical axis {name!r} has two rows; keep one")
+        seen.add(name)
+        if axes is None:
+            continue
+        if isinstance(axes, str) or not all(isinstance(a, str) for a in axes):
+            raise ValueError(f"row {name!r}: mesh axes must be a tuple of names or None, got {axes!r}")
+        bad = [a for a in axes if a not in valid_axes]
+        if bad:
+            raise ValueError(f"row {name!r} names mesh axes {bad}; valid axes: {valid_axes}")
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"row {name!r} repeats a mesh axis: {axes!r}")
+    missing = [n for n, _ in DEFAULT_RULES if n not in seen]
+    if missing:
+        raise ValueError(f"no row for logical axes {missing}: the model annotates with them "
+                         f"(use None to replicate)")
 
 
 def make_mesh(shape: dict[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -1,0 +1,65 @@
+"""`build_retriever(r)`: the search engine a config's retrieval section names, chosen by `r.kind`.
+
+    build_retriever(r) -> Index | RetrievalClient     r: config.retrieval (typed or ConfigDict)
+
+kind="bm25"   r.index: a BM25 index directory, or r.corpus: a corpus jsonl indexed in memory
+kind="exact"  r.index: a directory built by `python -m searche1_jax.retrieval.build --index exact`
+kind="scann"  r.index: a directory built by `python -m searche1_jax.retrieval.build --index scann`
+kind="http"   r.url: a Search-R1-compatible retrieval service (`retrieval/serve.py`)
+
+An index directory's manifest states its kind; a directory of another kind is refused (a scann
+config never silently searches an exact or BM25 index). Errors name the field and the fix.
+"""
+from __future__ import annotations
+
+from searche1_jax.retrieval.store import KINDS, load_index, read_manifest
+
+BUILD = "python -m searche1_jax.retrieval.build --corpus FILE --encoder {encoder} --index {kind} --out DIR"
+
+
+def _encoder_arg(kind: str) -> str:
+    return "bm25" if kind == "bm25" else "HF_ENCODER_DIR"
+
+
+def load_index_of_kind(directory: str, kind: str, *, encoder=None):
+    """Open the index at `directory`, which must hold a `kind` index (config.retrieval.index)."""
+    try:
+        manifest = read_manifest(directory)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"config.retrieval.index: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"config.retrieval.index: {e}") from None
+    if manifest["kind"] != kind:
+        raise ValueError(f"config.retrieval.index {directory!r} holds a {manifest['kind']!r} index but "
+                         f"config.retrieval.kind is {kind!r}: set config.retrieval.kind="
+                         f"{manifest['kind']!r}, or point config.retrieval.index at a {kind} index ("
+                         + BUILD.format(encoder=_encoder_arg(kind), kind=kind) + ")")
+    return load_index(directory, encoder=encoder)
+
+
+def build_retriever(r, *, encoder=None):
+    """The retriever config.retrieval `r` names (see module docstring). `encoder` overrides the
+    query encoder a dense index's manifest names."""
+    kind = r.kind
+    if kind == "http":
+        if not r.url:
+            raise ValueError("config.retrieval.kind='http' needs config.retrieval.url, e.g. http://127.0.0.1:8000 "
+                             "(a server started by python -m searche1_jax.retrieval.serve)")
+        if not r.url.startswith(("http://", "https://")):
+            raise ValueError(f"config.retrieval.url must start with http:// or https://, got {r.url!r}")
+        from searche1_jax.retrieval.client import RetrievalClient
+        return RetrievalClient(r.url)
+    if kind not in KINDS:
+        raise ValueError(f"config.retrieval.kind must be one of {(*KINDS, 'http')}, got {kind!r}")
+    if kind == "bm25" and not r.index:
+        if not r.corpus:
+            raise ValueError("config.retrieval.kind='bm25' needs config.retrieval.corpus (a corpus jsonl, "
+                             "indexed in memory) or config.retrieval.index (a directory built by "
+                             + BUILD.format(encoder="bm25", kind="bm25") + ")")
+        from searche1_jax.retrieval.bm25 import BM25Index
+        from searche1_jax.retrieval.corpus import Corpus
+        return BM25Index.build(Corpus(r.corpus))
+    if not r.index:
+        raise ValueError(f"config.retrieval.kind={kind!r} needs config.retrieval.index: a directory built by "
+                         + BUILD.format(encoder=_encoder_arg(kind), kind=kind))
+    return load_index_of_kind(r.index, kind, encoder=encoder)
