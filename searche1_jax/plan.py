@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 
 from searche1_jax.model.config import PRESETS, ModelConfig, get_preset
 from searche1_jax.rl.fused_kl_tiles import VOCAB_CHUNK
+from searche1_jax.shapes import round_up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +40,6 @@ DEVICES = {
 }
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-# Config files that load a checkpoint name no preset; their file names say which model.
-_CONFIG_MODELS = {"qwen3b": "qwen2.5-3b", "qwen7b": "qwen2.5-7b"}
 
 
 def dtype_bytes(name: str) -> int:
@@ -108,16 +105,14 @@ def run_shape_from_config(c, *, prompt_tokens: int = 256, fill: float = 1.0) -> 
         param_dtype=c.model.param_dtype, dtype=c.model.dtype, remat=bool(c.model.remat))
 
 
-def model_config_for(c, name: str = "", config_path: str = "") -> ModelConfig:
-    """The ModelConfig a config trains: --model, else config.model.preset, else the file name."""
+def model_config_for(c, name: str = "") -> ModelConfig:
+    """The ModelConfig a config trains: `name` (--model), else config.model.preset, else
+    config.model.architecture (the preset whose shapes config.model.checkpoint has)."""
+    name = name or c.model.preset or c.model.architecture
     if not name:
-        name = c.model.preset
-    if not name:
-        stem = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
-        name = _CONFIG_MODELS.get(stem, "")
-    if not name:
-        raise ValueError(f"cannot tell which model {config_path!r} trains: pass --model=PRESET "
-                         f"(one of {sorted(PRESETS)})")
+        raise ValueError("cannot tell which model this config trains: set config.model.architecture to the "
+                         "preset whose shapes config.model.checkpoint has, or pass --model=PRESET (one of "
+                         f"{sorted(PRESETS)})")
     return get_preset(name)
 
 
@@ -208,7 +203,7 @@ def memory_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int]) -> dict[str
     out["kv_cache"] = (2 * m.n_layers * run.rows * run.cache_len * m.n_kv_heads * m.head_dim * cb
                        / kv_shard)
     # extend() over an observation/prompt chunk builds fp32 scores [rows, h, width, cache_len]
-    width = max(run.prompt_tokens, math.ceil(run.max_obs_tokens / 64) * 64)
+    width = max(run.prompt_tokens, round_up(run.max_obs_tokens, 64))
     out["rollout_scores_transient"] = (run.rows * m.n_heads * width * run.cache_len * 4
                                        / ((d_ * f) * (t if m.n_heads % t == 0 else 1)))
     states = out["params"] + out["master_fp32"] + out["adam_mv_fp32"] + out["ref_params"]
@@ -322,8 +317,9 @@ def main(argv):
     f = flags.FLAGS
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE overrides")
-    c, path = f.config, config_flags.get_config_filename(f["config"])
-    model = model_config_for(c, f.model, path)
+    from searche1_jax.config import from_config_dict
+    c, path = from_config_dict(f.config), config_flags.get_config_filename(f["config"])
+    model = model_config_for(c, f.model)
     run = run_shape_from_config(c, prompt_tokens=f.prompt_tokens, fill=f.fill)
     p = plan(model, run, parse_mesh(f.mesh), f.device, mfu=f.mfu, bw_util=f.bw_util)
     title = f.model or c.model.preset or os.path.basename(path)
@@ -337,7 +333,7 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "experiment config file (ml_collections)")
     flags.DEFINE_string("mesh", "fsdp:8,tensor:1", "data/fsdp/tensor sizes, e.g. fsdp:8,tensor:1")
     flags.DEFINE_string("device", "h100", f"one of {sorted(DEVICES)}")
-    flags.DEFINE_string("model", "", "model preset; default: config.model.preset or the config's name")
+    flags.DEFINE_string("model", "", "model preset; default: config.model.preset, else config.model.architecture")
     flags.DEFINE_integer("prompt_tokens", 256, "assumed prompt length (instruction + question)")
     flags.DEFINE_float("fill", 1.0, "fraction of turn/observation budgets used (1 = worst case)")
     flags.DEFINE_float("mfu", 0.4, "assumed model FLOP utilisation of matmul-bound phases")

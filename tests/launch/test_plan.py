@@ -121,3 +121,30 @@ def test_micro_batch_that_does_not_divide_the_mesh_is_replicated():
     t8 = P.time_plan(TINY, shape(micro_batch=8), mesh, P.DEVICES["v4"])
     t6 = P.time_plan(TINY, shape(micro_batch=6), mesh, P.DEVICES["v4"])
     assert t6["train_s"] == pytest.approx(4 * t8["train_s"])
+
+
+def test_the_model_comes_from_the_config_never_its_file_name():
+    from searche1_jax.config import base, from_config_dict
+    c = base()
+    c.model.architecture = "qwen2.5-7b"
+    assert P.model_config_for(from_config_dict(c)) == get_preset("qwen2.5-7b")
+    assert P.model_config_for(from_config_dict(c), "qwen2.5-3b") == get_preset("qwen2.5-3b")  # --model wins
+    c.model.architecture = ""
+    with pytest.raises(ValueError, match="set config.model.architecture to the preset whose shapes"):
+        P.model_config_for(from_config_dict(c))
+    c.model.preset, c.model.tokenizer = "tiny", "smollm2"
+    assert P.model_config_for(from_config_dict(c)) == TINY
+
+
+def test_cli_plans_a_renamed_config_by_its_architecture(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    shutil.copy(os.path.join(root, "configs", "qwen3b.py"), tmp_path / "my_run.py")
+    out = subprocess.run([sys.executable, "-m", "searche1_jax.plan", f"--config={tmp_path}/my_run.py",
+                          "--mesh=fsdp:8,tensor:1", "--device=h100"], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "3.086B" in out.stdout
