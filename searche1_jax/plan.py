@@ -50,7 +50,7 @@ def dtype_bytes(name: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class RunShape:
-    """The numbers of a config that size a step (field names follow configs/common.py)."""
+    """The numbers of a config that size a step (field names follow searche1_jax.config.base())."""
     questions_per_step: int
     group_size: int
     micro_batch: int          # trajectories per forward/backward (global, sharded over the batch)
