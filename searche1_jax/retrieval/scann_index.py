@@ -86,7 +86,8 @@ class ScannIndex(DenseIndex):
                                    anisotropic_quantization_threshold=params["anisotropic_quantization_threshold"])
         if params["reorder"] > 0:
             if params["reorder_dtype"] not in _REORDER_TYPES:
-                raise ValueError(f"reorder_dtype must be one of {sorted(_REORDER_TYPES)}, got {params['reorder_dtype']!r}")
+                raise ValueError(f"reorder_dtype must be one of {sorted(_REORDER_TYPES)}, "
+                                 f"got {params['reorder_dtype']!r}")
             rt = getattr(_reorder_enum(), _REORDER_TYPES[params["reorder_dtype"]])
             builder = builder.reorder(params["reorder"], quantize=rt)
         searcher = builder.build()

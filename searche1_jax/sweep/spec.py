@@ -87,8 +87,12 @@ def closest_field(name: str, candidates: list[str]) -> str | None:
 
 
 def cast_value(field: str, text: str, like: Any):
-    """`text` as the type of the config field's current value `like`."""
+    """`text` as the type of the config field's current value `like` (an unset field, None,
+    takes the type the typed config declares for it, e.g. ofsd.lr: float)."""
     text = text.strip()
+    if like is None:
+        from searche1_jax.config import field_type
+        like = field_type(field)()
     kind = type(like).__name__
     try:
         if isinstance(like, bool):

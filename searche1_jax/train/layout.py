@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from searche1_jax.model.sharding import DEFAULT_RULES
 from searche1_jax.train.batching import to_micro
 from searche1_jax.train.multihost import (agree_shapes, is_multi_process, per_process, rollout_replica,
                                           to_global, to_local)
@@ -51,8 +52,8 @@ class SingleRun:
     population = False
     n = 1
 
-    def __init__(self, mesh: Mesh | None):
-        self.mesh = mesh
+    def __init__(self, mesh: Mesh | None, rules=DEFAULT_RULES):
+        self.mesh, self.rules = mesh, rules
 
     def describe(self) -> str:
         return f"one run on {jax.device_count()} {jax.devices()[0].platform} device(s)"
@@ -95,14 +96,14 @@ class SingleRun:
     def take(self, batch: dict, orders: list[np.ndarray], lo: int, hi: int, micro: int) -> dict:
         """Rows order[lo:hi] as a global [M, micro, ...] batch."""
         return to_global(to_micro({k: v[orders[0][lo:hi]] for k, v in batch.items()}, micro), self.mesh,
-                         row_axis=1)
+                         row_axis=1, rules=self.rules)
 
     def logps(self, fn, params, tokens: np.ndarray, valid: np.ndarray, hyper, rows: int) -> np.ndarray:
         """Log-probs of this process's rows, `rows` at a time (global batches across processes)."""
         out = []
         for i in range(0, tokens.shape[0], rows):
-            g = to_global({"tokens": tokens[i:i + rows], "valid": valid[i:i + rows]}, self.mesh)
-            out.append(to_local(fn(params, g["tokens"], g["valid"], hyper), self.mesh))
+            g = to_global({"tokens": tokens[i:i + rows], "valid": valid[i:i + rows]}, self.mesh, rules=self.rules)
+            out.append(to_local(fn(params, g["tokens"], g["valid"], hyper), self.mesh, rules=self.rules))
         return np.concatenate(out, axis=0)
 
     def metric(self, m: dict, k: str, i: int) -> float:

@@ -14,7 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from searche1_jax.model.sharding import make_mesh, named_sharding
+from searche1_jax.model.sharding import DEFAULT_RULES, make_mesh, named_sharding
 
 
 def is_multi_process() -> bool:
@@ -55,7 +55,7 @@ def agree_shapes(batch: dict[str, np.ndarray] | None, dtypes: dict[str, np.dtype
     return out
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh | None, row_axis: int = 0) -> dict:
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh | None, row_axis: int = 0, rules=DEFAULT_RULES) -> dict:
     """Process-local rows -> global arrays whose `row_axis` is split over data x fsdp.
 
     The global row count is process_count x the local one; process p's rows come after
@@ -72,16 +72,16 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh | None, row_axis: int = 0
                              f"{n_batch} devices: make config.grpo.micro_batch / config.ofsd.micro_batch "
                              f"a multiple of it")
         names = (None,) * row_axis + ("batch",) + (None,) * (v.ndim - row_axis - 1)
-        out[k] = jax.make_array_from_process_local_data(named_sharding(names, shape, mesh), v, shape)
+        out[k] = jax.make_array_from_process_local_data(named_sharding(names, shape, mesh, rules), v, shape)
     return out
 
 
-def to_local(x: jax.Array, mesh: Mesh | None, row_axis: int = 0) -> np.ndarray:
+def to_local(x: jax.Array, mesh: Mesh | None, row_axis: int = 0, rules=DEFAULT_RULES) -> np.ndarray:
     """This process's rows of a global array (the rows `to_global` took from it); one process: all."""
     if mesh is None or not is_multi_process():
         return np.asarray(x)
     names = (None,) * row_axis + ("batch",) + (None,) * (x.ndim - row_axis - 1)
-    x = jax.jit(lambda a: a, out_shardings=named_sharding(names, x.shape, mesh))(x)
+    x = jax.jit(lambda a: a, out_shardings=named_sharding(names, x.shape, mesh, rules))(x)
     blocks = {}
     for shard in x.addressable_shards:
         blocks.setdefault(shard.index[row_axis].start or 0, np.asarray(shard.data))

@@ -12,11 +12,13 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from searche1_jax.model.checkpoint import load_pretrained, smollm2_gguf_path
+from searche1_jax.config import ExperimentConfig, from_config_dict
+from searche1_jax.model.checkpoint import load_pretrained, resolve_checkpoint
 from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model
 from searche1_jax.model.sharding import make_mesh
 from searche1_jax.model.tokenizer import Tokenizer
+from searche1_jax.retrieval.factory import build_retriever
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
@@ -36,7 +38,9 @@ POPULATION_FIELDS = {
 
 
 def config_fields(config, prefix: str = "") -> dict:
-    """{"section.name": value} for every leaf of a ConfigDict."""
+    """{"section.name": value} for every leaf of a ConfigDict (or a typed config's `flat()`)."""
+    if hasattr(config, "flat"):
+        return config.flat()
     out = {}
     for k, v in config.items():
         if hasattr(v, "items"):
@@ -62,50 +66,11 @@ def check_members(configs: Sequence) -> None:
                 check_population_field(f)
 
 
-def resolve_checkpoint(path: str) -> str:
-    return smollm2_gguf_path() if path == "smollm2" else path
-
-
-def build_retriever(c):
-    r = c.retrieval
-    if r.kind == "http":
-        from searche1_jax.retrieval.client import RetrievalClient
-        if not r.url:
-            raise ValueError("config.retrieval.kind='http' needs config.retrieval.url, e.g. http://127.0.0.1:8000")
-        return RetrievalClient(r.url)
-    if r.index:
-        from searche1_jax.retrieval.store import load_index
-        return load_index(r.index)
-    if r.kind == "bm25" and r.corpus:
-        from searche1_jax.retrieval.bm25 import BM25Index
-        from searche1_jax.retrieval.corpus import Corpus
-        return BM25Index.build(Corpus(r.corpus))
-    raise ValueError(f"config.retrieval: kind={r.kind!r} needs config.retrieval.index (built by "
-                     f"python -m searche1_jax.retrieval.build), or kind='bm25' with config.retrieval.corpus")
-
-
-def check_config(c) -> None:
-    """Refuse batch geometries that cannot be split evenly, naming the fields to change."""
-    g, r, o = c.grpo, c.rollout, c.ofsd
-    if g.questions_per_step % g.mini_batch:
-        raise ValueError(f"config.grpo.questions_per_step ({g.questions_per_step}) must be a multiple "
-                         f"of config.grpo.mini_batch ({g.mini_batch})")
-    if (g.mini_batch * r.group_size) % g.micro_batch:
-        raise ValueError(f"config.grpo.mini_batch x config.rollout.group_size ({g.mini_batch} x "
-                         f"{r.group_size}) trajectories must be a multiple of config.grpo.micro_batch "
-                         f"({g.micro_batch})")
-    if o.mini_batch % o.micro_batch:
-        raise ValueError(f"config.ofsd.mini_batch ({o.mini_batch}) must be a multiple of "
-                         f"config.ofsd.micro_batch ({o.micro_batch})")
-    if o.rendering not in ("queries", "no_docs", "full", "all_siblings"):
-        raise ValueError(f"config.ofsd.rendering must be queries|no_docs|full|all_siblings, got {o.rendering!r}")
-    if o.teacher not in ("snapshot", "live"):
-        raise ValueError(f"config.ofsd.teacher must be 'snapshot' or 'live', got {o.teacher!r}")
-
-
 class Experiment:
     """config: one config (a single run) or a sequence of member configs (a population;
-    `population=True` makes even one config a population of one, on the member layout)."""
+    `population=True` makes even one config a population of one, on the member layout).
+    Each is a ConfigDict (translated and validated once by `config.from_config_dict`) or an
+    `ExperimentConfig`."""
 
     def __init__(self, config, *, need_train_data: bool = True, population: bool | None = None,
                  devices=None):
@@ -115,8 +80,7 @@ class Experiment:
         population = len(configs) > 1 if population is None else population
         if len(configs) > 1 and not population:
             raise ValueError("several member configs make a population: pass population=True or one config")
-        for mc in configs:
-            check_config(mc)
+        configs = [mc if isinstance(mc, ExperimentConfig) else from_config_dict(mc) for mc in configs]
         check_members(configs)
         self.configs = configs
         self.config = c = configs[0]  # shared fields are read from member 0
@@ -132,6 +96,7 @@ class Experiment:
                                                        process_count=jax.process_count())
 
         model_mesh = make_mesh(dict(c.mesh)) if (len(jax.devices()) > 1 and not population) else None
+        rules = c.logical_axis_rules
         self.mesh = model_mesh
         overrides = dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
         tok_path = resolve_checkpoint(c.model.tokenizer or c.model.checkpoint)
@@ -143,7 +108,7 @@ class Experiment:
             cfg = get_preset(c.model.preset, **overrides)
             if cfg.vocab_size < self.tokenizer.vocab_size:
                 cfg = cfg.replace(vocab_size=self.tokenizer.vocab_size)
-            models = [create_model(cfg, mesh=model_mesh, seed=mc.train.seed) for mc in configs]
+            models = [create_model(cfg, mesh=model_mesh, seed=mc.train.seed, rules=rules) for mc in configs]
             member_params = [params_of(m) for m in models]
             model = models[0]
         else:
@@ -151,24 +116,20 @@ class Experiment:
                 raise ValueError("set config.model.checkpoint to a HF directory (e.g. Qwen2.5-3B-Instruct) "
                                  "or a .gguf file, or config.model.preset for a random model")
             # a checkpoint is the same start for every member; the seed only changes the rng
-            model, cfg = load_pretrained(resolve_checkpoint(c.model.checkpoint), mesh=model_mesh, **overrides)
+            model, cfg = load_pretrained(c.model.checkpoint, mesh=model_mesh, rules=rules, **overrides)
             member_params = [params_of(model)] * self.n
         self.model_cfg = cfg
         self.binder = Binder(model)
         del model
 
-        self.layout = Population(self.n, member_mesh(self.n, devices)) if population else SingleRun(model_mesh)
+        self.layout = Population(self.n, member_mesh(self.n, devices)) if population else SingleRun(model_mesh, rules)
         self._init_params = self.layout.stack(member_params)
         del member_params
 
-        self.retriever = build_retriever(c)
+        self.retriever = build_retriever(c.retrieval)
         stop = build_stop_automaton(list(STOP_STRINGS), token_bytes_from_tokenizer(self.tokenizer.backend))
-        r = c.rollout
-        self.agent = SearchAgent(self.tokenizer, self.retriever, stop, AgentConfig(
-            max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
-            max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
-            max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket),
-            use_chat_template=r.chat_template)
+        self.agent = SearchAgent(self.tokenizer, self.retriever, stop, AgentConfig.from_config(c),
+                                 use_chat_template=c.rollout.chat_template)
         self.sampling = [SamplingParams(temperature=mc.rollout.temperature, top_p=mc.rollout.top_p,
                                         top_k=mc.rollout.top_k) for mc in configs]
         self.total_grpo_steps = c.train.rounds * c.grpo.steps_per_round
@@ -185,7 +146,7 @@ class Experiment:
         the lr of the GRPO step it follows, or config.ofsd.lr when that is set (METHOD §3.6)."""
         hypers = []
         for mc in self.configs:
-            override = getattr(mc.ofsd, "lr", None) if ofsd else None
+            override = mc.ofsd.lr if ofsd else None
             lr = override if override is not None else self.grpo_lr(mc, step)
             hypers.append(hyper_of(mc, lr=lr))
         return self.layout.hyper(hypers)

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from searche1_jax.config import GRPO_AGG_MODES
 from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.rl.grpo import grpo_loss
 from searche1_jax.rl.logprobs import token_logps_and_entropy
@@ -144,9 +145,8 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         optimiser state (a population member that ran out of OFSD data).
     init(params, hyper) -> opt_state
     """
-    if cfg.agg != "token-mean":
-        raise ValueError(f"config.grpo.agg must be 'token-mean' (the exact token mean of METHOD §2, "
-                         f"accumulated exactly across micro-batches), got {cfg.agg!r}")
+    if cfg.agg not in GRPO_AGG_MODES:
+        raise ValueError(f"config.grpo.agg must be one of {GRPO_AGG_MODES}, got {cfg.agg!r}")
 
     def logps(params, tokens, valid, hyper):
         model = binder.bind(params)
