@@ -80,7 +80,7 @@ def synthetic(args) -> list[dict]:
         print(json.dumps(r), flush=True)
 
     exact = ExactIndex(x)
-    (_, gt), secs = timed(lambda: exact.search_vectors(q, 10))
+    (_, gt), secs = timed(lambda ex=exact: ex.search_vectors(q, 10))
     row("exact (jax chunked matmul + top_k)", secs, gt, flat)
     del exact
     gc.collect()
@@ -97,7 +97,7 @@ def synthetic(args) -> list[dict]:
         idx = ScannIndex.build(x, training_sample_size=min(args.n, args.scann_sample), **cfg)
         build_s = time.perf_counter() - t
         leaves = None if frac is None else int(idx.params["num_leaves"] * frac)
-        (_, found), secs = timed(lambda: idx.search_vectors(q, 10, leaves_to_search=leaves))
+        (_, found), secs = timed(lambda ix=idx, lv=leaves: ix.search_vectors(q, 10, leaves_to_search=lv))
         with tempfile.TemporaryDirectory() as tmp:
             idx.save(tmp)
             nbytes = dir_bytes(tmp)
@@ -116,7 +116,7 @@ def synthetic(args) -> list[dict]:
     fl = faiss.IndexFlatIP(args.d)
     fl.add(x)
     build_s = time.perf_counter() - t
-    (res, secs) = timed(lambda: fl.search(q, 10))
+    (res, secs) = timed(lambda index=fl: index.search(q, 10))
     row("faiss IndexFlatIP", secs, res[1], faiss.serialize_index(fl).nbytes, build_s, faiss=faiss.__version__)
     del fl
     gc.collect()
@@ -147,7 +147,7 @@ def corpus_bench(args) -> list[dict]:
     rows = []
     tmp = tempfile.mkdtemp()
     corpus = Corpus(args.corpus, offsets_file=os.path.join(tmp, "offsets.npy"))
-    val = [json.loads(l)["question"] for l in open(args.questions)]
+    val = [json.loads(line)["question"] for line in open(args.questions)]
     t = time.perf_counter()
     bm25 = BM25Index.build(corpus)
     build_s = time.perf_counter() - t
@@ -170,7 +170,7 @@ def corpus_bench(args) -> list[dict]:
     rows.append({"index": "MiniLM query encode", "n": len(val), "qps": round(len(val) / secs, 1)})
     print(json.dumps(rows[-1]), flush=True)
     exact = ExactIndex(emb)
-    (_, gt), secs = timed(lambda: exact.search_vectors(q, 10))
+    (_, gt), secs = timed(lambda ex=exact: ex.search_vectors(q, 10))
     rows.append({"index": "exact on MiniLM vectors (search only)", "n": n, "qps": round(len(val) / secs, 1)})
     print(json.dumps(rows[-1]), flush=True)
     sc = ScannIndex.build(emb)
@@ -238,7 +238,7 @@ def quantizers(args) -> list[dict]:
                                       batch_size=64)
         n = min(args.passages or len(corpus), len(corpus))   # all 24,537: > 36 min on 2 cores
         x = enc.encode_passages(corpus.texts(range(n))).astype(np.float32)
-        q = enc.encode_queries([json.loads(l)["question"] for l in open(args.questions)]).astype(np.float32)
+        q = enc.encode_queries([json.loads(line)["question"] for line in open(args.questions)]).astype(np.float32)
         what = f"all-MiniLM-L6-v2 embeddings of {len(x)} shared passages, {len(q)} multihop-val questions"
     leaves = args.leaves or int(np.sqrt(len(x)))
     cent, assign = kmeans(x, leaves, args.kmeans_iters, 0)

@@ -55,7 +55,8 @@ def test_tfds_data_source_runs_without_tensorflow(tmp_path):
     code = (
         "import sys; from searche1_jax.data import tfds_builder as tb; import tensorflow_datasets as tfds\n"
         f"tb.prepare('musique', {str(manual)!r}, {str(tmp_path / 'd')!r})\n"
-        f"src = tfds.data_source('search_r1_qa/musique', split='dev', data_dir={str(tmp_path / 'd')!r}, download=False)\n"
+        f"src = tfds.data_source('search_r1_qa/musique', split='dev', data_dir={str(tmp_path / 'd')!r}, "
+        f"download=False)\n"
         "print(len(src), sorted(tb.example_from_record(src[i]).id for i in range(len(src)))[0])\n"
         "print('tensorflow' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -77,7 +77,8 @@ def test_shape_mismatch_names_tensor_expected_and_got(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["intermediate_size"] = 80  # config says 80, tensors say 96
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"shape mismatch for layers\.0\.mlp\.\w+_proj\.kernel: expected .*80.*got .*96"):
+    want = r"shape mismatch for layers\.0\.mlp\.\w+_proj\.kernel: expected .*80.*got .*96"
+    with pytest.raises(ValueError, match=want):
         load_hf(str(tmp_path))
 
 

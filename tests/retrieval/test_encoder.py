@@ -7,7 +7,8 @@ from searche1_jax.retrieval.bert import BERT_IGNORE, BERT_RULES
 from searche1_jax.retrieval.encoder import Encoder, pow2_padded_length
 
 TEXTS = ["who wrote hamlet?", "x",
-         "The capital of France is Paris, a city on the Seine known for its museums and bridges. " * 9,  # > 128 tokens: truncation
+         # > 128 tokens: truncation
+         "The capital of France is Paris, a city on the Seine known for its museums and bridges. " * 9,
          "Evan L. Morris (January 26, 1977 – July 9, 2015) was a lobbyist for Genentech."]
 
 

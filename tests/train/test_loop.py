@@ -7,11 +7,11 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = ["--config.grpo.steps_per_round=3", "--config.grpo.questions_per_step=2",
-        "--config.grpo.mini_batch=1", "--config.grpo.micro_batch=2", "--config.rollout.group_size=2", "--config.ofsd.questions=2",
+        "--config.grpo.mini_batch=1", "--config.grpo.micro_batch=2", "--config.rollout.group_size=2",
+        "--config.ofsd.questions=2",
         "--config.ofsd.group_size=2", "--config.rollout.max_response_tokens=96",
         "--config.rollout.max_turns=1", "--config.ofsd.mini_batch=2"]
 
@@ -38,7 +38,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     ref = run_main(ref_dir)
     out, _ = ref.communicate(timeout=900)
     assert ref.returncode == 0, out[-3000:]
-    rows = [json.loads(l) for l in open(os.path.join(ref_dir, "metrics.jsonl"))]
+    rows = [json.loads(line) for line in open(os.path.join(ref_dir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if r["phase"] == "grpo"] == [1, 2, 3]
     assert [r["phase"] for r in rows][-1] == "ofsd"
     for key in ("reward", "entropy", "clip_frac", "kl_ref", "response_length", "searches", "tokens_per_s"):
