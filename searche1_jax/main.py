@@ -44,7 +44,8 @@ def check_overrides(argv: list[str]) -> None:
     train.lr. Loads the same config file absl will load (default: configs/demo.py).
     """
     import difflib
-    import importlib.util
+
+    from searche1_jax.config import load_config_file
 
     path, overrides = _DEMO, []
     for arg in argv[1:]:
@@ -54,13 +55,9 @@ def check_overrides(argv: list[str]) -> None:
             overrides.append(arg[len("--config."):].split("=", 1)[0])
     if not overrides:
         return
-    path, _, cfg_arg = path.partition(":")
-    if not os.path.isfile(path):
+    if not os.path.isfile(path.partition(":")[0]):
         return  # absl reports a missing config file itself
-    spec = importlib.util.spec_from_file_location("_searche1_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(cfg_arg) if cfg_arg else module.get_config()
+    config = load_config_file(path)
     valid = _config_keys(config)
     for key in overrides:
         if key not in valid:
@@ -69,7 +66,8 @@ def check_overrides(argv: list[str]) -> None:
             if not close and parent:
                 close = [k for k in valid if k.startswith(parent + ".")][:8]
             hint = f"; did you mean {' or '.join('--config.' + c for c in close)}?" if close else ""
-            raise SystemExit(f"error: unknown config key --config.{key} (not a field of {path}){hint}")
+            file = path.partition(":")[0]
+            raise SystemExit(f"error: unknown config key --config.{key} (not a field of {file}){hint}")
 
 
 def main(argv):
@@ -83,11 +81,15 @@ def main(argv):
     elif FLAGS.coordinator:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    from searche1_jax.config import from_config_dict
     from searche1_jax.train.checkpoint import check_workdir
     from searche1_jax.train.loop import Trainer
     from searche1_jax.train.setup import Experiment
 
-    config = FLAGS.config
+    try:  # every field checked before anything is built, each error naming its field
+        config = from_config_dict(FLAGS.config)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     check_workdir(FLAGS.workdir)
     print(f"searche1_jax: {jax.device_count()} devices ({jax.devices()[0].platform}), "
           f"workdir {os.path.abspath(FLAGS.workdir)}", flush=True)
