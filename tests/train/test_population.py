@@ -12,6 +12,7 @@ from searche1_jax.train.batching import pack, to_micro
 from searche1_jax.train.layout import Population, member_mesh, stack
 from searche1_jax.train.state import Binder, params_of
 from searche1_jax.train.steps import StepConfig, hyper, lr_at, make_steps
+from tests.train.batches import random_grpo_batch
 
 CFG = get_preset("tiny")
 TOTAL, WARMUP = 10, 0.2  # 2 warm-up GRPO steps: lr 0, lr/2, then lr (each member its own lr)
@@ -19,15 +20,7 @@ STEPS = 3
 
 
 def grpo_batch(seed, rows=8, length=24):
-    rng = np.random.default_rng(seed)
-    seqs, masks = [], []
-    for _ in range(rows):
-        p, r = rng.integers(3, 8), rng.integers(4, length - 8)
-        seqs.append(list(rng.integers(0, CFG.vocab_size, p + r)))
-        masks.append([0] * p + [1] * r)
-    b = pack(seqs, masks, length=length)
-    b["advantages"] = rng.normal(size=rows).astype(np.float32)
-    return b
+    return random_grpo_batch(CFG.vocab_size, seed=seed, rows=rows, length=length)
 
 
 def member_hyper(lr, kl_coef, entropy_coef, step, ofsd_temperature=1.0):

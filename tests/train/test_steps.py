@@ -13,6 +13,7 @@ from searche1_jax.train import steps as steps_module
 from searche1_jax.train.batching import pack, to_micro
 from searche1_jax.train.state import Binder, flatten, params_of
 from searche1_jax.train.steps import StepConfig, adamw, hyper, hyper_of, lr_at, make_steps
+from tests.train.batches import random_grpo_batch
 
 CFG = get_preset("tiny")
 # the old single-run defaults: AdamW lr 1e-2, wd 0.01, clip 1.0, METHOD §2 coefficients, temperature 1
@@ -21,15 +22,7 @@ HYPER = hyper(lr=1e-2, weight_decay=0.01, grad_clip=1.0, kl_coef=0.001, entropy_
 
 
 def grpo_batch(seed=0, rows=8, length=24):
-    rng = np.random.default_rng(seed)
-    seqs, masks = [], []
-    for _ in range(rows):
-        p, r = rng.integers(3, 8), rng.integers(4, length - 8)
-        seqs.append(list(rng.integers(0, CFG.vocab_size, p + r)))
-        masks.append([0] * p + [1] * r)
-    b = pack(seqs, masks, length=length)
-    b["advantages"] = rng.normal(size=rows).astype(np.float32)
-    return b
+    return random_grpo_batch(CFG.vocab_size, seed=seed, rows=rows, length=length)
 
 
 def with_logps(batch, logps_fn, params, ref_params, hyp=HYPER):
