@@ -7,9 +7,11 @@ Three GRPO train steps over the same packed batch, compiled once each, called in
   (`--baseline-rev`, default e8f540c: `train/steps.py::make_grpo_step` with its optax AdamW
   and the loss numbers baked into the program as constants);
 - `single`: today's single run (`make_steps(population=False)`: hyper-parameters traced);
-- `pop1`: a population of one (`make_steps(population=True)`: the same member step over a
-  leading member axis of size 1; a device holding one member drops the axis inside its
-  program, `--vmap-one` times `jax.vmap` over the size-1 axis instead, as it was first built).
+- `pop1`: the member-axis program with one member (`make_steps(population=True)`): the same
+  member step over a leading member axis of size 1, dropped inside the device's program; this
+  is what every device of an N-members-on-N-devices population runs (`--vmap-one`: `jax.vmap`
+  over the size-1 axis instead, as first built). `Experiment` runs a population of one as a
+  single run, so a one-member sweep costs `single`.
 
 Prints median seconds per step and the ratios to the baseline, and checks the three give the
 same loss and gradient norm.

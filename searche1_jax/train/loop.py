@@ -46,6 +46,7 @@ class Trainer:
         self.exp, self.c = exp, exp.config
         self.layout = exp.layout
         self.names = names or [f"member{i}" for i in range(exp.n)]
+        self.tag_members = names is not None or exp.n > 1  # sweep rows carry `member` and `name`
         self.ckpt = Checkpointer(f"{workdir}/checkpoints", keep=self.c.checkpoint.keep,
                                  async_save=self.c.checkpoint.async_save)
         self.metrics = MetricsWriter(workdir, tensorboard=self.c.log.tensorboard and not self.layout.population)
@@ -56,7 +57,7 @@ class Trainer:
         self._group_ids = [frozenset()] * exp.n  # per member: members share the questions
 
     def _write(self, step: int, phase: str, per_member: list[dict]) -> list[dict]:
-        if not self.layout.population:
+        if not self.tag_members:
             return [self.metrics.write(step, phase, per_member[0])]
         return [self.metrics.write(step, phase, {"member": i, "name": self.names[i], **m})
                 for i, m in enumerate(per_member)]

@@ -67,8 +67,9 @@ def check_members(configs: Sequence) -> None:
 
 
 class Experiment:
-    """config: one config (a single run) or a sequence of member configs (a population;
-    `population=True` makes even one config a population of one, on the member layout).
+    """config: one config (a single run) or a sequence of member configs (a population).
+    A population of one is a single run: the same layout and compiled program (stacking one
+    member on a member axis cost 1.12x the step time, benchmarks/population_of_one.py).
     Each is a ConfigDict (translated and validated once by `config.from_config_dict`) or an
     `ExperimentConfig`."""
 
@@ -82,6 +83,7 @@ class Experiment:
             raise ValueError("several member configs make a population: pass population=True or one config")
         configs = [mc if isinstance(mc, ExperimentConfig) else from_config_dict(mc) for mc in configs]
         check_members(configs)
+        population = population and len(configs) > 1
         self.configs = configs
         self.config = c = configs[0]  # shared fields are read from member 0
         self.n = len(configs)
