@@ -31,7 +31,7 @@ def get_config(arg: str = ""):
     c.rollout.max_response_tokens = 448
     c.grpo.steps_per_round = 2
     c.grpo.questions_per_step = 2
-    c.grpo.mini_batch = 1              # questions per update: 2 updates per step
+    c.grpo.mini_batch = 4              # trajectories per update: 2 x 4 = 8 a step, 2 updates
     c.grpo.micro_batch = 4
     c.grpo.length_bucket = 128
     c.ofsd.questions = 4

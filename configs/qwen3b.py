@@ -18,10 +18,11 @@ def get_config(arg: str = "instruct"):
     c.model.checkpoint = ""            # a local HF directory of Qwen/Qwen2.5-3B(-Instruct): required
     c.model.architecture = "qwen2.5-3b"  # the checkpoint's shapes (plan.py); base and instruct share them
     c.rollout.chat_template = arg != "base"
-    # Search-R1 3B scale (METHOD §2): 512 questions/step x G=5, mini-batch 256, lr 1e-6,
-    # warmup 28.5%, ~1005 steps for one epoch of NQ+HotpotQA (169,615 questions).
+    # Search-R1 3B scale (METHOD §2): 512 questions/step x G=5 = 2,560 trajectories, mini-batch
+    # 256 trajectories (10 AdamW updates a step), lr 1e-6 warmed up over floor(0.285 x S) GRPO
+    # steps; S = 1005 steps is about 3 epochs of NQ+HotpotQA (169,615 questions, 331 steps an epoch).
     c.grpo.questions_per_step = 512
-    c.grpo.mini_batch = 256
+    c.grpo.mini_batch = 256            # trajectories (Search-R1's ppo_mini_batch_size)
     c.grpo.steps_per_round = 50        # [choice] METHOD §3.6
     c.train.rounds = 20                # 20 x 50 = 1000 GRPO steps
     c.train.lr = 1e-6

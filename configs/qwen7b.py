@@ -12,7 +12,7 @@ def get_config(arg: str = "instruct"):
     c.model.architecture = "qwen2.5-7b"  # the checkpoint's shapes (plan.py); base and instruct share them
     c.rollout.chat_template = arg != "base"
     c.grpo.questions_per_step = 512
-    c.grpo.mini_batch = 256
+    c.grpo.mini_batch = 256            # trajectories per update (Search-R1's ppo_mini_batch_size): 10 a step
     c.grpo.micro_batch = 8             # global rows per micro-batch: a multiple of data x fsdp (8 GPUs -> 1 row each)
     c.mesh.fsdp = -1
     c.mesh.tensor = 1

@@ -31,7 +31,7 @@ def get_config(arg: str = ""):
     c.rollout.prompt_bucket = 32
     c.grpo.steps_per_round = 2
     c.grpo.questions_per_step = 4
-    c.grpo.mini_batch = 2
+    c.grpo.mini_batch = 8              # trajectories per update: 4 x 4 = 16 a step, 2 updates
     c.grpo.micro_batch = 4
     c.grpo.length_bucket = 64
     c.grpo.logit_chunk = 128

@@ -75,7 +75,7 @@ def base() -> ml_collections.ConfigDict:
     c.rollout = ml_collections.ConfigDict()
     c.rollout.group_size = 5       # G (METHOD §2)
     c.rollout.temperature = 1.0
-    c.rollout.top_p = 1.0
+    c.rollout.top_p = 0.95         # veRL's default; Search-R1's GRPO scripts never override it (eval: greedy)
     c.rollout.top_k = 0            # 0 = no top-k cut
     c.rollout.max_turns = 4        # search turns, then one last turn without search (METHOD §1)
     c.rollout.max_turn_tokens = 500
@@ -88,7 +88,7 @@ def base() -> ml_collections.ConfigDict:
     c.grpo = ml_collections.ConfigDict()
     c.grpo.steps_per_round = 50    # [choice] METHOD §3.6
     c.grpo.questions_per_step = 512  # Search-R1 3B
-    c.grpo.mini_batch = 256        # questions per PPO update (x G trajectories)
+    c.grpo.mini_batch = 256        # trajectories per PPO update (Search-R1's ppo_mini_batch_size): 10 a step
     c.grpo.micro_batch = 8         # trajectories per forward/backward (gradient accumulation)
     c.grpo.epochs = 1
     c.grpo.clip_eps = 0.2

@@ -213,8 +213,9 @@ class GRPOSection(_Section):
     """The RL half (METHOD §2).
 
     steps_per_round: GRPO steps before each OFSD round. questions_per_step: questions per step
-        (x group_size trajectories). mini_batch: questions per PPO update. micro_batch:
-        trajectories per forward/backward (gradients accumulate over a mini-batch).
+        (x group_size trajectories). mini_batch: trajectories per PPO update (Search-R1's
+        ppo_mini_batch_size counts trajectories). micro_batch: trajectories per forward/backward
+        (gradients accumulate over a mini-batch).
     epochs: PPO epochs per step. clip_eps: PPO clip, in (0, 1). kl_coef: beta (>= 0).
     kl_estimator: one of KL_ESTIMATORS (rl/grpo.py). entropy_coef: >= 0.
     agg: loss aggregation, one of GRPO_AGG_MODES. length_bucket: trajectory padding multiple.
@@ -244,8 +245,7 @@ class GRPOSection(_Section):
         _at_least("grpo", "entropy_coef", self.entropy_coef, 0)
         _one_of("grpo", "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _one_of("grpo", "agg", self.agg, GRPO_AGG_MODES)
-        _multiple("config.grpo.questions_per_step", self.questions_per_step,
-                  "config.grpo.mini_batch", self.mini_batch)
+        _multiple("config.grpo.mini_batch", self.mini_batch, "config.grpo.micro_batch", self.micro_batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,10 +357,10 @@ class ExperimentConfig:
         except ValueError as e:
             raise ValueError(f"config.logical_axis_rules: {e}") from None
         g, r = self.grpo, self.rollout
-        if (g.mini_batch * r.group_size) % g.micro_batch:
-            raise ValueError(f"config.grpo.mini_batch x config.rollout.group_size ({g.mini_batch} x "
-                             f"{r.group_size}) trajectories must be a multiple of config.grpo.micro_batch "
-                             f"({g.micro_batch})")
+        if (g.questions_per_step * r.group_size) % g.mini_batch:
+            raise ValueError(f"config.grpo.questions_per_step x config.rollout.group_size ({g.questions_per_step} x "
+                             f"{r.group_size}) trajectories must be a multiple of config.grpo.mini_batch "
+                             f"({g.mini_batch} trajectories per update)")
 
     def to_dict(self) -> dict:
         """Nested plain dict of every field, e.g. for a JSON log."""

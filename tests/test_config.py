@@ -130,10 +130,10 @@ BAD_VALUES = [
     ("retrieval.topk", 0, r"config.retrieval.topk must be >= 1"),
     ("mesh.fsdp", 0, r"config.mesh.fsdp must be >= 1 or -1"),
     ("mesh.data", -1, r"at most one of config.mesh.\{data,fsdp,tensor\} may be -1"),
-    ("grpo.mini_batch", 3,
-     r"config.grpo.questions_per_step \(512\) must be a multiple of config.grpo.mini_batch \(3\)"),
-    ("grpo.micro_batch", 7, r"config.grpo.mini_batch x config.rollout.group_size \(256 x 5\) trajectories "
-                            r"must be a multiple of config.grpo.micro_batch \(7\)"),
+    ("grpo.mini_batch", 24,
+     r"config.grpo.questions_per_step x config.rollout.group_size \(512 x 5\) trajectories must be a "
+     r"multiple of config.grpo.mini_batch \(24 trajectories per update\)"),
+    ("grpo.micro_batch", 7, r"config.grpo.mini_batch \(256\) must be a multiple of config.grpo.micro_batch \(7\)"),
     ("ofsd.micro_batch", 5, r"config.ofsd.mini_batch \(64\) must be a multiple of config.ofsd.micro_batch \(5\)"),
     # types: the field is named too
     ("grpo.mini_batch", 2.0, r"config.grpo.mini_batch must be an int, got 2.0"),
@@ -198,9 +198,9 @@ def test_logical_axis_rules_are_the_configs_and_are_checked():
 def test_typed_config_reads_like_the_config_dict():
     cd = C.load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
     typed = C.from_config_dict(cd)
-    assert typed.grpo.mini_batch == cd.grpo.mini_batch == 2
+    assert typed.grpo.mini_batch == cd.grpo.mini_batch == 8
     assert dict(typed.mesh) == dict(cd.mesh) == {"data": 1, "fsdp": -1, "tensor": 1}
-    assert typed.to_dict()["grpo"]["mini_batch"] == 2 and typed.to_dict()["mesh"]["fsdp"] == -1
+    assert typed.to_dict()["grpo"]["mini_batch"] == 8 and typed.to_dict()["mesh"]["fsdp"] == -1
     with pytest.raises(dataclasses.FrozenInstanceError):
         typed.grpo.mini_batch = 3
     assert cd.data.train == os.path.join(C.DEMO_DIR, "train.jsonl") and os.path.exists(cd.data.train)

@@ -59,11 +59,15 @@ def check_unique_group_ids(step_group_ids: Iterable[Hashable],
     return seen | ids
 
 
+K3_CLAMP = 10.0  # veRL's low_var_kl clamps the k3 term to [-10, 10] (METHOD §2)
+
+
 def kl_penalty(logps, ref_logps, estimator: str = "k3"):
     """Per-token estimate of KL(π_θ‖π_ref) from sampled-token log-probs.
 
-    k1 = logp − ref; k2 = ½(logp − ref)²; k3 = exp(ref − logp) − (ref − logp) − 1
-    (Schulman's low-variance estimator, verl's "low_var_kl", METHOD §2 default).
+    k1 = logp − ref; k2 = ½(logp − ref)²; k3 = clip(exp(ref − logp) − (ref − logp) − 1, −10, 10)
+    (Schulman's low-variance estimator as veRL's "low_var_kl" computes it, clamped: METHOD §2
+    default; where the clamp binds the gradient is 0).
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
@@ -72,7 +76,7 @@ def kl_penalty(logps, ref_logps, estimator: str = "k3"):
         return -diff
     if estimator == "k2":
         return 0.5 * diff ** 2
-    return jnp.exp(diff) - diff - 1.0
+    return jnp.clip(jnp.exp(diff) - diff - 1.0, -K3_CLAMP, K3_CLAMP)
 
 
 def grpo_loss_terms(logps, old_logps, ref_logps, advantages, mask, entropy=None, *,

@@ -83,7 +83,7 @@ class Trainer:
         t_roll = time.time() - t0
         self.progress.note(f"[grpo] step {state.step + 1}: rolled out {len(groups[0])} groups in {t_roll:.0f}s, "
                            f"updating")
-        traj_per_update = lay.share(c.grpo.mini_batch, "config.grpo.mini_batch") * c.rollout.group_size
+        traj_per_update = lay.share(c.grpo.mini_batch, "config.grpo.mini_batch")  # trajectories (Search-R1)
         rows = lay.share(c.grpo.micro_batch, "config.grpo.micro_batch")
         per = [grpo_arrays(g, step=state.step, length_bucket=c.grpo.length_bucket,
                            rows_multiple=np.lcm(traj_per_update, rows), pad_id=exp.tokenizer.pad_id)
@@ -115,6 +115,7 @@ class Trainer:
                 summary[k] = float(np.mean([lay.metric(m, k, i) for m in step_metrics]))
             tokens = float(per[i]["valid"].sum())
             summary.update(tokens_per_s=tokens / dt, rollout_s=t_roll, step_s=dt, compiles=exp.compile_count(),
+                           updates=float(len(step_metrics)),
                            lr=float(np.asarray(hyper["lr"]).reshape(-1)[i]))
             rows_out.append(summary)
         meta = dict(state.meta, round_step=state.meta["round_step"] + 1, data=exp.train_data.get_state())

@@ -90,7 +90,7 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path, monkeypatch):
 def test_main_runs_with_two_processes_and_only_process_0_writes_metrics(tmp_path):
     import json
     flags = ["--config=configs/tiny.py", f"--workdir={tmp_path}/run", "--config.grpo.steps_per_round=2",
-             "--config.grpo.questions_per_step=2", "--config.grpo.mini_batch=2", "--config.grpo.micro_batch=2",
+             "--config.grpo.questions_per_step=2", "--config.grpo.mini_batch=4", "--config.grpo.micro_batch=2",
              "--config.rollout.group_size=2", "--config.ofsd.questions=2", "--config.ofsd.group_size=2",
              "--config.rollout.max_response_tokens=96", "--config.rollout.max_turns=1",
              "--config.ofsd.mini_batch=2", "--config.ofsd.micro_batch=2"]

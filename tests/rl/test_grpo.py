@@ -48,7 +48,7 @@ def np_grpo(lp, old, ref, adv, mask, ent, clip=0.2, clip_high=None, dual=None, b
             x = pg
             if ref is not None:
                 d = ref[b, t] - lp[b, t]
-                kl = {"k1": -d, "k2": 0.5 * d * d, "k3": np.exp(d) - d - 1}[est]
+                kl = {"k1": -d, "k2": 0.5 * d * d, "k3": min(np.exp(d) - d - 1, 10.0)}[est]
                 x += beta * kl
             if ent is not None:
                 x -= ent_coef * ent[b, t]
@@ -208,3 +208,20 @@ def test_aggregate_and_loss_refuse_unknown_options():
     with pytest.raises(ValueError, match="dual_clip_c must be > 1"):
         grpo_loss(jnp.zeros((1, 1)), jnp.zeros((1, 1)), None, jnp.zeros(1), jnp.ones((1, 1)),
                   dual_clip_c=0.5)
+
+
+def test_k3_is_clamped_to_ten_with_zero_gradient_where_it_binds():
+    """veRL core_algos.kl_penalty "low_var_kl": kld = exp(ref - logp) - (ref - logp) - 1, clamped
+    to [-10, 10]. Hand values: ref - logp = 10 gives e^10 - 11 = 22,015.5 unclamped (METHOD §2)."""
+    d = np.array([-3.0, 0.0, 1.0, 2.5, 3.0, 10.0], np.float64)  # ref - logp
+    lp = np.zeros_like(d, np.float32)
+    ref = d.astype(np.float32)
+    raw = np.exp(d) - d - 1  # 1.0498, 0, 0.71828, 8.6825, 16.0855, 22015.47
+    assert raw[-1] > 22015 and raw[4] > 10 > raw[3]
+    want = np.minimum(raw, 10.0)
+    got = kl_penalty(jnp.asarray(lp), jnp.asarray(ref), "k3")
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    # d/dlogp of exp(ref - logp) - (ref - logp) - 1 is 1 - exp(d); 0 where the clamp binds
+    grad = jax.grad(lambda x: kl_penalty(x, jnp.asarray(ref), "k3").sum())(jnp.asarray(lp))
+    want_grad = np.where(raw > 10.0, 0.0, 1.0 - np.exp(d))
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ from tiny import get_config  # noqa: E402
 
 def small_config():
     c = get_config()
-    c.grpo.steps_per_round, c.grpo.questions_per_step, c.grpo.mini_batch, c.grpo.micro_batch = 2, 2, 1, 2
+    c.grpo.steps_per_round, c.grpo.questions_per_step, c.grpo.mini_batch, c.grpo.micro_batch = 2, 2, 2, 2
     c.rollout.group_size, c.rollout.max_turns, c.rollout.max_response_tokens = 2, 1, 64
     c.ofsd.questions, c.ofsd.group_size, c.ofsd.mini_batch = 2, 2, 2
     return c

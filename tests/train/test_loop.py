@@ -10,7 +10,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = ["--config.grpo.steps_per_round=3", "--config.grpo.questions_per_step=2",
-        "--config.grpo.mini_batch=1", "--config.grpo.micro_batch=2", "--config.rollout.group_size=2",
+        "--config.grpo.mini_batch=2", "--config.grpo.micro_batch=2", "--config.rollout.group_size=2",
         "--config.ofsd.questions=2",
         "--config.ofsd.group_size=2", "--config.rollout.max_response_tokens=96",
         "--config.rollout.max_turns=1", "--config.ofsd.mini_batch=2"]
@@ -43,6 +43,12 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert [r["phase"] for r in rows][-1] == "ofsd"
     for key in ("reward", "entropy", "clip_frac", "kl_ref", "response_length", "searches", "tokens_per_s"):
         assert key in rows[0], key
+    # mini_batch counts trajectories (Search-R1's ppo_mini_batch_size): 2 questions x G=2 = 4
+    # trajectories a step / mini-batch 2 = 2 updates a step, each at the step's lr (no warm-up:
+    # floor(0.285 x 3 steps) = 0)
+    grpo = [r for r in rows if r["phase"] == "grpo"]
+    assert [r["updates"] for r in grpo] == [2, 2, 2]
+    assert all(abs(r["lr"] - 1e-3) < 1e-9 for r in grpo)
 
     # kill -9 right after the first step's checkpoint is on disk, then restart
     proc = run_main(killed_dir)

@@ -20,7 +20,7 @@ from searche1_jax.rollout.agent import SearchAgent, Trajectory  # noqa: E402
 
 def small_config():
     c = get_config()
-    c.grpo.steps_per_round, c.grpo.questions_per_step, c.grpo.mini_batch, c.grpo.micro_batch = 1, 2, 1, 2
+    c.grpo.steps_per_round, c.grpo.questions_per_step, c.grpo.mini_batch, c.grpo.micro_batch = 1, 2, 2, 2
     c.rollout.group_size = 2
     c.ofsd.questions, c.ofsd.group_size, c.ofsd.mini_batch, c.ofsd.micro_batch = 3, 4, 2, 2
     return c
