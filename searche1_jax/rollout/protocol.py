@@ -74,12 +74,18 @@ def build_prompt(question: str, *, chat_template: Callable[[list[dict]], str] | 
 
 
 def format_observation(passages: Sequence) -> str:
-    """`\\n\\n<information>{docs}</information>\\n\\n`, docs = `Doc {i}(Title: {title}) {text}\\n`.
+    """`\\n\\n<information>{docs}</information>\\n\\n`, docs = the concatenation of
+    `Doc {i}(Title: {title}) {text}\\n` for i = 1..k, the whole string stripped (METHOD §1).
 
-    passages: retrieved passages in rank order, each with `.title` and `.text` (i counts from 1).
+    passages: retrieved passages in rank order, each with `.contents` (the corpus field,
+    `"Title"\\ntext`): `title` is its first line as stored, quotes kept, `text` the rest
+    (Search-R1's `_passages2string`, then `.strip()` in `generation.py`).
     """
-    docs = "".join(f"Doc {i}(Title: {p.title}) {p.text}\n" for i, p in enumerate(passages, 1))
-    return f"\n\n{INFO_OPEN}{docs}{INFO_CLOSE}\n\n"
+    docs = ""
+    for i, p in enumerate(passages, 1):
+        title, _, text = p.contents.partition("\n")
+        docs += f"Doc {i}(Title: {title}) {text}\n"
+    return f"\n\n{INFO_OPEN}{docs.strip()}{INFO_CLOSE}\n\n"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from searche1_jax.rollout import protocol as P
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
+from searche1_jax.retrieval.index import Passage
 
 
 class ScriptedPolicy(nnx.Module):
@@ -40,21 +41,13 @@ class ScriptedPolicy(nnx.Module):
         return logits, KVCache((k0,), cache.v, cache.length + n_valid.astype(jnp.int32))
 
 
-@dataclasses.dataclass(frozen=True)
-class Doc:
-    id: str
-    title: str
-    text: str
-    score: float
-
-
 class ScriptedRetriever:
     def __init__(self):
         self.calls = []
 
     def search(self, queries, k):
         self.calls.append(list(queries))
-        return [[Doc(str(i), f"T{q}{i}", f"text about {q} number {i}", 1.0 / (i + 1)) for i in range(k)]
+        return [[Passage(str(i), f"T{q}{i}", f"text about {q} number {i}", 1.0 / (i + 1)) for i in range(k)]
                 for q in queries]
 
 

@@ -9,13 +9,17 @@ from searche1_jax.rollout.protocol import count_searches, extract_answer, is_val
 
 
 def test_observation_matches_method_byte_for_byte():
-    docs = [SimpleNamespace(title="Paris", text="Paris is the capital of France."),
-            SimpleNamespace(title="Île-de-France", text="A region.\nSecond line."),
-            SimpleNamespace(title="", text="")]
+    """Search-R1 generation.py `_passages2string` + `.strip()`: title = the first line of the
+    stored contents, quotes kept; text = the rest; no newline before </information>."""
+    docs = [SimpleNamespace(contents='"Paul Walker"\nPaul Walker was an actor.'),
+            SimpleNamespace(contents='"Île-de-France"\nA region.\nSecond line.'),
+            SimpleNamespace(contents='"Say "Hello" (song)"\nA song.  '),
+            SimpleNamespace(contents='Untitled  \nTrailing text  ')]
     want = ("\n\n<information>"
-            "Doc 1(Title: Paris) Paris is the capital of France.\n"
-            "Doc 2(Title: Île-de-France) A region.\nSecond line.\n"
-            "Doc 3(Title: ) \n"
+            'Doc 1(Title: "Paul Walker") Paul Walker was an actor.\n'
+            'Doc 2(Title: "Île-de-France") A region.\nSecond line.\n'
+            'Doc 3(Title: "Say "Hello" (song)") A song.  \n'
+            "Doc 4(Title: Untitled  ) Trailing text"
             "</information>\n\n")
     assert P.format_observation(docs) == want
     assert P.format_observation([]) == "\n\n<information></information>\n\n"
@@ -142,7 +146,7 @@ def test_the_corrective_message_is_no_action_of_its_own_but_names_a_search():
 
 
 def test_strip_information_drops_every_observation_block():
-    docs = [SimpleNamespace(title="Jaws", text="directed by Spielberg")]
+    docs = [SimpleNamespace(contents='"Jaws"\ndirected by Spielberg')]
     text = "<search> q </search>" + P.format_observation(docs) + "<answer> x </answer>"
     assert P.strip_information(text) == "<search> q </search>\n<answer> x </answer>"
     assert P.strip_information("  no blocks here \n") == "no blocks here"

@@ -34,7 +34,7 @@ def trajectory(tok, prompt, turns, queries, answer):
 
 def corrected_group(tok):
     prompt = "Instruction.\nQuestion: where was the director of Jaws born?\n"
-    obs = P.format_observation([types.SimpleNamespace(title="Jaws", text="directed by Spielberg")])
+    obs = P.format_observation([types.SimpleNamespace(contents='"Jaws"\ndirected by Spielberg')])
     # the sibling: one turn without a tag (answered with the corrective message, which itself
     # holds `<search> and </search>`), one real search, then the right answer
     sibling = trajectory(tok, prompt, [("I am not sure.", 1), (P.INVALID_ACTION_MESSAGE, 0),
