@@ -115,7 +115,7 @@ def base() -> ml_collections.ConfigDict:
     c.ofsd.length_bucket = 256
 
     c.train = ml_collections.ConfigDict()
-    c.train.rounds = 20            # GRPO round + OFSD round pairs (~1005 GRPO steps at 50/round)
+    c.train.rounds = 20            # GRPO + OFSD round pairs: 1000 GRPO steps at 50/round (Search-R1: 1005, ~3 epochs)
     c.train.lr = 1e-6
     c.train.weight_decay = 0.01
     c.train.grad_clip = 1.0

@@ -45,10 +45,12 @@ def check_unique_group_ids(step_group_ids: Iterable[Hashable],
                            seen: frozenset = frozenset()) -> frozenset:
     """Refuse group ids reused across steps; return `seen` plus this step's ids.
 
-    Search-R1 keys groups by a per-batch index, so two steps' groups can merge when ids
-    repeat (METHOD §2). Call once per step with that step's ids (rows of one group repeat
-    the same id, which is fine) and the set returned by the previous call. Pure: `seen`
-    is not mutated.
+    Group ids must be unique per question and step (METHOD §2). Search-R1 keys groups by a
+    per-source row index, so NQ row k and HotpotQA row k landing in one batch merge into one
+    group (about 0.7 merged pairs a step); it never merges across steps. Our ids are (step,
+    question index), unique within a step by construction; this check guards them across
+    steps too. Call once per step with that step's ids (rows of one group repeat the same id,
+    which is fine) and the set returned by the previous call. Pure: `seen` is not mutated.
     """
     ids = frozenset(np.asarray(step_group_ids).reshape(-1).tolist())
     reused = ids & seen

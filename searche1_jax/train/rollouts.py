@@ -44,7 +44,8 @@ def grpo_arrays(groups: list[Group], *, step: int, length_bucket: int, rows_mult
     and step, -1 on padding rows)."""
     trajs = [t for g in groups for t in g.trajectories]
     rewards = np.concatenate([g.rewards for g in groups])
-    # group id = (step, question index): never merges groups across steps (METHOD §2)
+    # group id = (step, question index): unique per question and step, so two questions never
+    # share a group (Search-R1's per-source row index can merge NQ row k with HotpotQA row k)
     group_ids = np.concatenate([np.full(len(g.trajectories), step * 1_000_000 + i) for i, g in enumerate(groups)])
     adv = np.asarray(group_advantages(rewards, group_ids), np.float32)
     seqs = [t.prompt_ids + t.response_ids for t in trajs]
