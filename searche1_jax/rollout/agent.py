@@ -184,9 +184,9 @@ class SearchAgent:
         active = np.ones((b,), bool)
         for turn in range(cfg.max_turns + 1):
             searching = turn < cfg.max_turns
-            enabled = np.zeros((b, len(STOP_STRINGS)), bool)
-            enabled[:, ANSWER] = True
-            enabled[:, SEARCH] = searching
+            # both closing tags end every turn; in the last one (searching disabled) a `</search>`
+            # ends the trajectory without retrieval (Search-R1, METHOD §1)
+            enabled = np.ones((b, len(STOP_STRINGS)), bool)
             key, sub = jax.random.split(key)
             # attend only to the filled part of the cache (+ this turn): a power-of-two window
             window = decode_window([len(trajs[r].prompt_ids) + len(trajs[r].response_ids)
@@ -200,21 +200,24 @@ class SearchAgent:
                 n_new, status, hit = np.asarray(out.n_new), np.asarray(out.status), np.asarray(out.stop_hit)
             observations: dict[int, list[int]] = {}
             to_search: list[int] = []
+            with self._timed("tokenise"):  # a turn that closed `</answer>` must hold an answer pair
+                answered = {r: _is_answer(self.tok.decode(toks[r, :n_new[r]])) for r in np.flatnonzero(active)
+                            if status[r] == STOPPED and hit[r] == ANSWER}
             for r in np.flatnonzero(active):
                 t = trajs[r]
                 take = min(int(n_new[r]), room(t))  # the trajectory is cut at the total budget
                 t.add(toks[r, :take], True, lps[r, :take])
                 if take < n_new[r]:
                     t.finish_reason, active[r] = "length", False
-                elif status[r] == STOPPED and hit[r] == ANSWER:
+                elif answered.get(r, False):
                     t.finish_reason, active[r] = "answer", False
                 elif room(t) <= 0:
                     t.finish_reason, active[r] = "length", False
+                elif not searching:  # the last turn: whatever it did, the trajectory ends
+                    t.finish_reason, active[r] = "max_turns", False
                 elif status[r] == STOPPED and hit[r] == SEARCH:
                     to_search.append(r)
-                elif not searching:
-                    t.finish_reason, active[r] = "max_turns", False
-                else:  # EOS or the per-turn budget without a tag: Search-R1's invalid action
+                else:  # EOS, the per-turn budget or a bare `</answer>`: Search-R1's invalid action
                     observations[r] = self.invalid_ids
             with self._timed("tokenise"):
                 parsed = [(r, _search_query(self.tok.decode(toks[r, :n_new[r]]))) for r in to_search]
@@ -248,6 +251,12 @@ class SearchAgent:
                 t.policy_text = "\n".join(self.tok.decode(seg) for seg in t.sampled_segments())
                 t.answer = P.extract_answer(t.policy_text)
         return trajs
+
+
+def _is_answer(turn_text: str) -> bool:
+    """A turn that stopped on `</answer>` answers only when its action is an answer pair."""
+    action = P.parse_action(turn_text)
+    return action is not None and action.kind == P.ANSWER
 
 
 def _search_query(turn_text: str) -> str | None:

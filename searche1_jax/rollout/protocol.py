@@ -32,6 +32,9 @@ def _pair(name: str) -> re.Pattern:
 _ANSWER = _pair(ANSWER)
 _SEARCH = _pair(SEARCH)
 _TAG = re.compile(r"<(/?)(think|search|information|answer)>")
+# a turn's action (Search-R1 generation.py `postprocess_predictions`): the first opener whose own
+# closing tag follows, content non-greedy, nested openers kept in the content
+_ACTION = re.compile(rf"<({SEARCH}|{ANSWER})>(.*?)</\1>", re.DOTALL)
 _INFORMATION = re.compile(rf"\s*{INFO_OPEN}.*?{INFO_CLOSE}\s*", re.DOTALL)
 
 INSTRUCTION = (
@@ -99,16 +102,12 @@ def parse_action(turn_text: str) -> Action | None:
     """The action of one turn: its first complete `<search>…</search>` or `<answer>…</answer>`
     pair, whichever starts first; None when there is none (a bare closing tag is no action).
 
-    The agent cuts a turn right after its first closing tag, so a turn holds at most one
-    complete pair and this is the pair that closed it (`<answer> x <search> q </search>` is a
-    search for "q": the answer span is unclosed).
+    As Search-R1's `postprocess_predictions` (`<(search|answer)>(.*?)</\\1>`, first match):
+    `<search> a <search> b </search>` searches "a <search> b"; `<answer> x <search> q </search>`
+    is a search for "q" (the answer span is unclosed).
     """
-    found = [(m.start(), kind, m) for kind, rx in ((SEARCH, _SEARCH), (ANSWER, _ANSWER))
-             if (m := rx.search(turn_text)) is not None]
-    if not found:
-        return None
-    _, kind, m = min(found, key=lambda x: x[0])
-    return Action(kind, m.group(1).strip())
+    m = _ACTION.search(turn_text)
+    return None if m is None else Action(m.group(1), m.group(2).strip())
 
 
 def parse_search_query(text: str) -> str | None:

@@ -124,18 +124,35 @@ def test_pause_resume_observations_and_loss_mask(tok):
         assert t.num_sampled == sum(t.loss_mask)
 
 
-def test_last_turn_has_search_disabled(tok):
+def test_last_turn_search_ends_the_trajectory(tok):
+    """Search-R1 generation.py: the final turn runs with do_search=False, still stops on
+    `</search>`, and that ends the trajectory with no retrieval (METHOD §1)."""
     policy, agent, retriever = build(tok, max_turns=2)
     trajs = agent.run(policy, ["q0", "q1", "q2", "q3"], jax.random.key(0), SamplingParams(greedy=True))
     t3 = trajs[3]
-    # turns 0, 1 search (d1, d2); the last turn generates through `</search>` to the answer
-    assert t3.queries == ["d1", "d2"]
-    assert t3.finish_reason == "answer" and t3.answer == "z"
-    assert "x<search> d3 </search> then <answer> z </answer>" in tok.decode(
-        [i for i, m in zip(t3.response_ids, t3.loss_mask) if m])
+    # turns 0, 1 search (d1, d2); the last turn stops at `</search>`: no search, no answer
+    assert t3.queries == ["d1", "d2"] and retriever.calls == [["alpha", "d1"], ["beta", "d2"]]
+    assert t3.finish_reason == "max_turns" and t3.answer is None
+    sampled = tok.decode([i for i, m in zip(t3.response_ids, t3.loss_mask) if m])
+    assert sampled.endswith("x<search> d3 </search>") and "<answer>" not in sampled
     # row 2 used its two search turns on the invalid action and `beta`; the last turn is
-    # `<search> gamma </search>` (not paused), then the script's answer
-    assert trajs[2].queries == ["beta"]
+    # `<search> gamma </search>`, which ends it
+    assert trajs[2].queries == ["beta"] and trajs[2].finish_reason == "max_turns"
+
+
+def test_bare_closing_answer_is_an_invalid_action_and_nested_search_keeps_its_content(tok):
+    """Search-R1 `postprocess_predictions`: the action is the first `<(search|answer)>(.*?)</\\1>`
+    match; a bare `</answer>` is no action (corrective message, continue), and `<search> a
+    <search> b </search>` searches "a <search> b"."""
+    segments = {0: ["I think Paris</answer>", "<answer> Paris </answer>"],
+                1: ["<search> a <search> b </search>", "<answer> y </answer>"]}
+    policy, agent, retriever = build(tok, max_turns=2, segments=segments)
+    trajs = agent.run(policy, ["q0", "q1"], jax.random.key(0), SamplingParams(greedy=True))
+    t0, t1 = trajs
+    assert t0.finish_reason == "answer" and t0.answer == "Paris" and t0.queries == []
+    context = tok.decode([i for i, m in zip(t0.response_ids, t0.loss_mask) if not m])
+    assert context == P.INVALID_ACTION_MESSAGE
+    assert retriever.calls == [["a <search> b"]] and t1.queries == ["a <search> b"] and t1.answer == "y"
 
 
 def test_response_budget_cuts_the_trajectory(tok):

@@ -126,7 +126,7 @@ def test_is_valid_format(text, valid):
     ("<search> q <answer> x </answer>", (P.ANSWER, "x")),            # the search span is unclosed
     ("<search>a</search> then <answer>b</answer>", (P.SEARCH, "a")),  # first complete pair
     ("<answer>b</answer> then <search>a</search>", (P.ANSWER, "b")),
-    ("<search> a <search> b </search>", (P.SEARCH, "b")),            # innermost, as the answer
+    ("<search> a <search> b </search>", (P.SEARCH, "a <search> b")),  # Search-R1: first opener, non-greedy
     ("<search>   </search>", (P.SEARCH, "")),
     ("</search> closed only", None),                                  # a bare closing tag: no action
     ("</answer>", None),
