@@ -243,7 +243,7 @@ def cmd_agent(args):
         max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
         max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
         max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket),
-        use_chat_template=r.chat_template)
+        chat_template=r.chat_template)
     with open(c.data.train) as f:
         questions = [json.loads(line)["question"] for line, _ in zip(f, range(args.batch))]
     sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)

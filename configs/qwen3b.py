@@ -4,7 +4,7 @@
         --config.model.checkpoint=/models/Qwen2.5-3B-Instruct \
         --config.data.train=/data/nq_hotpotqa_train.parquet \
         --config.retrieval.kind=scann --config.retrieval.index=/indexes/wiki18_e5_scann
-Variants (VARIANTS): --config=configs/qwen3b.py:base (base model, raw-text prompt).
+Variants (VARIANTS): --config=configs/qwen3b.py:base (Qwen2.5-3B base; the same ChatML prompt, METHOD §1).
 """
 from searche1_jax.config import base
 
@@ -17,7 +17,9 @@ def get_config(arg: str = "instruct"):
     c = base()
     c.model.checkpoint = ""            # a local HF directory of Qwen/Qwen2.5-3B(-Instruct): required
     c.model.architecture = "qwen2.5-3b"  # the checkpoint's shapes (plan.py); base and instruct share them
-    c.rollout.chat_template = arg != "base"
+    # both variants render the prompt with the tokenizer's ChatML template (rollout.chat_template
+    # "auto"): Qwen2.5 base tokenizers ship it and Search-R1's base runs used it (METHOD §1);
+    # the variant only names which checkpoint you pass
     # Search-R1 3B scale (METHOD §2): 512 questions/step x G=5 = 2,560 trajectories, mini-batch
     # 256 trajectories (10 AdamW updates a step), lr 1e-6 warmed up over floor(0.285 x S) GRPO
     # steps; S = 1005 steps is about 3 epochs of NQ+HotpotQA (169,615 questions, 331 steps an epoch).

@@ -10,7 +10,9 @@ def get_config(arg: str = "instruct"):
     c = base()
     c.model.checkpoint = ""            # a local HF directory of Qwen/Qwen2.5-7B(-Instruct): required
     c.model.architecture = "qwen2.5-7b"  # the checkpoint's shapes (plan.py); base and instruct share them
-    c.rollout.chat_template = arg != "base"
+    # both variants render the prompt with the tokenizer's ChatML template (rollout.chat_template
+    # "auto"): Qwen2.5 base tokenizers ship it and Search-R1's base runs used it (METHOD §1);
+    # the variant only names which checkpoint you pass
     c.grpo.questions_per_step = 512
     c.grpo.mini_batch = 256            # trajectories per update (Search-R1's ppo_mini_batch_size): 10 a step
     c.grpo.micro_batch = 8             # global rows per micro-batch: a multiple of data x fsdp (8 GPUs -> 1 row each)

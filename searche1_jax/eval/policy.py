@@ -114,7 +114,7 @@ def load_model(c, tokenizer: Tokenizer, workdir: str = "", mesh=None, log=print)
 def build_agent(c, tokenizer: Tokenizer, retriever) -> SearchAgent:
     stop = build_stop_automaton(list(STOP_STRINGS), token_bytes_from_tokenizer(tokenizer.backend))
     return SearchAgent(tokenizer, retriever, stop, AgentConfig.from_config(c),
-                       use_chat_template=c.rollout.chat_template)
+                       chat_template=c.rollout.chat_template)
 
 
 def build_policy(c, workdir: str = "", log=print) -> Policy:

@@ -79,6 +79,11 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids, offsets): each token's (start, end) character span in `text`."""
+        enc = self.backend.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
@@ -87,8 +92,8 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
-            raise ValueError("this tokenizer has no chat template; use a base-model prompt "
-                             "(config.rollout.chat_template=False)")
+            raise ValueError("this tokenizer has no chat template; use a raw-text prompt "
+                             "(config.rollout.chat_template='never')")
         import jinja2
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 

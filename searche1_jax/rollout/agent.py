@@ -21,11 +21,10 @@ import numpy as np
 from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import init_cache
 from searche1_jax.rollout import protocol as P
-from searche1_jax.rollout.sampler import (STOPPED, SamplingParams, append, decode, decode_window,
-                                          empty_state)
+from searche1_jax.rollout.sampler import (SamplingParams, append, decode, decode_window, empty_state,
+                                          rewind)
 from searche1_jax.shapes import round_up
 
-SEARCH, ANSWER = 0, 1  # stop-string ids: the automaton is built with (</search>, </answer>)
 STOP_STRINGS = (P.SEARCH_CLOSE, P.ANSWER_CLOSE)
 
 
@@ -103,11 +102,13 @@ class SearchAgent:
     """Runs batches of questions through the policy and a retriever.
 
     `stop` is the compiled stop automaton for STOP_STRINGS (see `stop.py`); `tokenizer` our
-    `Tokenizer`; `use_chat_template` selects the instruct (chat) or base (raw text) prompt.
+    `Tokenizer`; `chat_template`: "auto" renders the prompt with the tokenizer's chat template
+    whenever it has one (Search-R1: Qwen2.5 base tokenizers ship ChatML too), raw text when it
+    has none; "never" always uses raw text.
     """
 
     def __init__(self, tokenizer, retriever: Retriever, stop, cfg: AgentConfig = AgentConfig(),
-                 *, use_chat_template: bool = True):
+                 *, chat_template: str = "auto"):
         self.tok, self.retriever, self.cfg = tokenizer, retriever, cfg
         self.table = jnp.asarray(stop.table)
         self.rank = jnp.asarray(stop.rank)
@@ -115,7 +116,10 @@ class SearchAgent:
             raise ValueError(f"the stop automaton must be built for {STOP_STRINGS}, got {stop.stop_strings}")
         self.start = int(stop.start)
         self.eos = jnp.asarray(tokenizer.eos_ids, jnp.int32)
-        self.chat = tokenizer.apply_chat_template if use_chat_template else None
+        if chat_template not in P.CHAT_TEMPLATE_MODES:
+            raise ValueError(f"chat_template must be one of {P.CHAT_TEMPLATE_MODES}, got {chat_template!r}")
+        self.chat = (tokenizer.apply_chat_template if chat_template == "auto" and tokenizer.chat_template
+                     else None)
         self.invalid_ids = tokenizer.encode(P.INVALID_ACTION_MESSAGE)
         # Optional profiling: set to {} and `run` adds seconds per phase (retrieval, decode,
         # append, tokenise) and call counts into it. None (default) costs nothing; when set,
@@ -128,20 +132,31 @@ class SearchAgent:
         return _Timer(self.timings, name)
 
     def prompt_ids(self, question: str) -> tuple[list[int], int]:
-        """(prompt token ids, index where `Question:` starts).
+        """(prompt token ids, index of the token where `Question:` starts).
 
-        The prompt is tokenised in two pieces split at the question so that OFSD can insert
-        the privileged context right before it without re-tokenising anything.
+        The prompt is tokenised in one piece (Search-R1); the question's first token is the one
+        whose character span ends past the question line's start, so it may carry the space
+        before `Question` (` Question`). OFSD inserts the privileged context right before it.
         """
         text = P.build_prompt(question, chat_template=(
             (lambda msgs: self.chat(msgs, add_generation_prompt=True)) if self.chat else None))
         cut = text.rfind(P.question_line(question))
-        head = self.tok.encode(text[:cut]) if cut > 0 else []
-        ids = head + self.tok.encode(text[max(cut, 0):])
+        ids, offsets = self.tok.encode_with_offsets(text)
         if len(ids) > self.cfg.max_prompt_tokens:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds config.rollout.max_prompt_tokens="
                              f"{self.cfg.max_prompt_tokens} for question {question[:80]!r}")
-        return ids, len(head)
+        return ids, next(i for i, (_, end) in enumerate(offsets) if end > cut)
+
+    def _kept_turn(self, sampled: np.ndarray) -> tuple[list[int], str]:
+        """(token ids, text) of one sampled turn as Search-R1 keeps it: decoded without special
+        tokens (an EOS is never kept), cut right after the first closing tag, re-encoded. When
+        no byte was dropped the sampled ids are kept as they are (the same text; the tokens the
+        policy chose rather than their canonical re-tokenisation)."""
+        sampled = [int(x) for x in sampled]
+        text = P.cut_turn(self.tok.decode(sampled, skip_special_tokens=True))
+        if text == self.tok.decode(sampled):
+            return sampled, text
+        return self.tok.encode(text), text
 
     def _append(self, model, state, rows: dict[int, list[int]], batch: int, ends: list[int]):
         """Append token lists to some rows (one extend call, padded to a bucket); ends: those
@@ -197,51 +212,59 @@ class SearchAgent:
                                     eos_ids=self.eos, max_new=cfg.max_turn_tokens, params=sampling,
                                     speed=speed, window=window)
                 toks, lps = np.asarray(out.tokens), np.asarray(out.logps)
-                n_new, status, hit = np.asarray(out.n_new), np.asarray(out.status), np.asarray(out.stop_hit)
-            observations: dict[int, list[int]] = {}
-            to_search: list[int] = []
-            with self._timed("tokenise"):  # a turn that closed `</answer>` must hold an answer pair
-                answered = {r: _is_answer(self.tok.decode(toks[r, :n_new[r]])) for r in np.flatnonzero(active)
-                            if status[r] == STOPPED and hit[r] == ANSWER}
+                n_new = np.asarray(out.n_new)
+            context: dict[int, list[int]] = {}   # row -> observation / message to append
+            pending: dict[int, list[int]] = {}   # row -> kept turn tokens the cache lacks
+            rewound: dict[int, int] = {}         # row -> cache length to rewind to first
+            to_search: list[tuple[int, str]] = []
+            with self._timed("tokenise"):  # each turn as Search-R1 keeps it (cut, no EOS)
+                turns = {r: self._kept_turn(toks[r, :n_new[r]]) for r in np.flatnonzero(active)}
             for r in np.flatnonzero(active):
                 t = trajs[r]
-                take = min(int(n_new[r]), room(t))  # the trajectory is cut at the total budget
-                t.add(toks[r, :take], True, lps[r, :take])
-                if take < n_new[r]:
+                ids, text = turns[r]
+                before = len(t.prompt_ids) + len(t.response_ids)
+                take = min(len(ids), room(t))  # the trajectory is cut at the total budget
+                same = _common_prefix(ids[:take], toks[r, :n_new[r]])
+                if same < n_new[r]:  # the cache holds an EOS, glued text or another tokenisation:
+                    rewound[r] = before + same  # forget it; the kept rest goes in with the context
+                    pending[r] = ids[same:take]
+                t.add(ids[:take], True, list(lps[r, :same]) + [float("nan")] * (take - same))
+                action = P.parse_action(text)
+                if take < len(ids):
                     t.finish_reason, active[r] = "length", False
-                elif answered.get(r, False):
+                elif action is not None and action.kind == P.ANSWER:
                     t.finish_reason, active[r] = "answer", False
                 elif room(t) <= 0:
                     t.finish_reason, active[r] = "length", False
                 elif not searching:  # the last turn: whatever it did, the trajectory ends
                     t.finish_reason, active[r] = "max_turns", False
-                elif status[r] == STOPPED and hit[r] == SEARCH:
-                    to_search.append(r)
-                else:  # EOS, the per-turn budget or a bare `</answer>`: Search-R1's invalid action
-                    observations[r] = self.invalid_ids
-            with self._timed("tokenise"):
-                parsed = [(r, _search_query(self.tok.decode(toks[r, :n_new[r]]))) for r in to_search]
-            for r, q in parsed:
-                if not q:  # `<search></search>`: nothing to retrieve, answered as an invalid action
-                    observations[r] = self.invalid_ids
-            to_search = [r for r, q in parsed if q]
-            queries = [q for _, q in parsed if q]
+                elif action is not None and action.kind == P.SEARCH and action.content:
+                    to_search.append((r, action.content))
+                else:  # EOS, the per-turn budget, a bare `</answer>`, `<search></search>`:
+                    context[r] = self.invalid_ids  # Search-R1's invalid action
             if to_search:
+                rows, queries = [r for r, _ in to_search], [q for _, q in to_search]
                 with self._timed("retrieval"):
                     results = self.retriever.search(queries, cfg.topk)
                 with self._timed("tokenise"):
-                    for r, q, passages in zip(to_search, queries, results):
+                    for r, q, passages in zip(rows, queries, results):
                         trajs[r].queries.append(q)
-                        observations[r] = self.tok.encode(P.format_observation(passages))[:cfg.max_obs_tokens]
-            for r in list(observations):
-                ids = observations[r][:max(room(trajs[r]), 0)]
+                        context[r] = self.tok.encode(P.format_observation(passages))[:cfg.max_obs_tokens]
+            appends = {}
+            for r, ids in context.items():
+                ids = ids[:max(room(trajs[r]), 0)]
                 trajs[r].add(ids, False)
-                observations[r] = ids
                 if room(trajs[r]) <= 0:
                     trajs[r].finish_reason, active[r] = "length", False
-                    del observations[r]
-            state = self._append(model, state, observations, b,
-                                 [len(trajs[r].prompt_ids) + len(trajs[r].response_ids) for r in observations])
+                else:
+                    appends[r] = pending.get(r, []) + ids
+            if rewound:
+                lengths = np.asarray(state.cache.length).copy()
+                for r, n in rewound.items():
+                    lengths[r] = n
+                state = rewind(state, lengths)
+            state = self._append(model, state, appends, b,
+                                 [len(trajs[r].prompt_ids) + len(trajs[r].response_ids) for r in appends])
             if not active.any():
                 break
         with self._timed("tokenise"):
@@ -253,17 +276,13 @@ class SearchAgent:
         return trajs
 
 
-def _is_answer(turn_text: str) -> bool:
-    """A turn that stopped on `</answer>` answers only when its action is an answer pair."""
-    action = P.parse_action(turn_text)
-    return action is not None and action.kind == P.ANSWER
-
-
-def _search_query(turn_text: str) -> str | None:
-    """The query of a turn that stopped on the search closing tag; None when its action is not a
-    complete search pair (then it is answered as an invalid action)."""
-    action = P.parse_action(turn_text)
-    return action.content if action is not None and action.kind == P.SEARCH else None
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if int(x) != int(y):
+            break
+        n += 1
+    return n
 
 
 class _Timer:

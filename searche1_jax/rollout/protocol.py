@@ -20,6 +20,8 @@ SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 INFO_OPEN, INFO_CLOSE = "<information>", "</information>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 SEARCH, ANSWER = "search", "answer"  # action kinds (the tag names)
+# "auto": the tokenizer's chat template whenever it has one (METHOD §1); "never": raw text
+CHAT_TEMPLATE_MODES = ("auto", "never")
 
 
 def _pair(name: str) -> re.Pattern:
@@ -89,6 +91,14 @@ def format_observation(passages: Sequence) -> str:
         title, _, text = p.contents.partition("\n")
         docs += f"Doc {i}(Title: {title}) {text}\n"
     return f"\n\n{INFO_OPEN}{docs.strip()}{INFO_CLOSE}\n\n"
+
+
+def cut_turn(turn_text: str) -> str:
+    """A turn's text as Search-R1 keeps it: cut right after its first `</search>` or `</answer>`
+    (anything glued after that tag, in the same token or not, is dropped); unchanged when it has
+    neither (`generation.py` `_postprocess_responses`)."""
+    ends = [i + len(tag) for tag in (SEARCH_CLOSE, ANSWER_CLOSE) if (i := turn_text.find(tag)) >= 0]
+    return turn_text[:min(ends)] if ends else turn_text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ running or the per-turn budget is spent. Compiles once per (batch, cache length,
 Status codes:
     RUNNING  still decoding
     STOPPED  a stop string completed (which one: `stop_hit`)
-    EOS      an end-of-sequence token was sampled (it is kept, it was sampled)
+    EOS      an end-of-sequence token was sampled (it is in the cache and in `tokens`; a caller
+             that must not keep it, like the agent, `rewind`s the row)
     BUDGET   the per-turn budget or the cache ran out
 """
 from __future__ import annotations
@@ -205,6 +206,14 @@ def append(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Array, sta
     touched = n_valid > 0
     return DecodeState(cache, jnp.where(touched[:, None], logits, state.logits),
                        jnp.where(touched, start_state, state.stop_state))
+
+
+def rewind(state: DecodeState, lengths) -> DecodeState:
+    """Set each row's cache length to lengths[b] (host ints, <= its current length): the slots
+    past it are forgotten and the next `append` overwrites them. The row's next-token logits
+    are stale until that append (which every continuing row gets)."""
+    lengths = jnp.asarray(lengths, jnp.int32)
+    return state._replace(cache=state.cache._replace(length=jnp.minimum(lengths, state.cache.length)))
 
 
 def empty_state(cache: KVCache, vocab_size: int, start_state: int = 0) -> DecodeState:

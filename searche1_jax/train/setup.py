@@ -131,7 +131,7 @@ class Experiment:
         self.retriever = build_retriever(c.retrieval)
         stop = build_stop_automaton(list(STOP_STRINGS), token_bytes_from_tokenizer(self.tokenizer.backend))
         self.agent = SearchAgent(self.tokenizer, self.retriever, stop, AgentConfig.from_config(c),
-                                 use_chat_template=c.rollout.chat_template)
+                                 chat_template=c.rollout.chat_template)
         self.sampling = [SamplingParams(temperature=mc.rollout.temperature, top_p=mc.rollout.top_p,
                                         top_k=mc.rollout.top_k) for mc in configs]
         self.total_grpo_steps = c.train.rounds * c.grpo.steps_per_round
