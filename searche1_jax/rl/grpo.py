@@ -3,7 +3,8 @@
 Per token t, with ρ = exp(logp − old_logp) and the trajectory's advantage A:
     L_t = max(−ρA, −clip(ρ, 1−ε_low, 1+ε_high)·A)      (PPO clip; dual clip caps it at −c·A for A<0)
           + β·KL(π_θ‖π_ref)_t − c_H·entropy_t
-aggregated over unmasked tokens (token-mean by default). Arrays in, arrays out.
+aggregated over unmasked tokens (token-mean by default; `aggregate` lists the modes). Arrays in,
+arrays out.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "micro_token_mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
@@ -131,25 +132,49 @@ def grpo_loss_terms(logps, old_logps, ref_logps, advantages, mask, entropy=None,
             "ratio": m(ratio), "clipped": m(clipped), "approx_kl": m(-log_ratio), "mask": mask}
 
 
-def aggregate(per_token, mask, agg: str = "token-mean"):
-    """Reduce a masked [B, T] per-token quantity to a scalar.
+def _unit_axes(agg: str) -> tuple[int, ...]:
+    """The axes one averaged unit spans: a row [T] (seq-mean-*) or a micro-batch [B, T]."""
+    return (-1,) if agg.startswith("seq-mean") else (-2, -1)
 
-    token-mean: Σ_bt x / Σ_bt m. seq-mean-token-sum: mean over rows of Σ_t x.
-    seq-mean-token-mean: mean over rows of (Σ_t x / Σ_t m). Rows with no unmasked token are
-    left out of the seq-mean averages (rather than counted as 0 or NaN); an all-masked batch
-    gives 0.
-    """
+
+def aggregate_count(mask, agg: str = "token-mean"):
+    """How many units `aggregate` averages over (float32 scalar): unmasked tokens (token-mean),
+    rows with an unmasked token (seq-mean-*), micro-batches with one (micro_token_mean)."""
     if agg not in AGGREGATIONS:
         raise ValueError(f"agg must be one of {AGGREGATIONS}, got {agg!r}")
     mask = jnp.asarray(mask, jnp.float32)
     if agg == "token-mean":
-        return per_token.sum() / jnp.maximum(mask.sum(), 1.0)
-    row_tokens = mask.sum(-1)
-    rows = (row_tokens > 0).astype(jnp.float32)
-    row = per_token.sum(-1)
-    if agg == "seq-mean-token-mean":
-        row = row / jnp.maximum(row_tokens, 1.0)
-    return (row * rows).sum() / jnp.maximum(rows.sum(), 1.0)
+        return mask.sum()
+    return (mask.sum(_unit_axes(agg)) > 0).astype(jnp.float32).sum()
+
+
+def aggregate(per_token, mask, agg: str = "token-mean"):
+    """Reduce a masked per-token quantity, [B, T] or [M, B, T], to a scalar.
+
+    token-mean: Σ x / Σ m over every token.
+    seq-mean-token-sum: mean over rows (all axes but the last) of Σ_t x.
+    seq-mean-token-mean: mean over rows of (Σ_t x / Σ_t m).
+    micro_token_mean: mean over micro-batches of their token-means Σ x / Σ m, a micro-batch being
+        one [B, T] slice of an [M, B, T] input (a [B, T] input is one micro-batch, so this equals
+        token-mean there). It is veRL's aggregation, as Search-R1's vendored veRL runs it
+        (`verl/workers/actor/dp_actor.py::update_policy`: each micro-batch's loss is the
+        `masked_mean` over its response tokens of the pg, k3-KL and entropy terms of
+        `verl/trainer/ppo/core_algos.py`, divided by the gradient-accumulation count).
+    Units (rows, micro-batches) with no unmasked token are left out of the means (rather than
+    counted as 0 or NaN); an all-masked input gives 0. Every mode is Σ units / `aggregate_count`
+    over disjoint units, so for micro-batches k of one batch, Σ_k aggregate_k · count_k / Σ_k
+    count_k is the aggregate of the whole batch (for micro_token_mean, of the [M, B, T] stack).
+    """
+    count = aggregate_count(mask, agg)  # checks agg
+    mask = jnp.asarray(mask, jnp.float32)
+    if agg == "token-mean":
+        return per_token.sum() / jnp.maximum(count, 1.0)
+    axes = _unit_axes(agg)
+    unit_tokens = mask.sum(axes)
+    unit = per_token.sum(axes)
+    if agg != "seq-mean-token-sum":
+        unit = unit / jnp.maximum(unit_tokens, 1.0)
+    return (unit * (unit_tokens > 0)).sum() / jnp.maximum(count, 1.0)
 
 
 def grpo_loss(logps, old_logps, ref_logps, advantages, mask, entropy=None, *,

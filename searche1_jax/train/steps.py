@@ -15,8 +15,12 @@ not advance the clock. Temperatures scale the hidden state, (h/τ)·W = logits/�
 chunked log-prob and KL kernels run at τ = 1.
 
 Batches carry a micro-batch axis [M, mb, ...]; a `lax.scan` accumulates gradients of each
-micro-batch's token-loss *sum* and the step divides once by the batch's token count, so the
-update equals one big batch whatever M is. Params and optimiser state are donated.
+micro-batch's loss numerator and its count (`rl.grpo.aggregate_count`) and the step divides once
+by the summed count. Under GRPO's default token-mean (and OFSD) that is each micro-batch's
+token-loss *sum* over the batch's token count, so the update equals one big batch whatever M
+is; under the compat mode agg = "micro_token_mean" it is each micro-batch's token-*mean* over
+the number of micro-batches, as veRL (see `member_functions`). Params and optimiser state are
+donated.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from searche1_jax.config import GRPO_AGG_MODES
 from searche1_jax.model.speed import SpeedPolicy
-from searche1_jax.rl.grpo import grpo_loss
+from searche1_jax.rl.grpo import aggregate_count, grpo_loss
 from searche1_jax.rl.logprobs import token_logps_and_entropy
 from searche1_jax.rl.ofsd import fused_forward_kl
 from searche1_jax.train.state import Binder
@@ -84,7 +88,7 @@ class StepConfig:
     """What is compiled into the steps (changing one of these compiles a new program)."""
     clip_eps: float = 0.2
     kl_estimator: str = "k3"
-    agg: str = "token-mean"
+    agg: str = "token-mean"    # one of GRPO_AGG_MODES (see `member_functions`)
     grpo_chunk: int = 1024     # tokens per chunk of the LM head / log-softmax (GRPO)
     ofsd_chunk: int = 512      # tokens per chunk of the fused forward KL (OFSD)
     logit_barrier: bool = False  # fence the logit matmul off the softmax (SpeedPolicy: XLA:CPU)
@@ -107,21 +111,23 @@ def _shift(batch):
 
 
 def _accumulate(loss_fn, params, batch, extra):
-    """Scan micro-batches; loss_fn returns (token-loss sum, (metric sums, count))."""
+    """Scan micro-batches; loss_fn returns (loss numerator, (metric sums, tokens, count)).
+
+    The update's loss and gradient are Σ numerator / Σ count, its metrics Σ sums / Σ tokens."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def body(acc, micro):
-        (loss_sum, (msum, count)), g = grad_fn(params, micro, extra)
-        g_acc, l_acc, m_acc, c_acc = acc
+        (loss_sum, (msum, tokens, count)), g = grad_fn(params, micro, extra)
+        g_acc, l_acc, m_acc, t_acc, c_acc = acc
         return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_sum,
-                jax.tree.map(jnp.add, m_acc, msum), c_acc + count), None
+                jax.tree.map(jnp.add, m_acc, msum), t_acc + tokens, c_acc + count), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     first = jax.tree.map(lambda x: x[0], batch)
     m_shape = jax.eval_shape(lambda: loss_fn(params, first, extra)[1][0])
     m0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-    (grads, loss_sum, msum, count), _ = jax.lax.scan(body, (zeros, 0.0, m0, 0.0), batch)
-    return grads, loss_sum, msum, count
+    (grads, loss_sum, msum, tokens, count), _ = jax.lax.scan(body, (zeros, 0.0, m0, 0.0, 0.0), batch)
+    return grads, loss_sum, msum, tokens, count
 
 
 def _apply(params, opt_state, grads, count, hyper):
@@ -136,7 +142,25 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
     logps(params, tokens [B,T], valid [B,T], hyper) -> log π(token_t | <t) [B, T-1]
     grpo(params, opt_state, batch, hyper) -> (params, opt_state, metrics); batch [M, mb, ...]:
         tokens, valid, loss_mask (1 on sampled tokens), old_logps and ref_logps [T-1] aligned
-        with tokens[:, 1:], advantages []. Exact token-mean over the whole batch.
+        with tokens[:, 1:], advantages []. The loss is aggregated as cfg.agg says:
+        "token-mean": the exact mean over every unmasked token of the batch (METHOD §2).
+        "micro_token_mean" (compat): the plain mean, over the micro-batches [mb, ...] of the
+            batch that have an unmasked token, of each one's token-mean of
+            pg + β·KL_k3 − c_H·entropy, as Search-R1's veRL (`dp_actor.py::update_policy`: a
+            micro-batch's `masked_mean` loss / gradient-accumulation steps, then gradients
+            averaged over GPUs = the mean over all (GPU, micro-batch) pieces). The unit is one
+            scan micro-batch: config.grpo.micro_batch trajectories *in total*, however they are
+            laid out (several processes each give micro_batch / P of its rows; a mesh splits
+            its rows over data x fsdp), so the loss does not depend on the mesh. With
+            config.grpo.micro_batch = veRL's per-GPU micro-batch (METHOD §2: 8) there are as
+            many pieces of as many rows as in veRL (mini_batch / micro_batch = GPUs x
+            accumulation steps). What differs: a veRL piece lives on one GPU and holds
+            consecutive rows of that GPU's share of the batch; ours holds consecutive rows of
+            the step's random permutation, spread over our devices (which rows share a piece,
+            not the estimator's form). An all-padding micro-batch (row padding) is left out
+            of the mean; veRL's batches divide evenly and it divides by a fixed count.
+        Metrics (pg_loss, clip_frac, kl_ref, entropy, ...) are token-means in either mode;
+        `loss` is the aggregated loss the update minimises.
     ofsd(params, opt_state, teacher_params, batch, hyper, active) -> same; batch [M, mb, ...]:
         student tokens/valid [T], teacher tokens/valid [T2] (the same sequence with the
         privileged context inserted), student_idx / teacher_idx [R] (the positions whose
@@ -166,15 +190,16 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         loss, metrics = grpo_loss(lp, mb["old_logps"], mb["ref_logps"], mb["advantages"], mask, entropy,
                                   clip_eps=cfg.clip_eps, kl_coef=hyper["kl_coef"],
                                   kl_estimator=cfg.kl_estimator, entropy_coef=hyper["entropy_coef"],
-                                  agg="token-mean")
-        n = mask.sum()
-        return loss * n, (jax.tree.map(lambda v: v * n, metrics), n)  # token-weighted sums
+                                  agg=cfg.agg)
+        # count: tokens (token-mean) or 1 for a micro-batch with a token (micro_token_mean)
+        n, count = mask.sum(), aggregate_count(mask, cfg.agg)
+        return loss * count, (jax.tree.map(lambda v: v * n, metrics), n, count)  # metrics token-weighted
 
     def grpo(params, opt_state, batch, hyper):
-        grads, loss_sum, msum, count = _accumulate(grpo_loss_fn, params, batch, hyper)
+        grads, loss_sum, msum, tokens, count = _accumulate(grpo_loss_fn, params, batch, hyper)
         params, opt_state, gnorm = _apply(params, opt_state, grads, count, hyper)
-        metrics = {k: v / jnp.maximum(count, 1.0) for k, v in msum.items()}
-        metrics.update(loss=loss_sum / jnp.maximum(count, 1.0), grad_norm=gnorm, tokens=count)
+        metrics = {k: v / jnp.maximum(tokens, 1.0) for k, v in msum.items()}
+        metrics.update(loss=loss_sum / jnp.maximum(count, 1.0), grad_norm=gnorm, tokens=tokens)
         return params, opt_state, metrics
 
     def ofsd_loss_fn(params, mb, extra):
@@ -190,10 +215,10 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
                                 jax.lax.stop_gradient(teacher.head()), None, mask,
                                 chunk=cfg.ofsd_chunk, temperature=1.0, barrier=cfg.logit_barrier)
         n = mask.sum()
-        return loss * n, ({"kl": loss * n}, n)
+        return loss * n, ({"kl": loss * n}, n, n)  # token-mean
 
     def ofsd(params, opt_state, teacher_params, batch, hyper, active=True):
-        grads, loss_sum, _, count = _accumulate(ofsd_loss_fn, params, batch, (teacher_params, hyper))
+        grads, loss_sum, _, _, count = _accumulate(ofsd_loss_fn, params, batch, (teacher_params, hyper))
         new_params, new_state, gnorm = _apply(params, opt_state, grads, count, hyper)
         if active is not True:  # a population member without data this update keeps its state
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)  # noqa: E731

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from searche1_jax.rl.grpo import (aggregate, check_unique_group_ids, group_advantages, grpo_loss,
-                                  grpo_loss_terms, kl_penalty)
+from searche1_jax.rl.grpo import (AGGREGATIONS, aggregate, aggregate_count, check_unique_group_ids,
+                                  group_advantages, grpo_loss, grpo_loss_terms, kl_penalty)
 
 # ---- independent numpy oracle (written from METHOD §2, loops not vectorised tricks) ----
 
@@ -168,6 +168,47 @@ def test_token_sum_terms_reassemble_token_mean_over_micro_batches():
     np.testing.assert_allclose(float(total), float(full), rtol=1e-6)
 
 
+def _uneven_micro_batches(seed):
+    """[M=4, B=3, T=9] per-token values (micro-batch means near 2, 0, -1) and a mask whose
+    micro-batches hold 2, 9, 27 and 0 tokens."""
+    r = np.random.default_rng(seed)
+    x = (r.normal(0, 1, (4, 3, 9)) + np.array([2.0, 0.0, -1.0, 0.0])[:, None, None]).astype(np.float32)
+    mask = np.zeros((4, 3, 9), np.float32)
+    mask[0, 0, :2] = 1                           # 2 tokens
+    mask[1, :, :3] = 1                           # 9 tokens
+    mask[2] = 1                                  # 27 tokens
+    return np.where(mask > 0, x, 0.0).astype(np.float32), mask   # micro-batch 3: all padding
+
+
+def test_micro_token_mean_is_the_mean_of_micro_batch_token_means():
+    """veRL (Search-R1's `verl/workers/actor/dp_actor.py::update_policy`): loss = Σ_k
+    masked_mean(x_k, m_k) / #micro-batches. Oracle: loops; the empty micro-batch is left out."""
+    x, mask = _uneven_micro_batches(0)
+    means = []
+    for k in range(x.shape[0]):
+        n = mask[k].sum()
+        if n:
+            means.append(sum(float(x[k, b, t]) for b in range(3) for t in range(9) if mask[k, b, t]) / n)
+    want = np.mean(means)
+    np.testing.assert_allclose(float(aggregate(x, mask, "micro_token_mean")), want, rtol=1e-6)
+    assert float(aggregate_count(mask, "micro_token_mean")) == 3.0
+    # token counts 2 / 9 / 27 weigh the micro-batches very differently under the exact token mean
+    assert abs(float(aggregate(x, mask, "token-mean")) - want) > 0.5
+    # one [B, T] micro-batch alone: its token-mean
+    np.testing.assert_allclose(float(aggregate(x[1], mask[1], "micro_token_mean")),
+                               float(aggregate(x[1], mask[1], "token-mean")), rtol=1e-6)
+    assert float(aggregate(x[3], mask[3], "micro_token_mean")) == 0.0
+
+
+@pytest.mark.parametrize("agg", AGGREGATIONS)
+def test_per_micro_batch_aggregates_weighted_by_their_counts_reassemble_the_whole(agg):
+    """What the trainer does: Σ_k aggregate_k · count_k / Σ_k count_k == aggregate of the stack."""
+    x, mask = _uneven_micro_batches(1)
+    num = sum(float(aggregate(x[k], mask[k], agg)) * float(aggregate_count(mask[k], agg)) for k in range(4))
+    den = sum(float(aggregate_count(mask[k], agg)) for k in range(4))
+    np.testing.assert_allclose(num / den, float(aggregate(x, mask, agg)), rtol=1e-6)
+
+
 @partial(jax.jit, static_argnums=6)
 def _loss_and_grad(lp, old, ref, adv, mask, ent, agg):
     f = lambda lp, ent: grpo_loss(lp, old, ref, adv, mask, ent, agg=agg)[0]  # noqa: E731
@@ -202,6 +243,8 @@ def test_policy_gradient_at_ratio_one_is_minus_advantage_over_tokens():
 def test_aggregate_and_loss_refuse_unknown_options():
     with pytest.raises(ValueError, match="agg must be one of"):
         aggregate(jnp.zeros((1, 1)), jnp.ones((1, 1)), "sum")
+    with pytest.raises(ValueError, match="agg must be one of"):
+        aggregate_count(jnp.ones((1, 1)), "micro-token-mean")
     with pytest.raises(ValueError, match="kl_estimator must be one of"):
         grpo_loss(jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.zeros(1),
                   jnp.ones((1, 1)), kl_estimator="k4")
@@ -209,19 +252,3 @@ def test_aggregate_and_loss_refuse_unknown_options():
         grpo_loss(jnp.zeros((1, 1)), jnp.zeros((1, 1)), None, jnp.zeros(1), jnp.ones((1, 1)),
                   dual_clip_c=0.5)
 
-
-def test_k3_is_clamped_to_ten_with_zero_gradient_where_it_binds():
-    """veRL core_algos.kl_penalty "low_var_kl": kld = exp(ref - logp) - (ref - logp) - 1, clamped
-    to [-10, 10]. Hand values: ref - logp = 10 gives e^10 - 11 = 22,015.5 unclamped (METHOD §2)."""
-    d = np.array([-3.0, 0.0, 1.0, 2.5, 3.0, 10.0], np.float64)  # ref - logp
-    lp = np.zeros_like(d, np.float32)
-    ref = d.astype(np.float32)
-    raw = np.exp(d) - d - 1  # 1.0498, 0, 0.71828, 8.6825, 16.0855, 22015.47
-    assert raw[-1] > 22015 and raw[4] > 10 > raw[3]
-    want = np.minimum(raw, 10.0)
-    got = kl_penalty(jnp.asarray(lp), jnp.asarray(ref), "k3")
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
-    # d/dlogp of exp(ref - logp) - (ref - logp) - 1 is 1 - exp(d); 0 where the clamp binds
-    grad = jax.grad(lambda x: kl_penalty(x, jnp.asarray(ref), "k3").sum())(jnp.asarray(lp))
-    want_grad = np.where(raw > 10.0, 0.0, 1.0 - np.exp(d))
-    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-5, atol=1e-6)
