@@ -83,7 +83,10 @@ def base() -> ml_collections.ConfigDict:
     c.rollout.max_prompt_tokens = 4096
     c.rollout.max_response_tokens = 4096
     c.rollout.prompt_bucket = 64
-    c.rollout.chat_template = True  # instruct models; False = raw text prompt for base models
+    c.rollout.chat_template = "auto"  # the tokenizer's template whenever it has one, base models too
+                                      # (METHOD §1); "never" = raw text (CHAT_TEMPLATE_MODES)
+    c.rollout.reward_text = "policy"  # answer = last <answer> the policy sampled (METHOD §1);
+                                      # "search_r1" [compat]: qa_em.py over prompt + response
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.steps_per_round = 50    # [choice] METHOD §3.6
@@ -95,7 +98,7 @@ def base() -> ml_collections.ConfigDict:
     c.grpo.kl_coef = 0.001         # beta
     c.grpo.kl_estimator = "k3"     # low_var_kl (veRL), clamped to [-10, 10]
     c.grpo.entropy_coef = 0.001
-    c.grpo.agg = "token-mean"      # exact token mean over the mini-batch (METHOD §2); GRPO_AGG_MODES
+    c.grpo.agg = "token-mean"      # exact token mean over the mini-batch (METHOD §2) | micro_token_mean [compat]: veRL
     c.grpo.length_bucket = 256
     c.grpo.logit_chunk = 1024
 

@@ -12,11 +12,13 @@ from typing import Any, ClassVar
 from searche1_jax.model.config import PRESETS
 from searche1_jax.model.sharding import MESH_AXES, check_rules
 from searche1_jax.rl.grpo import KL_ESTIMATORS
+from searche1_jax.rollout.protocol import CHAT_TEMPLATE_MODES, REWARD_TEXT_MODES
 
 
 # The GRPO loss aggregations the trainer implements exactly under micro-batching (METHOD §2:
-# exact token mean over the mini-batch). Extend here when train/steps.py supports another.
-GRPO_AGG_MODES = ("token-mean",)
+# exact token mean over the mini-batch; micro_token_mean [compat]: veRL's mean of micro-batch
+# token-means, train/steps.py `member_functions`). Extend here when train/steps.py supports another.
+GRPO_AGG_MODES = ("token-mean", "micro_token_mean")
 RETRIEVAL_KINDS = ("bm25", "exact", "scann", "http")
 OFSD_RENDERINGS = ("queries", "no_docs", "full", "all_siblings")
 OFSD_TEACHERS = ("snapshot", "live")
@@ -181,7 +183,10 @@ class RolloutSection(_Section):
         need at least two). temperature (> 0), top_p (in (0, 1]), top_k (>= 0; 0 = off).
     max_turns: search turns before the last turn without search. max_turn_tokens, max_obs_tokens,
         max_prompt_tokens, max_response_tokens: token budgets. prompt_bucket: prompt padding
-        multiple. chat_template: apply the tokenizer's chat template (False = raw text).
+        multiple. chat_template: one of CHAT_TEMPLATE_MODES ("auto": the tokenizer's template
+        whenever it has one, as Search-R1 does for base models too; "never": raw text).
+        reward_text: one of REWARD_TEXT_MODES, the text the answer is read from ("policy": the
+        policy's sampled text; "search_r1" [compat]: Search-R1's extraction over prompt + response).
     """
     SECTION: ClassVar[str] = "rollout"
     group_size: int
@@ -194,7 +199,8 @@ class RolloutSection(_Section):
     max_prompt_tokens: int
     max_response_tokens: int
     prompt_bucket: int
-    chat_template: bool
+    chat_template: str
+    reward_text: str
 
     def __post_init__(self):
         _at_least("rollout", "group_size", self.group_size, 2,
@@ -206,6 +212,8 @@ class RolloutSection(_Section):
         for f in ("max_turns", "max_turn_tokens", "max_obs_tokens", "max_prompt_tokens",
                   "max_response_tokens", "prompt_bucket"):
             _at_least("rollout", f, getattr(self, f), 1)
+        _one_of("rollout", "chat_template", self.chat_template, CHAT_TEMPLATE_MODES)
+        _one_of("rollout", "reward_text", self.reward_text, REWARD_TEXT_MODES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +226,10 @@ class GRPOSection(_Section):
         (gradients accumulate over a mini-batch).
     epochs: PPO epochs per step. clip_eps: PPO clip, in (0, 1). kl_coef: beta (>= 0).
     kl_estimator: one of KL_ESTIMATORS (rl/grpo.py). entropy_coef: >= 0.
-    agg: loss aggregation, one of GRPO_AGG_MODES. length_bucket: trajectory padding multiple.
+    agg: loss aggregation, one of GRPO_AGG_MODES: token-mean over the mini-batch, or
+        micro_token_mean, the mean over its micro_batch-trajectory micro-batches of their
+        token-means (veRL; micro_batch then plays veRL's per-GPU micro-batch).
+    length_bucket: trajectory padding multiple.
     logit_chunk: tokens per chunk of the LM head / log-softmax.
     """
     SECTION: ClassVar[str] = "grpo"

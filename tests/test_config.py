@@ -65,7 +65,7 @@ def test_base_states_every_dataclass_field_and_nothing_else():
     assert set(leaves(C.base())) == set(typed.flat())
     assert typed.logical_axis_rules == DEFAULT_RULES
     assert typed.ofsd.lr is None and C.field_type("ofsd.lr") is float
-    assert typed.grpo.agg == "token-mean" and C.GRPO_AGG_MODES == ("token-mean",)
+    assert typed.grpo.agg == "token-mean" and C.GRPO_AGG_MODES == ("token-mean", "micro_token_mean")
 
 
 def test_checkpoint_configs_name_the_shapes_of_their_model():
@@ -121,13 +121,17 @@ BAD_VALUES = [
     ("ofsd.rendering", "docs", r"config.ofsd.rendering must be one of 'queries', 'no_docs', 'full', 'all_siblings'"),
     ("ofsd.teacher", "ema", r"config.ofsd.teacher must be one of 'snapshot', 'live'"),
     ("grpo.kl_estimator", "low_var_kl", r"config.grpo.kl_estimator must be one of 'k1', 'k2', 'k3'"),
-    ("grpo.agg", "seq-mean-token-mean", r"config.grpo.agg must be one of 'token-mean'; got 'seq-mean-token-mean'"),
+    ("grpo.agg", "seq-mean-token-mean",
+     r"config.grpo.agg must be one of 'token-mean', 'micro_token_mean'; got 'seq-mean-token-mean'"),
+    ("grpo.agg", "micro-token-mean", r"config.grpo.agg must be one of .*; got 'micro-token-mean'"),
     ("model.dtype", "fp8", r"config.model.dtype must be one of 'float32', 'bfloat16', 'float16'"),
     ("model.param_dtype", "int8", r"config.model.param_dtype must be one of"),
     ("model.preset", "qwen3b", r"config.model.preset must be one of .*'qwen2.5-3b'"),
     ("model.architecture", "llama-3", r"config.model.architecture must be one of"),
     ("ofsd.lr", 0.0, r"config.ofsd.lr must be > 0 when set \(None = the GRPO step's lr\)"),
     ("retrieval.topk", 0, r"config.retrieval.topk must be >= 1"),
+    ("rollout.chat_template", "always", r"config.rollout.chat_template must be one of 'auto', 'never'"),
+    ("rollout.chat_template", True, r"config.rollout.chat_template must be a string, got True"),
     ("mesh.fsdp", 0, r"config.mesh.fsdp must be >= 1 or -1"),
     ("mesh.data", -1, r"at most one of config.mesh.\{data,fsdp,tensor\} may be -1"),
     ("grpo.mini_batch", 24,
@@ -150,6 +154,15 @@ def test_bad_values_raise_errors_naming_the_field(path, value, match):
         cd[section][name] = value
     with pytest.raises((ValueError, TypeError), match=match):
         C.from_config_dict(cd)
+
+
+def test_grpo_agg_accepts_the_verl_compat_mode_and_the_steps_take_it():
+    from searche1_jax.train.steps import StepConfig
+    cd = C.base()
+    cd.grpo.agg = "micro_token_mean"
+    typed = C.from_config_dict(cd)
+    assert typed.grpo.agg == "micro_token_mean"
+    assert StepConfig.from_config(typed).agg == "micro_token_mean"
 
 
 def test_inconsistent_model_and_retrieval_fields_are_refused():
@@ -210,4 +223,5 @@ def test_config_variants_are_checked():
     with pytest.raises(ValueError, match="variants are"):
         C.load_config_file(os.path.join(ROOT, "configs", "qwen3b.py") + ":chat")
     base, inst = (C.load_config_file(os.path.join(ROOT, "configs", f"qwen3b.py:{v}")) for v in ("base", "instruct"))
-    assert base.rollout.chat_template is False and inst.rollout.chat_template is True
+    # Search-R1's base runs used the tokenizer's ChatML template too (METHOD §1): no raw-text variant
+    assert base.rollout.chat_template == inst.rollout.chat_template == "auto"

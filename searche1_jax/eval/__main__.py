@@ -61,12 +61,13 @@ def evaluate(policy, model, benchmarks, *, data_dir, split, limit, batch, out, m
             trajs = policy.agent.run(model, questions, jax.random.key(0), greedy)[:len(chunk)]
             for ex, t in zip(chunk, trajs):
                 preds.append(score_example(name, ex.id, ex.question, ex.golden_answers, t.response_text,
-                                           searches=t.num_searches, length=t.num_sampled, answer_text=t.policy_text,
+                                           searches=t.num_searches, length=t.num_sampled, prediction=t.answer,
                                            queries=t.queries, finish_reason=t.finish_reason))
             done = lo + len(chunk)
             rate = done / max(time.time() - t0, 1e-9)
             log(f"[eval] {name}: {done}/{len(todo)} ({rate:.2f} q/s, ETA {(len(todo) - done) / rate:.0f}s)")
-    report = build_report(preds.records(), method=method, benchmarks=benchmarks)
+    report = build_report(preds.records(), method=method, benchmarks=benchmarks,
+                          reward_text=policy.agent.cfg.reward_text)
     write_json_report(report, os.path.join(out, "report.json"))
     write_markdown_report(report, os.path.join(out, "report.md"))
     return report, markdown_report(report)

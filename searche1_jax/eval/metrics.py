@@ -31,15 +31,20 @@ SCORE_METRICS = ("em", "f1", "cover_em")  # bootstrapped
 RECORD_KEYS = ("benchmark", "id", "em", "f1", "cover_em", "searches", "length")
 
 
+_EXTRACT = object()  # score_example's default: extract the prediction from the text
+
+
 def score_example(benchmark: str, example_id: str, question: str, golden_answers: Sequence[str],
                   response: str, searches: int, length: int, *, answer_text: str | None = None,
-                  **extra) -> dict:
+                  prediction=_EXTRACT, **extra) -> dict:
     """One predictions row. `response` is the trajectory's text (all turns); the prediction is the
     last `<answer>` span of `answer_text` (the policy's sampled text, so the corrective message's
     `<answer> and </answer>` never counts) or of `response` when it is not given; None if there is
-    none (then every score is 0). `length` is the number of response tokens the policy sampled;
-    `searches` the number of retriever calls."""
-    pred = extract_answer(response if answer_text is None else answer_text)
+    none (then every score is 0). `prediction`: the answer already extracted (`Trajectory.answer`,
+    None for none), which skips the extraction. `length` is the number of response tokens the
+    policy sampled; `searches` the number of retriever calls."""
+    pred = (extract_answer(response if answer_text is None else answer_text) if prediction is _EXTRACT
+            else prediction)
     golds = list(golden_answers)
     if pred is None:
         em = f1 = cover = 0.0
@@ -275,6 +280,10 @@ def detail_table(report: Mapping) -> str:
     return "\n".join(lines)
 
 
+_READS = {"policy": "the last answer pair the policy sampled",
+          "search_r1": "Search-R1's qa_em.py extraction over prompt + response"}
+
+
 def markdown_report(report: Mapping) -> str:
     b = report["bootstrap"]
     return (f"## Exact match (greedy) beside the published Qwen2.5-3B rows\n\n{em_table(report)}\n\n"
@@ -282,7 +291,9 @@ def markdown_report(report: Mapping) -> str:
             f"on the full Search-R1 test/dev sets; ours on the examples counted in `n` below.\n\n"
             f"## Per benchmark\n\n{detail_table(report)}\n\n"
             f"Intervals: percentile bootstrap over examples, {b['n_resamples']} resamples, seed {b['seed']}; "
-            f"the average's interval resamples each benchmark independently.\n")
+            f"the average's interval resamples each benchmark independently.\n"
+            + (f"Answers: reward_text = {report['reward_text']!r} "
+               f"({_READS.get(report['reward_text'], '?')}).\n" if "reward_text" in report else ""))
 
 
 def write_json_report(report: Mapping, path: str | os.PathLike) -> None:

@@ -42,12 +42,16 @@ class AgentConfig:
     max_prompt_tokens: int = 4096
     max_response_tokens: int = 4096  # whole trajectory after the prompt (sampled + observations)
     prompt_bucket: int = 64       # prompts are padded to a multiple of this (fewer compilations)
+    reward_text: str = "policy"   # where `Trajectory.answer` is read from: P.REWARD_TEXT_MODES
 
     def __post_init__(self):
         for name in ("max_turns", "topk", "max_turn_tokens", "max_obs_tokens", "max_prompt_tokens",
                      "max_response_tokens", "prompt_bucket"):
             if getattr(self, name) < (0 if name == "max_turns" else 1):
                 raise ValueError(f"config.rollout.{name} must be >= 1, got {getattr(self, name)}")
+        if self.reward_text not in P.REWARD_TEXT_MODES:
+            raise ValueError(f"config.rollout.reward_text must be one of {P.REWARD_TEXT_MODES}, "
+                             f"got {self.reward_text!r}")
 
     @classmethod
     def from_config(cls, c) -> "AgentConfig":
@@ -55,7 +59,8 @@ class AgentConfig:
         r = c.rollout
         return cls(max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
                    max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
-                   max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket)
+                   max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket,
+                   reward_text=r.reward_text)
 
 
 @dataclasses.dataclass
@@ -70,8 +75,10 @@ class Trajectory:
     finish_reason: str = ""       # answer | max_turns | length
     response_text: str = ""       # everything after the prompt: sampled turns and observations
     policy_text: str = ""         # only what the policy sampled, turns joined by newlines
-    answer: str | None = None     # last <answer> span of policy_text (never of an observation or
-                                  # of the corrective message, which itself names `<answer> and </answer>`)
+    answer: str | None = None     # the answer the reward reads (AgentConfig.reward_text): "policy",
+                                  # the last <answer> span of policy_text (never of an observation or
+                                  # of the corrective message, which itself names `<answer> and </answer>`);
+                                  # "search_r1", P.extract_answer_search_r1 of prompt + response
 
     @property
     def num_searches(self) -> int:
@@ -272,7 +279,8 @@ class SearchAgent:
                 t.finish_reason = t.finish_reason or "max_turns"
                 t.response_text = self.tok.decode(t.response_ids)
                 t.policy_text = "\n".join(self.tok.decode(seg) for seg in t.sampled_segments())
-                t.answer = P.extract_answer(t.policy_text)
+                t.answer = (P.extract_answer(t.policy_text) if cfg.reward_text == "policy" else
+                            P.extract_answer_search_r1(self.tok.decode(t.prompt_ids + t.response_ids)))
         return trajs
 
 

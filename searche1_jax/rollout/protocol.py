@@ -22,6 +22,9 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 SEARCH, ANSWER = "search", "answer"  # action kinds (the tag names)
 # "auto": the tokenizer's chat template whenever it has one (METHOD §1); "never": raw text
 CHAT_TEMPLATE_MODES = ("auto", "never")
+# which text the answer is read from (METHOD §1): "policy" (ours): the last answer pair of the
+# text the policy sampled; "search_r1" [compat]: Search-R1's `qa_em.py` over prompt + response
+REWARD_TEXT_MODES = ("policy", "search_r1")
 
 
 def _pair(name: str) -> re.Pattern:
@@ -37,6 +40,7 @@ _TAG = re.compile(r"<(/?)(think|search|information|answer)>")
 # a turn's action (Search-R1 generation.py `postprocess_predictions`): the first opener whose own
 # closing tag follows, content non-greedy, nested openers kept in the content
 _ACTION = re.compile(rf"<({SEARCH}|{ANSWER})>(.*?)</\1>", re.DOTALL)
+_ANSWER_SEARCH_R1 = re.compile(rf"{ANSWER_OPEN}(.*?){ANSWER_CLOSE}", re.DOTALL)
 _INFORMATION = re.compile(rf"\s*{INFO_OPEN}.*?{INFO_CLOSE}\s*", re.DOTALL)
 
 INSTRUCTION = (
@@ -151,6 +155,19 @@ def extract_answer(text: str) -> str | None:
     for m in _ANSWER.finditer(text):
         last = m
     return None if last is None else last.group(1).strip()
+
+
+def extract_answer_search_r1(text: str) -> str | None:
+    """Search-R1's answer (`verl/utils/reward_score/qa_em.py` `extract_solution`), for
+    `reward_text = "search_r1"`: over the decoded prompt + response, the stripped content of the
+    last non-greedy `<answer>(.*?)</answer>` match when there are at least two, else None.
+
+    The prompt's own instruction holds answer pairs (ours and Search-R1's: `<answer> and
+    </answer>`, `<answer> Beijing </answer>`), so a trajectory that never answers reads the
+    prompt's example, and a corrective message's `<answer> and </answer>` counts. No innermost
+    rule: `<answer><answer>x</answer>` reads "<answer>x"."""
+    matches = list(_ANSWER_SEARCH_R1.finditer(text))
+    return matches[-1].group(1).strip() if len(matches) >= 2 else None
 
 
 def strip_information(text: str) -> str:

@@ -65,7 +65,7 @@ def test_short_last_batch_is_padded_to_the_batch_size(setup, tmp_path):
         sizes.append(len(questions))
         return run(model, questions, *a, **kw)
 
-    padded = types.SimpleNamespace(agent=types.SimpleNamespace(run=counting_run))
+    padded = types.SimpleNamespace(agent=types.SimpleNamespace(run=counting_run, cfg=exp.agent.cfg))
     report, _ = evaluate(padded, policy, ["bamboogle"], data_dir=QA, split="dev", limit=4, batch=3,
                          out=str(tmp_path), method="scripted", log=lambda *_: None)
     assert sizes == [3, 3]                      # 4 questions: 3, then 1 padded to 3

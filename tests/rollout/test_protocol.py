@@ -1,28 +1,12 @@
-"""The protocol module (METHOD §1): prompt, observation and corrective text checked against
-literal strings; action, answer and search parsing; observation stripping; format check."""
+"""The protocol module (METHOD §1): prompt and corrective text checked against
+literal strings; action, answer and search parsing; observation stripping; format check.
+The observation bytes are pinned in tests/conformance/test_protocol_bytes.py."""
 from types import SimpleNamespace
 
 import pytest
 
 from searche1_jax.rollout import protocol as P
 from searche1_jax.rollout.protocol import count_searches, extract_answer, is_valid_format, search_queries
-
-
-def test_observation_matches_method_byte_for_byte():
-    """Search-R1 generation.py `_passages2string` + `.strip()`: title = the first line of the
-    stored contents, quotes kept; text = the rest; no newline before </information>."""
-    docs = [SimpleNamespace(contents='"Paul Walker"\nPaul Walker was an actor.'),
-            SimpleNamespace(contents='"Île-de-France"\nA region.\nSecond line.'),
-            SimpleNamespace(contents='"Say "Hello" (song)"\nA song.  '),
-            SimpleNamespace(contents='Untitled  \nTrailing text  ')]
-    want = ("\n\n<information>"
-            'Doc 1(Title: "Paul Walker") Paul Walker was an actor.\n'
-            'Doc 2(Title: "Île-de-France") A region.\nSecond line.\n'
-            'Doc 3(Title: "Say "Hello" (song)") A song.  \n'
-            "Doc 4(Title: Untitled  ) Trailing text"
-            "</information>\n\n")
-    assert P.format_observation(docs) == want
-    assert P.format_observation([]) == "\n\n<information></information>\n\n"
 
 
 def test_raw_prompt_is_instruction_then_question_line_with_question_mark():
