@@ -73,3 +73,4 @@ def test_short_last_batch_is_padded_to_the_batch_size(setup, tmp_path):
     assert len(lines) == 4                      # the padding rows are not scored
     assert len({json.loads(x)["id"] for x in lines}) == 4
     assert report["benchmarks"]["bamboogle"]["n"] == 4
+    assert report["reward_text"] == "policy"  # the report names the answer extraction used
