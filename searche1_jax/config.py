@@ -35,7 +35,7 @@ from ml_collections import config_dict
 from searche1_jax.config_sections import (  # noqa: F401  (the typed sections are part of this API)
     DTYPES, GRPO_AGG_MODES, KL_ESTIMATORS, OFSD_RENDERINGS, OFSD_TEACHERS, RETRIEVAL_KINDS, CheckpointSection,
     DataSection, ExperimentConfig, GRPOSection, LogSection, MeshSection, ModelSection, OFSDSection, RetrievalSection,
-    RolloutSection, Rules, TrainSection)
+    RolloutSection, Rules, SFTSection, TrainSection)
 from searche1_jax.data.demo import DEMO_DIR  # noqa: F401  (re-exported for configs and tests)
 from searche1_jax.model.sharding import DEFAULT_RULES
 
@@ -103,6 +103,19 @@ def base() -> ml_collections.ConfigDict:
     c.grpo.logit_chunk = 1024
 
     c.ofsd = ml_collections.ConfigDict()
+    c.sft = ml_collections.ConfigDict()
+    c.sft.enabled = False          # supervised warm start on rendered trajectories (the demo's 135M
+                                   # model cannot follow the protocol zero-shot; the paper starts RL
+                                   # from the instruct model, so it is off here)
+    c.sft.contexts = ""            # {question id: [[title, corpus id], ...]} (the demo: contexts.json)
+    c.sft.questions = 0            # training questions rendered (0 = every one with contexts)
+    c.sft.steps = 20
+    c.sft.batch = 8                # trajectories per update
+    c.sft.micro_batch = 4
+    c.sft.lr = 2e-4
+    c.sft.warmup_steps = 2
+    c.sft.length_bucket = 128
+    c.sft.eval_dev = 0             # greedy dev EM on this many dev questions: base, warm, final
     c.ofsd.enabled = True
     c.ofsd.questions = 512         # training questions rolled out per OFSD round
     c.ofsd.group_size = 5

@@ -260,6 +260,42 @@ class GRPOSection(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class SFTSection(_Section):
+    """The supervised warm start (before the first GRPO step; off for the paper's instruct runs).
+
+    enabled: run it. contexts: a JSON file {question id: [[title, corpus id], ...]} naming each
+    training question's paragraphs (gold among distractors) in config.retrieval.corpus.
+    questions: training questions rendered into protocol-exact trajectories (0 = all that have
+    contexts). steps: AdamW updates. batch: trajectories per update; micro_batch: per
+    forward/backward. lr: its constant learning rate (after `warmup_steps` linear steps).
+    length_bucket: padding multiple. eval_dev: greedy dev EM on this many config.data.dev
+    questions before the warm start, after it and at the end of the run (0 = none).
+    """
+    SECTION: ClassVar[str] = "sft"
+    enabled: bool
+    contexts: str
+    questions: int
+    steps: int
+    batch: int
+    micro_batch: int
+    lr: float
+    warmup_steps: int
+    length_bucket: int
+    eval_dev: int
+
+    def __post_init__(self):
+        for f in ("steps", "batch", "micro_batch", "length_bucket"):
+            _at_least("sft", f, getattr(self, f), 1)
+        for f in ("questions", "warmup_steps", "eval_dev"):
+            _at_least("sft", f, getattr(self, f), 0)
+        _positive("sft", "lr", self.lr)
+        _multiple("config.sft.batch", self.batch, "config.sft.micro_batch", self.micro_batch)
+        if self.enabled and not self.contexts:
+            raise ValueError("config.sft.enabled needs config.sft.contexts: the JSON file naming each training "
+                             "question's paragraphs (the demo ships searche1_jax/assets/demo/contexts.json)")
+
+
+@dataclasses.dataclass(frozen=True)
 class OFSDSection(_Section):
     """The self-distillation half (METHOD §3).
 
@@ -356,6 +392,7 @@ class ExperimentConfig:
     data: DataSection
     retrieval: RetrievalSection
     rollout: RolloutSection
+    sft: SFTSection
     grpo: GRPOSection
     ofsd: OFSDSection
     train: TrainSection

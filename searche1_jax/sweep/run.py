@@ -76,13 +76,6 @@ def dev_em(exp, state, limit: int) -> list[float | None]:
     if not exp.config.data.dev or limit <= 0:
         return [None] * exp.n
     from searche1_jax.data.qa import read_examples
-    from searche1_jax.rl.rewards import exact_match
-    from searche1_jax.rollout.sampler import SamplingParams
+    from searche1_jax.train.rollouts import greedy_em
     examples = read_examples(exp.config.data.dev)[:limit]
-    out = []
-    for i in range(exp.n):
-        trajs = exp.agent.run(exp.policy(state.params, i), [ex.question for ex in examples], jax.random.key(0),
-                              SamplingParams(greedy=True))
-        out.append(float(np.mean([exact_match(t.answer, ex.golden_answers) if t.answer is not None else 0.0
-                                  for t, ex in zip(trajs, examples)])))
-    return out
+    return [float(np.mean(greedy_em(exp.agent, exp.policy(state.params, i), examples)[0])) for i in range(exp.n)]

@@ -1,9 +1,14 @@
 """The alternating loop (METHOD §2-§3): a GRPO round of N steps, then an OFSD round, repeated,
-for a single run and for a sweep population alike (a single run is one member).
+for a single run and for a sweep population alike (a single run is one member); optionally
+preceded by a supervised warm start (config.sft, `warm_start.py`).
 
-State machine kept in the checkpoint meta: {"round", "phase": "grpo"|"ofsd", "round_step",
-"data"}. A killed run restarts from its last checkpoint: mid-GRPO it resumes at the next
-step; an interrupted OFSD round is redone from its start (same rng, same questions).
+State machine kept in the checkpoint meta: {"round", "phase": "sft"|"grpo"|"ofsd",
+"round_step", "sft_step", "data"}. A killed run restarts from its last checkpoint: mid-warm-start
+or mid-GRPO it resumes at the next step; an interrupted OFSD round is redone from its start
+(same rng, same questions). The warm start ends by making its result the reference policy and
+starting a fresh optimiser state for RL. With config.sft.eval_dev, greedy dev EM (with a
+bootstrap 95% interval) is logged as phase "eval" rows: "base" before anything trains,
+"warm_start" after the warm start, "final" at the end.
 
 Each GRPO step: one batch of questions (data.* is shared by every member); each member rolls
 out with its own params, rng and sampling params; the packed batches, old / reference
@@ -20,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from searche1_jax.rl.grpo import check_unique_group_ids
-from searche1_jax.train import distill
+from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
-from searche1_jax.train.rollouts import grpo_arrays, roll_out, rollout_metrics
+from searche1_jax.train.rollouts import greedy_em, grpo_arrays, roll_out, rollout_metrics
 from searche1_jax.train.setup import Experiment
 from searche1_jax.train.state import TrainState
 
@@ -31,6 +36,7 @@ from searche1_jax.train.state import TrainState
 OFSD_DTYPES = {"tokens": np.int32, "valid": bool, "teacher_tokens": np.int32, "teacher_valid": bool,
                "student_idx": np.int32, "teacher_idx": np.int32, "kl_mask": np.int32}
 GRPO_DTYPES = {"tokens": np.int32, "valid": bool, "loss_mask": np.int32, "advantages": np.float32}
+SFT_DTYPES = {"tokens": np.int32, "valid": bool, "loss_mask": np.int32}
 
 
 def split_keys(rng: jax.Array, n: int) -> list[jax.Array]:
@@ -130,6 +136,81 @@ class Trainer:
                                  reward_best=float(np.max(rewards)), step_s=round(dt, 1))
         return new
 
+    # ---- the supervised warm start (config.sft) ----
+    def _warm_start_data(self):
+        from searche1_jax.retrieval.corpus import Corpus
+        c, exp = self.c, self.exp
+        if not c.retrieval.corpus:
+            raise ValueError("config.sft needs config.retrieval.corpus: the passages config.sft.contexts names")
+        corpus = Corpus(c.retrieval.corpus)
+        rows = {corpus.record(r)[0]: r for r in range(len(corpus))}
+
+        def text(pid):
+            if pid not in rows:
+                raise ValueError(f"config.sft.contexts names corpus id {pid!r}, which {c.retrieval.corpus} lacks")
+            return corpus.record(rows[pid])[1]
+
+        return warm_start.build_warm_start(exp.agent, exp.tokenizer, exp.train_data.examples,
+                                           warm_start.load_contexts(c.sft.contexts), text,
+                                           max_searches=c.rollout.max_turns, limit=c.sft.questions)
+
+    def sft_phase(self, state: TrainState) -> TrainState:
+        c, exp, lay = self.c, self.exp, self.layout
+        trajs = self._warm_start_data()
+        batch_rows = lay.share(c.sft.batch, "config.sft.batch")
+        micro = lay.share(c.sft.micro_batch, "config.sft.micro_batch")
+        params, opt_state = state.params, state.opt_state
+        progress = Progress(c.sft.steps)
+        while state.meta["sft_step"] < c.sft.steps:
+            s, t0 = state.meta["sft_step"], time.time()
+            # update s takes trajectories s*B .. (s+1)*B - 1 of a stream of seeded epoch permutations
+            idx = [int(np.random.default_rng([c.train.seed, k // len(trajs)]).permutation(len(trajs))[k % len(trajs)])
+                   for k in range(s * batch_rows, (s + 1) * batch_rows)]
+            arrays = warm_start.sft_arrays([trajs[i] for i in idx], length_bucket=c.sft.length_bucket,
+                                           rows_multiple=micro, pad_id=exp.tokenizer.pad_id)
+            batch = lay.combine([arrays] * exp.n, SFT_DTYPES, self.pad)
+            n_rows = lay.rows(batch)
+            mb = lay.take(batch, [np.arange(n) for n in n_rows], 0, max(n_rows), micro)
+            hyper = exp.sft_hyper(s)
+            params, opt_state, m = exp.steps.sft(params, opt_state, mb, hyper)
+            m = jax.device_get(m)
+            dt = time.time() - t0
+            rows_out = [{"sft_step": float(s + 1), "sft_loss": lay.metric(m, "sft_loss", i),
+                         "grad_norm": lay.metric(m, "grad_norm", i), "tokens": lay.metric(m, "tokens", i),
+                         "tokens_per_s": lay.metric(m, "tokens", i) / dt, "step_s": dt,
+                         "lr": float(np.asarray(hyper["lr"]).reshape(-1)[i])} for i in range(exp.n)]
+            self._write(state.step, "sft", rows_out)
+            progress.update(s + 1, "sft", loss=round(rows_out[0]["sft_loss"], 4),
+                            tok_s=round(rows_out[0]["tokens_per_s"]))
+            state = TrainState(params, opt_state, state.ref_params, state.step, state.rng,
+                               dict(state.meta, sft_step=s + 1))
+            if (s + 1) % c.checkpoint.every_steps == 0 and s + 1 < c.sft.steps:
+                self.ckpt.save(state)
+        # RL starts here: the warm-started policy is the reference, with a fresh optimiser state
+        ref = jax.tree.map(jnp.copy, params)
+        return TrainState(params, exp.steps.init(params, exp.hyper(0)), ref, state.step, state.rng,
+                          dict(state.meta, phase="grpo"))
+
+    def dev_eval(self, state: TrainState, label: str) -> list[dict]:
+        """Greedy EM of each member on the first config.sft.eval_dev dev questions (phase "eval")."""
+        from searche1_jax.data.qa import read_examples
+        from searche1_jax.eval.metrics import bootstrap_ci
+        c, exp = self.c, self.exp
+        examples = read_examples(c.data.dev)[:c.sft.eval_dev]
+        rows_out = []
+        for i in range(exp.n):
+            em, trajs = greedy_em(exp.agent, exp.policy(state.params, i), examples)
+            lo, hi = bootstrap_ci(em)
+            rows_out.append({"label": label, "dev_em": float(np.mean(em)), "dev_em_lo": lo, "dev_em_hi": hi,
+                             "dev_n": float(len(em)),
+                             "dev_answered": float(np.mean([t.answer is not None for t in trajs])),
+                             "dev_searches": float(np.mean([t.num_searches for t in trajs]))})
+        for r in self._write(state.step, "eval", rows_out):
+            print(f"[eval] {label}: dev EM {r['dev_em']:.3f} (95% CI {r['dev_em_lo']:.3f}-{r['dev_em_hi']:.3f}, "
+                  f"n={int(r['dev_n'])}), answered {r['dev_answered']:.2f}, searches {r['dev_searches']:.2f}",
+                  flush=True)
+        return rows_out
+
     # ---- one OFSD round: teacher snapshot, roll out, select, distil ----
     def ofsd_round(self, state: TrainState) -> TrainState:
         c, exp, lay = self.c, self.exp, self.layout
@@ -189,6 +270,14 @@ class Trainer:
             exp.train_data.set_state(dict(state.meta["data"], process_index=jax.process_index()))
             print(f"resumed from step {state.step} (round {state.meta['round']}, {state.meta['phase']})", flush=True)
         self.progress = Progress(self.total_grpo)
+        evaluate = c.sft.eval_dev > 0 and bool(c.data.dev)
+        if evaluate and state.step == 0 and state.meta.get("sft_step", 0) == 0 and state.meta["phase"] != "ofsd":
+            self.dev_eval(state, "base")
+        if state.meta["phase"] == "sft":
+            state = self.sft_phase(state)
+            self.ckpt.save(state, force=True)
+            if evaluate:
+                self.dev_eval(state, "warm_start")
         while state.meta["round"] < c.train.rounds:
             if state.meta["phase"] == "grpo":
                 while state.meta["round_step"] < c.grpo.steps_per_round:
@@ -201,5 +290,7 @@ class Trainer:
             else:
                 state = self.ofsd_round(state)
                 self.ckpt.save(state, force=True)
+        if evaluate:
+            self.dev_eval(state, "final")
         self.ckpt.close()
         return state

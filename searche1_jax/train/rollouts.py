@@ -38,6 +38,12 @@ def roll_out(agent: SearchAgent, model, examples: Sequence, group_size: int, key
             for i, ex in enumerate(examples)]
 
 
+def greedy_em(agent: SearchAgent, model, examples: Sequence) -> tuple[np.ndarray, list[Trajectory]]:
+    """Greedy rollouts of `examples` (.question, .golden_answers): (EM [n] float32, trajectories)."""
+    trajs = agent.run(model, [ex.question for ex in examples], jax.random.key(0), SamplingParams(greedy=True))
+    return em_rewards([t.answer for t in trajs], [tuple(ex.golden_answers) for ex in examples]), trajs
+
+
 def grpo_arrays(groups: list[Group], *, step: int, length_bucket: int, rows_multiple: int,
                 pad_id: int) -> dict[str, np.ndarray]:
     """Packed [B, T] tokens/valid/loss_mask, advantages [B] and group_ids [B] (unique per question

@@ -153,6 +153,15 @@ class Experiment:
             hypers.append(hyper_of(mc, lr=lr))
         return self.layout.hyper(hypers)
 
+    def sft_hyper(self, step: int) -> dict:
+        """Every member's hyper-parameters for warm-start update `step`: config.sft.lr after
+        config.sft.warmup_steps linear steps (update 0 at lr / warmup_steps, not 0)."""
+        hypers = []
+        for mc in self.configs:
+            w = mc.sft.warmup_steps
+            hypers.append(hyper_of(mc, lr=mc.sft.lr * min(1.0, (step + 1) / w) if w else mc.sft.lr))
+        return self.layout.hyper(hypers)
+
     def compile_count(self) -> int:
         return self.steps.compile_count()
 
@@ -169,5 +178,6 @@ class Experiment:
         ref = jax.tree.map(lambda x: x.copy(), params)
         rng = np.stack([jax.random.key_data(jax.random.key(mc.train.seed)) for mc in self.configs])
         return TrainState(params, opt_state, ref, 0, jax.random.wrap_key_data(rng),
-                          {"round": 0, "phase": "grpo", "round_step": 0,
+                          {"round": 0, "phase": "sft" if self.config.sft.enabled else "grpo", "round_step": 0,
+                           "sft_step": 0,
                            "data": self.train_data.get_state() if self.train_data else {}})

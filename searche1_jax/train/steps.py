@@ -167,6 +167,8 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         hidden state predicts each response token in either sequence), kl_mask [R] (1 on
         sampled tokens). The teacher is under stop-gradient. active=False keeps params and
         optimiser state (a population member that ran out of OFSD data).
+    sft(params, opt_state, batch, hyper) -> same; batch [M, mb, ...]: tokens, valid, loss_mask.
+        The warm start's token-mean negative log-likelihood of the loss-masked tokens (T = 1).
     init(params, hyper) -> opt_state
     """
     if cfg.agg not in GRPO_AGG_MODES:
@@ -226,10 +228,25 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         return new_params, new_state, {"ofsd_loss": loss_sum / jnp.maximum(count, 1.0),
                                        "grad_norm": gnorm, "tokens": count}
 
+    def sft_loss_fn(params, mb, hyper):
+        model = binder.bind(params)
+        hidden = model(mb["tokens"], mb["valid"], return_hidden=True)
+        targets, mask = _shift(mb)
+        lp, _ = token_logps_and_entropy(hidden[:, :-1], model.head(), targets, chunk=cfg.grpo_chunk,
+                                        temperature=1.0, barrier=cfg.logit_barrier)
+        n = mask.sum()
+        return -(lp * mask).sum(), ({}, n, n)  # token-mean NLL of the policy's turns
+
+    def sft(params, opt_state, batch, hyper):
+        grads, loss_sum, _, tokens, count = _accumulate(sft_loss_fn, params, batch, hyper)
+        params, opt_state, gnorm = _apply(params, opt_state, grads, count, hyper)
+        return params, opt_state, {"sft_loss": loss_sum / jnp.maximum(count, 1.0), "grad_norm": gnorm,
+                                   "tokens": tokens}
+
     def init(params, hyper):
         return adamw(hyper).init(params)
 
-    return {"logps": logps, "grpo": grpo, "ofsd": ofsd, "init": init}
+    return {"logps": logps, "grpo": grpo, "ofsd": ofsd, "sft": sft, "init": init}
 
 
 @dataclasses.dataclass
@@ -239,11 +256,12 @@ class Steps:
     logps: Callable
     grpo: Callable
     ofsd: Callable
+    sft: Callable
     init: Callable
 
     def compile_count(self) -> int:
         """Compiled executables of the train steps (flat across steps once buckets are warm)."""
-        return sum(f._cache_size() for f in (self.logps, self.grpo, self.ofsd))
+        return sum(f._cache_size() for f in (self.logps, self.grpo, self.ofsd, self.sft))
 
 
 def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mesh=None) -> Steps:
@@ -261,7 +279,7 @@ def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mes
         ofsd = fns["ofsd"]
         return Steps(logps=jax.jit(fns["logps"]), grpo=jax.jit(fns["grpo"], donate_argnums=(0, 1)),
                      ofsd=jax.jit(lambda p, s, t, b, h: ofsd(p, s, t, b, h), donate_argnums=(0, 1)),
-                     init=jax.jit(fns["init"]))
+                     sft=jax.jit(fns["sft"], donate_argnums=(0, 1)), init=jax.jit(fns["init"]))
 
     def on_members(fn, donate=()):
         def per_device(*args):  # this device's block of members: every leaf [k, ...]
@@ -279,4 +297,5 @@ def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mes
         return jax.jit(sharded, donate_argnums=donate, in_shardings=placed, out_shardings=placed)
 
     return Steps(logps=on_members(fns["logps"]), grpo=on_members(fns["grpo"], (0, 1)),
-                 ofsd=on_members(fns["ofsd"], (0, 1)), init=on_members(fns["init"]))
+                 ofsd=on_members(fns["ofsd"], (0, 1)), sft=on_members(fns["sft"], (0, 1)),
+                 init=on_members(fns["init"]))

@@ -18,7 +18,8 @@ from searche1_jax.rollout import protocol as P
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
-from tests.rollout.test_agent import ScriptedPolicy, ScriptedRetriever
+from searche1_jax.rollout.scripted import ScriptedPolicy
+from tests.rollout.test_agent import ScriptedRetriever
 
 
 @pytest.fixture(scope="module")

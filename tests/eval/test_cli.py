@@ -11,7 +11,8 @@ from searche1_jax.model.tokenizer import Tokenizer
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
 
-from tests.rollout.test_agent import ScriptedPolicy, ScriptedRetriever
+from searche1_jax.rollout.scripted import ScriptedPolicy
+from tests.rollout.test_agent import ScriptedRetriever
 
 QA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "qa")
 

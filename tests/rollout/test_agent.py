@@ -2,43 +2,17 @@
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from searche1_jax.model.checkpoint import smollm2_gguf_path
-from searche1_jax.model.config import ModelConfig
 from searche1_jax.model.tokenizer import Tokenizer
-from searche1_jax.model.transformer import KVCache
 from searche1_jax.rollout import protocol as P
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
+from searche1_jax.rollout.scripted import ScriptedPolicy
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
 from searche1_jax.retrieval.index import Passage
-
-
-class ScriptedPolicy(nnx.Module):
-    """Emits script[row, i] as its i-th sampled token, whatever the context.
-
-    The count of sampled tokens lives in cache.k[0][:, 0, 0, 0]: decode steps (T == 1) advance
-    it, appends (prompt, observation: T > 1) do not.
-    """
-
-    def __init__(self, script: np.ndarray, vocab: int):
-        self.script = nnx.Variable(jnp.asarray(script, jnp.int32))
-        self.cfg = ModelConfig(vocab_size=vocab, d_model=8, n_layers=1, n_heads=1, n_kv_heads=1,
-                               head_dim=2, mlp_dim=8)
-
-    def extend(self, tokens, n_valid, cache, output="last"):
-        count = cache.k[0][:, 0, 0, 0].astype(jnp.int32)
-        if tokens.shape[1] == 1:
-            count = count + n_valid
-        k0 = cache.k[0].at[:, 0, 0, 0].set(count.astype(cache.k[0].dtype))
-        script = self.script[...]
-        nxt = script[jnp.arange(script.shape[0]), jnp.minimum(count, script.shape[1] - 1)]
-        logits = jnp.where(jax.nn.one_hot(nxt, self.cfg.vocab_size) > 0, 0.0, -1e9)
-        return logits, KVCache((k0,), cache.v, cache.length + n_valid.astype(jnp.int32))
 
 
 class ScriptedRetriever:
