@@ -27,8 +27,18 @@ def get_config(arg: str = ""):
     c.rollout.group_size = 4
     c.rollout.max_turns = 2
     c.rollout.max_turn_tokens = 64
-    c.rollout.max_obs_tokens = 160
+    c.rollout.max_obs_tokens = 96
     c.rollout.max_response_tokens = 448
+    # the 135M model cannot follow the protocol zero-shot (reward 0, nothing to learn from):
+    # a supervised warm start on trajectories rendered from the shipped questions' paragraphs
+    c.sft.enabled = True
+    c.sft.contexts = os.path.join(DEMO_DIR, "contexts.json")
+    c.sft.questions = 160
+    c.sft.steps = 8
+    c.sft.batch = 8
+    c.sft.micro_batch = 4
+    c.sft.lr = 2e-4
+    c.sft.eval_dev = 40                # greedy dev EM: base, after the warm start, at the end
     c.grpo.steps_per_round = 2
     c.grpo.questions_per_step = 2
     c.grpo.mini_batch = 4              # trajectories per update: 2 x 4 = 8 a step, 2 updates

@@ -175,9 +175,10 @@ class Trainer:
             params, opt_state, m = exp.steps.sft(params, opt_state, mb, hyper)
             m = jax.device_get(m)
             dt = time.time() - t0
+            seq_tokens = float(arrays["valid"].sum())  # every token the forward/backward ran
             rows_out = [{"sft_step": float(s + 1), "sft_loss": lay.metric(m, "sft_loss", i),
-                         "grad_norm": lay.metric(m, "grad_norm", i), "tokens": lay.metric(m, "tokens", i),
-                         "tokens_per_s": lay.metric(m, "tokens", i) / dt, "step_s": dt,
+                         "grad_norm": lay.metric(m, "grad_norm", i), "trained_tokens": lay.metric(m, "tokens", i),
+                         "tokens_per_s": seq_tokens / dt, "step_s": dt,
                          "lr": float(np.asarray(hyper["lr"]).reshape(-1)[i])} for i in range(exp.n)]
             self._write(state.step, "sft", rows_out)
             progress.update(s + 1, "sft", loss=round(rows_out[0]["sft_loss"], 4),
@@ -270,14 +271,19 @@ class Trainer:
             exp.train_data.set_state(dict(state.meta["data"], process_index=jax.process_index()))
             print(f"resumed from step {state.step} (round {state.meta['round']}, {state.meta['phase']})", flush=True)
         self.progress = Progress(self.total_grpo)
-        evaluate = c.sft.eval_dev > 0 and bool(c.data.dev)
-        if evaluate and state.step == 0 and state.meta.get("sft_step", 0) == 0 and state.meta["phase"] != "ofsd":
-            self.dev_eval(state, "base")
+        def evaluate(state, label):  # once per run: the labels done are kept in the checkpoint meta
+            if c.sft.eval_dev > 0 and c.data.dev and label not in state.meta.get("evals", []):
+                self.dev_eval(state, label)
+                state.meta = dict(state.meta, evals=[*state.meta.get("evals", []), label])
+                self.ckpt.save(state, force=True)
+            return state
+
+        if state.step == 0 and state.meta.get("sft_step", 0) == 0:
+            state = evaluate(state, "base")
         if state.meta["phase"] == "sft":
             state = self.sft_phase(state)
             self.ckpt.save(state, force=True)
-            if evaluate:
-                self.dev_eval(state, "warm_start")
+            state = evaluate(state, "warm_start")
         while state.meta["round"] < c.train.rounds:
             if state.meta["phase"] == "grpo":
                 while state.meta["round_step"] < c.grpo.steps_per_round:
@@ -290,7 +296,6 @@ class Trainer:
             else:
                 state = self.ofsd_round(state)
                 self.ckpt.save(state, force=True)
-        if evaluate:
-            self.dev_eval(state, "final")
+        state = evaluate(state, "final")
         self.ckpt.close()
         return state
