@@ -145,6 +145,8 @@ def base() -> ml_collections.ConfigDict:
 
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True
+    c.log.trajectory_groups = 4    # HTML pages WORKDIR/trajectories/: groups shown per GRPO step and
+                                   # students per OFSD round (with their per-token KL); 0 = no pages
     return c
 
 

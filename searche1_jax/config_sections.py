@@ -374,9 +374,16 @@ class CheckpointSection(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class LogSection(_Section):
-    """tensorboard: write TensorBoard event files beside the metrics jsonl."""
+    """tensorboard: write TensorBoard event files beside the metrics jsonl.
+    trajectory_groups: >= 0; the trajectory pages (`train/trajectory_pages.py`) show this many
+        groups of each GRPO step and this many students of each OFSD round (process 0, member 0);
+        0 writes no pages."""
     SECTION: ClassVar[str] = "log"
     tensorboard: bool
+    trajectory_groups: int
+
+    def __post_init__(self):
+        _at_least("log", "trajectory_groups", self.trajectory_groups, 0)
 
 
 Rules = tuple[tuple[str, typing.Optional[tuple[str, ...]]], ...]

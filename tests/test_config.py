@@ -130,6 +130,7 @@ BAD_VALUES = [
     ("model.architecture", "llama-3", r"config.model.architecture must be one of"),
     ("ofsd.lr", 0.0, r"config.ofsd.lr must be > 0 when set \(None = the GRPO step's lr\)"),
     ("retrieval.topk", 0, r"config.retrieval.topk must be >= 1"),
+    ("log.trajectory_groups", -1, r"config.log.trajectory_groups must be >= 0, got -1"),
     ("rollout.chat_template", "always", r"config.rollout.chat_template must be one of 'auto', 'never'"),
     ("rollout.chat_template", True, r"config.rollout.chat_template must be a string, got True"),
     ("mesh.fsdp", 0, r"config.mesh.fsdp must be >= 1 or -1"),

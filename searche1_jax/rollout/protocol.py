@@ -1,10 +1,11 @@
 """The Search-R1 agent protocol (METHOD §1): the one place that knows its tags.
 
 Writing: the prompt, the observation block and the corrective (invalid-action) message.
-Reading: the action of one turn, the answer of a text, search spans, the removal of
-observation blocks, and the format check. The instruction is our own wording; the tags are
-exact. Observations and the corrective message are context tokens appended by the agent
-(masked out of every loss). Nothing outside this module writes a regex or a literal for a tag.
+Reading: the action of one turn, the answer of a text, search spans, the passages of an
+observation block, the removal of observation blocks, and the format check. The instruction is
+our own wording; the tags are exact. Observations and the corrective message are context tokens
+appended by the agent (masked out of every loss). Nothing outside this module writes a regex or
+a literal for a tag.
 
 Readers of a *trajectory* take its queries from the agent's record (`Trajectory.queries`),
 never by re-parsing its text: the corrective message itself contains `<search> and </search>`.
@@ -95,6 +96,47 @@ def format_observation(passages: Sequence) -> str:
         title, _, text = p.contents.partition("\n")
         docs += f"Doc {i}(Title: {title}) {text}\n"
     return f"\n\n{INFO_OPEN}{docs.strip()}{INFO_CLOSE}\n\n"
+
+
+_DOC = re.compile(r"(?:^|\n)Doc \d+\(Title: ")
+
+
+def parse_observation(text: str) -> list[tuple[str, str]] | None:
+    """The passages of the observation block in `text` (as `format_observation` writes it), in
+    rank order: [(title, passage text)]; None when `text` holds no `<information>` opener.
+
+    A block cut short (config.rollout.max_obs_tokens) gives the passages up to the cut. A title
+    ends at the parenthesis that closes `(Title: `, so `Jaws (film)` stays whole; a title whose
+    parentheses do not balance ends at its line's first `) `.
+    """
+    start = text.find(INFO_OPEN)
+    if start < 0:
+        return None
+    body = text[start + len(INFO_OPEN):]
+    end = body.find(INFO_CLOSE)
+    body = body if end < 0 else body[:end]
+    heads = list(_DOC.finditer(body))
+    out = []
+    for m, nxt in zip(heads, heads[1:] + [None]):
+        doc = body[m.end():nxt.start() if nxt is not None else len(body)]
+        close = _title_end(doc)
+        if close < 0:  # cut inside the title
+            out.append((doc.strip(), ""))
+        else:
+            rest = doc[close + 1:]
+            out.append((doc[:close], (rest[1:] if rest.startswith(" ") else rest).rstrip("\n")))
+    return out
+
+
+def _title_end(doc: str) -> int:
+    """Index of the `)` that closes `Doc i(Title: ` in a passage (-1 when the line is cut)."""
+    line = doc.split("\n", 1)[0]
+    depth = 1
+    for i, ch in enumerate(line):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0:
+            return i
+    return line.find(") ")
 
 
 def cut_turn(turn_text: str) -> str:

@@ -28,6 +28,7 @@ ALIASES = {"seed": "train.seed", "lr": "train.lr"}
 UNUSED_FIELDS = {
     "data.dev": "the dev file is not a hyper-parameter",
     "log.tensorboard": "logging does not change training",
+    "log.trajectory_groups": "logging does not change training",
     "checkpoint.keep": "checkpointing does not change training",
     "checkpoint.every_steps": "checkpointing does not change training",
     "checkpoint.async_save": "checkpointing does not change training",

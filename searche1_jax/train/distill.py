@@ -45,18 +45,24 @@ def sibling_text(sibling, rendering: str) -> str | None:
     return None
 
 
+def sibling_record(group, sibling: int, rendering: str) -> dict:
+    """The sibling's record as `ofsd.render_context` and `ofsd.privileged_prompt` take it
+    (keyword arguments): what the teacher of any student of this group is shown."""
+    sib = group.trajectories[sibling]
+    return dict(queries=sib.queries, rendering=rendering, text=sibling_text(sib, rendering),
+                all_queries=[t.queries for t in group.trajectories], all_rewards=list(group.rewards))
+
+
 def ofsd_arrays(pairs: list[Pair], groups, tokenizer, *, rendering: str, length_bucket: int,
                 rows_multiple: int) -> dict[str, np.ndarray]:
     """Student tokens [B, T], teacher tokens [B, T2], aligned indices and KL mask [B, R]."""
     students, teachers, s_idx, t_idx, kl = [], [], [], [], []
     for p in pairs:
         g = groups[p.group]
-        stu, sib = g.trajectories[p.student], g.trajectories[p.sibling]
+        stu = g.trajectories[p.student]
         seq = stu.prompt_ids + stu.response_ids
         teacher_ids, student_ids, offset = ofsd.privileged_prompt(
-            tokenizer.encode, seq, stu.question_start, sib.queries, rendering=rendering,
-            text=sibling_text(sib, rendering), all_queries=[t.queries for t in g.trajectories],
-            all_rewards=list(g.rewards))
+            tokenizer.encode, seq, stu.question_start, **sibling_record(g, p.sibling, rendering))
         si, ti = ofsd.aligned_positions(len(stu.prompt_ids), len(stu.response_ids), offset)
         students.append(student_ids)
         teachers.append(teacher_ids)

@@ -31,6 +31,7 @@ from searche1_jax.train.metrics import MetricsWriter, Progress
 from searche1_jax.train.rollouts import greedy_em, grpo_arrays, roll_out, rollout_metrics
 from searche1_jax.train.setup import Experiment
 from searche1_jax.train.state import TrainState
+from searche1_jax.train.trajectory_log import TrajectoryLog
 
 # a process without OFSD students still joins every update (with all-padding rows)
 OFSD_DTYPES = {"tokens": np.int32, "valid": bool, "teacher_tokens": np.int32, "teacher_valid": bool,
@@ -61,6 +62,9 @@ class Trainer:
         self.progress = Progress(self.total_grpo)
         self.pad = {"tokens": exp.tokenizer.pad_id, "teacher_tokens": exp.tokenizer.pad_id}
         self._group_ids = [frozenset()] * exp.n  # per member: members share the questions
+        # HTML pages of member 0's trajectories (WORKDIR/trajectories/), written by process 0
+        self.pages = (TrajectoryLog.from_experiment(exp, workdir)
+                      if self.c.log.trajectory_groups and jax.process_index() == 0 else None)
 
     def _write(self, step: int, phase: str, per_member: list[dict]) -> list[dict]:
         if not self.tag_members:
@@ -97,6 +101,8 @@ class Trainer:
         for i, b in enumerate(per):  # METHOD §2: a group id never repeats across steps
             ids = b.pop("group_ids")
             self._group_ids[i] = check_unique_group_ids(ids[ids >= 0], self._group_ids[i])
+        if self.pages:
+            self.pages.grpo_step(groups[0], per[0]["advantages"], state.step + 1)
         batch = lay.combine(per, GRPO_DTYPES, self.pad)  # same shapes everywhere
         batch.pop("_rows", None)
         hyper = exp.hyper(state.step)
@@ -222,6 +228,9 @@ class Trainer:
         pairs = [distill.select_pairs(g, include_equal=c.ofsd.include_equal) for g in groups]
         self.progress.note(f"[ofsd] round {state.meta['round']}: teacher rolled out {len(groups[0])} groups, "
                            f"{[len(p) for p in pairs]} students, distilling")
+        if self.pages:  # before any update: the KL strip compares the student with its teacher snapshot
+            self.pages.ofsd_round(groups[0], pairs[0], state.meta["round"], exp.member_params(state.params, 0),
+                                  exp.member_params(teacher_params, 0))
         mini = lay.share(c.ofsd.mini_batch, "config.ofsd.mini_batch")
         micro = lay.share(c.ofsd.micro_batch, "config.ofsd.micro_batch")
         per = [distill.ofsd_arrays(p, g, exp.tokenizer, rendering=c.ofsd.rendering,

@@ -136,3 +136,16 @@ def test_strip_information_drops_every_observation_block():
     assert P.strip_information("  no blocks here \n") == "no blocks here"
     two = "a" + P.format_observation(docs) + "b" + P.format_observation([]) + "c"
     assert P.strip_information(two) == "a\nb\nc"
+
+
+def test_parse_observation_reads_back_what_format_observation_wrote():
+    docs = [SimpleNamespace(contents='"Jaws (film)"\nJaws is a 1975 film.\nIt was a hit.'),
+            SimpleNamespace(contents="Foo (bar\ntext (x) y"), SimpleNamespace(contents="Empty\n")]
+    obs = P.format_observation(docs)
+    assert P.parse_observation(obs) == [('"Jaws (film)"', "Jaws is a 1975 film.\nIt was a hit."),
+                                        ("Foo (bar", "text (x) y"), ("Empty", "")]
+    assert P.parse_observation(P.format_observation([])) == []
+    assert P.parse_observation("no block here") is None
+    # cut by config.rollout.max_obs_tokens: the passages up to the cut, the cut title whole
+    cut = obs[:obs.index("Doc 2") + len("Doc 2(Title: Fo")]
+    assert P.parse_observation(cut) == [('"Jaws (film)"', "Jaws is a 1975 film.\nIt was a hit."), ("Fo", "")]
