@@ -113,7 +113,7 @@ def _cache_put_prefix(full: KVCache, part: KVCache) -> KVCache:
                    part.length)
 
 
-@nnx.jit(static_argnames=("max_new", "params", "speed", "window"))
+@nnx.jit(static_argnames=("max_new", "params", "speed", "window"), donate_argnames=("state",))
 def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
            stop_table: jax.Array, stop_rank: jax.Array, stop_enabled: jax.Array,
            eos_ids: jax.Array, max_new: int, params: SamplingParams,
@@ -185,7 +185,7 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
     return DecodeOut(toks, lps, n_new, status, hit), state
 
 
-@nnx.jit(static_argnames=("window",))
+@nnx.jit(static_argnames=("window",), donate_argnames=("state",))
 def append(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Array, start_state: jax.Array,
            *, window: int | None = None):
     """Append the first n_valid[b] of tokens[b] (prompt, observation, message) to each row.

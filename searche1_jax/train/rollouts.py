@@ -38,9 +38,13 @@ def roll_out(agent: SearchAgent, model, examples: Sequence, group_size: int, key
             for i, ex in enumerate(examples)]
 
 
-def greedy_em(agent: SearchAgent, model, examples: Sequence) -> tuple[np.ndarray, list[Trajectory]]:
-    """Greedy rollouts of `examples` (.question, .golden_answers): (EM [n] float32, trajectories)."""
-    trajs = agent.run(model, [ex.question for ex in examples], jax.random.key(0), SamplingParams(greedy=True))
+def greedy_em(agent: SearchAgent, model, examples: Sequence, batch: int = 16) -> tuple[np.ndarray, list[Trajectory]]:
+    """Greedy rollouts of `examples` (.question, .golden_answers), `batch` rows at a time (the KV
+    cache grows with the rows): (EM [n] float32, trajectories)."""
+    trajs = []
+    for lo in range(0, len(examples), batch):
+        trajs += agent.run(model, [ex.question for ex in examples[lo:lo + batch]], jax.random.key(0),
+                           SamplingParams(greedy=True))
     return em_rewards([t.answer for t in trajs], [tuple(ex.golden_answers) for ex in examples]), trajs
 
 

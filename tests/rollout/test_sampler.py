@@ -8,10 +8,20 @@ import torch
 from searche1_jax.model.checkpoint import load_hf
 from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import init_cache
-from searche1_jax.rollout.sampler import (BUDGET, EOS, STOPPED, SamplingParams, append, decode,
-                                          decode_window, empty_state, filter_logits)
-
+from searche1_jax.rollout import sampler
 from tests.model.hf_tiny import make_tiny_hf
+from searche1_jax.rollout.sampler import (BUDGET, EOS, STOPPED, SamplingParams, decode_window, empty_state,
+                                          filter_logits)
+
+
+def _on_a_copy(step):
+    """decode / append donate their state; these tests run several calls from one state."""
+    def call(model, state, *args, **kw):
+        return step(model, jax.tree.map(jnp.copy, state), *args, **kw)
+    return call
+
+
+decode, append = _on_a_copy(sampler.decode), _on_a_copy(sampler.append)
 
 NO_STOP = dict(stop_table=jnp.zeros((1, 384), jnp.int32), stop_rank=jnp.array([[1]], jnp.int32))
 

@@ -79,3 +79,39 @@ def test_uneven_batch_geometry_is_refused(tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert "must be a multiple of config.grpo.micro_batch (3)" in out
+
+
+def test_warm_start_then_rl_with_dev_evals(tmp_path):
+    """Phase sft before the first GRPO step: its losses fall, then the warm policy becomes the
+    reference (a GRPO step at lr 0 leaves params == ref_params); dev EM rows base / warm_start /
+    final are written once, also across a restart of the finished run."""
+    from searche1_jax.config import DEMO_DIR
+    workdir = str(tmp_path / "sft")
+    extra = ["--config.sft.enabled=True", f"--config.sft.contexts={DEMO_DIR}/contexts.json",
+             "--config.sft.questions=16", "--config.sft.steps=3", "--config.sft.batch=4",
+             "--config.sft.micro_batch=2", "--config.sft.lr=3e-3", "--config.sft.eval_dev=4",
+             "--config.rollout.max_turn_tokens=48", "--config.rollout.max_response_tokens=320",
+             "--config.grpo.steps_per_round=1", "--config.ofsd.enabled=False",
+             "--config.train.warmup_ratio=1.0"]  # floor(1.0 x 1 step) = 1: GRPO step 0 runs at lr 0
+    proc = run_main(workdir, extra)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [(r["phase"], r.get("label")) for r in rows] == [
+        ("eval", "base"), ("sft", None), ("sft", None), ("sft", None), ("eval", "warm_start"),
+        ("grpo", None), ("eval", "final")]
+    sft = [r["sft_loss"] for r in rows if r["phase"] == "sft"]
+    assert sft[-1] < sft[0] and all(np.isfinite(sft))
+    lrs = [r["lr"] for r in rows if r["phase"] == "sft"]
+    np.testing.assert_allclose(lrs, [1.5e-3, 3e-3, 3e-3], rtol=1e-6)  # 2 warm-up steps
+    for r in rows:
+        if r["phase"] == "eval":
+            assert r["dev_n"] == 4 and r["dev_em_lo"] <= r["dev_em"] <= r["dev_em_hi"]
+    tree, meta = final_arrays(workdir)
+    assert meta["phase"] == "grpo" and meta["sft_step"] == 3 and meta["evals"] == ["base", "warm_start", "final"]
+    for k in tree["params"]:  # the reference is the warm-started policy
+        np.testing.assert_array_equal(np.asarray(tree["params"][k]), np.asarray(tree["ref_params"][k]), err_msg=k)
+    again = run_main(workdir, extra)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out[-3000:]
+    assert len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) == len(rows)
