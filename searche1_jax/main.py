@@ -97,6 +97,27 @@ def main(argv):
     state = Trainer(exp, FLAGS.workdir).run()
     print(f"done: {state.step} GRPO steps, {state.meta['round']} rounds; metrics in "
           f"{os.path.join(FLAGS.workdir, 'metrics.jsonl')}", flush=True)
+    if jax.process_index() == 0:
+        summarize(FLAGS.workdir)
+
+
+def summarize(workdir: str) -> None:
+    """Print the run's dev EM at each evaluation and write its curves (metrics.png)."""
+    from searche1_jax.plot import plot, read_jsonl
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    rows = read_jsonl(path)
+    evals = [r for r in rows if r.get("phase") == "eval" and "dev_em" in r]
+    if evals:
+        print("dev EM (greedy, 95% CI): " + " -> ".join(
+            f"{r['label']} {r['dev_em']:.3f} ({r['dev_em_lo']:.3f}-{r['dev_em_hi']:.3f})" for r in evals), flush=True)
+    try:
+        png = os.path.join(workdir, "metrics.png")
+        plot(rows, png)
+        print(f"curves: {png}; trajectories: {os.path.join(workdir, 'trajectories', 'index.html')}", flush=True)
+    except ValueError:  # nothing plottable yet
+        pass
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Plot a run's metrics.jsonl to PNG: one panel per metric, GRPO steps on the x axis.
+"""Plot a run's metrics.jsonl to PNG: one panel per metric, GRPO steps on the x axis; the warm
+start's loss over its updates, and dev EM (with its 95% interval) at each evaluation point.
 
     python -m searche1_jax.plot runs/demo/metrics.jsonl [--out runs/demo/metrics.png]
         [--metrics reward,entropy,kl_ref,clip_frac,response_length,searches]
@@ -10,7 +11,7 @@ import json
 import math
 import os
 
-DEFAULT = ("reward", "em", "entropy", "kl_ref", "clip_frac", "response_length", "searches",
+DEFAULT = ("dev_em", "sft_loss", "reward", "em", "entropy", "kl_ref", "clip_frac", "response_length", "searches",
            "tokens_per_s", "ofsd_loss")
 
 
@@ -38,6 +39,21 @@ def plot(rows: list[dict], out: str, metrics=DEFAULT) -> list[str]:
     n_rows = math.ceil(len(present) / cols)
     fig, axes = plt.subplots(n_rows, cols, figsize=(4.5 * cols, 3.2 * n_rows), squeeze=False)
     for ax, name in zip(axes.flat, present):
+        if name == "dev_em":  # one point per evaluation (base, warm_start, final) with its interval
+            ev = [r for r in rows if r.get("phase") == "eval" and isinstance(r.get(name), (int, float))]
+            ys = [r[name] for r in ev]
+            err = [[y - r.get("dev_em_lo", y) for y, r in zip(ys, ev)],
+                   [r.get("dev_em_hi", y) - y for y, r in zip(ys, ev)]]
+            ax.errorbar(range(len(ev)), ys, yerr=err, fmt="o-", capsize=4)
+            ax.set_xticks(range(len(ev)), [r.get("label", str(r["step"])) for r in ev])
+            ax.set_title("dev EM (greedy, 95% CI)")
+            continue
+        if name == "sft_loss":
+            pts = [(r["sft_step"], r[name]) for r in rows if r.get("phase") == "sft"]
+            ax.plot(*zip(*pts), "-")
+            ax.set_title("warm-start loss (NLL)")
+            ax.set_xlabel("warm-start update")
+            continue
         for phase, marker in (("grpo", "-"), ("ofsd", "o")):
             pts = [(r["step"], r[name]) for r in rows
                    if r.get("phase") == phase and isinstance(r.get(name), (int, float))]

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.abspath(__file__)) + "/.."
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
