@@ -115,7 +115,8 @@ def summarize(workdir: str) -> None:
     try:
         png = os.path.join(workdir, "metrics.png")
         plot(rows, png)
-        print(f"curves: {png}; trajectories: {os.path.join(workdir, 'trajectories', 'index.html')}", flush=True)
+        pages = os.path.join(workdir, "trajectories", "index.html")
+        print(f"curves: {png}" + (f"; trajectories: {pages}" if os.path.exists(pages) else ""), flush=True)
     except ValueError:  # nothing plottable yet
         pass
 
