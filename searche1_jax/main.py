@@ -73,6 +73,8 @@ def check_overrides(argv: list[str]) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE overrides")
+    from searche1_jax.hostmem import tune_malloc
+    tune_malloc()  # before JAX allocates: freed buffers go back to the OS
     import jax
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO

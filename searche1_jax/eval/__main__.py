@@ -76,6 +76,8 @@ def evaluate(policy, model, benchmarks, *, data_dir, split, limit, batch, out, m
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from searche1_jax.hostmem import tune_malloc
+    tune_malloc()  # before JAX allocates: freed buffers go back to the OS
     from searche1_jax.data.benchmarks import parse_benchmarks
     from searche1_jax.eval.policy import build_policy
 

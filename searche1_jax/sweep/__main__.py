@@ -32,6 +32,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from searche1_jax.hostmem import tune_malloc
+    tune_malloc()  # before JAX allocates: freed buffers go back to the OS
     import jax
     from absl import logging
     logging.set_verbosity(logging.WARNING)
