@@ -3,7 +3,7 @@ inside a function) must be an edge of the ALLOWED table below. A new edge fails,
 file and the import; adding one is a decision made here, in review, not by accident.
 
 Units are the top-level packages (model, rollout, retrieval, rl, data, train, eval, sweep) and
-top-level modules (config, shapes, main, plan, plot; `config_*.py` modules are parts of the
+top-level modules (config, shapes, stats, hostmem, main, plan, plot; `config_*.py` modules are parts of the
 config unit). An allowed entry is a unit ("model") or a
 dotted part of one ("train.checkpoint", "model.weight_map"): an import is allowed when the
 imported module is that entry or lies inside it. Imports inside the importing unit are always
@@ -20,6 +20,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "searche1_jax"
 # experiment config, the trainer or the entry points.
 ALLOWED = {
     "shapes": set(),                       # arithmetic on shapes: imports nothing of ours
+    "stats": set(),                        # bootstrap intervals (numpy)
+    "hostmem": set(),                      # glibc malloc settings for the entry points
     "rl": set(),                           # pure losses, rewards and OFSD data: arrays and strings
     "data": set(),                         # question files, benchmarks, demo assets
     "plot": set(),
@@ -28,11 +30,12 @@ ALLOWED = {
     "retrieval": {"model.weight_map", "shapes"},  # the encoder's weights are a weight-map table
     "config": {"data", "model", "retrieval", "rl", "rollout", "shapes"},  # typed experiment config
     "plan": {"config", "model", "rl", "shapes"},
-    "train": {"config", "data", "model", "retrieval", "rl", "rollout", "shapes"},
+    "train": {"config", "data", "model", "retrieval", "rl", "rollout", "shapes", "stats"},
     # inference only: a workdir's params (train.checkpoint); never the train state, steps or loop
-    "eval": {"config", "data", "model", "retrieval", "rl", "rollout", "shapes", "train.checkpoint"},
-    "sweep": {"config", "data", "model", "plot", "retrieval", "rl", "rollout", "shapes", "train"},
-    "main": {"config", "data", "model", "retrieval", "rl", "rollout", "shapes", "train"},
+    "eval": {"config", "data", "hostmem", "model", "retrieval", "rl", "rollout", "shapes", "stats",
+             "train.checkpoint"},
+    "sweep": {"config", "data", "hostmem", "model", "plot", "retrieval", "rl", "rollout", "shapes", "train"},
+    "main": {"config", "data", "hostmem", "model", "plot", "retrieval", "rl", "rollout", "shapes", "train"},
     "__init__": set(),
 }
 

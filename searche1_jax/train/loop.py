@@ -201,7 +201,7 @@ class Trainer:
     def dev_eval(self, state: TrainState, label: str) -> list[dict]:
         """Greedy EM of each member on the first config.sft.eval_dev dev questions (phase "eval")."""
         from searche1_jax.data.qa import read_examples
-        from searche1_jax.eval.metrics import bootstrap_ci
+        from searche1_jax.stats import bootstrap_ci
         c, exp = self.c, self.exp
         examples = read_examples(c.data.dev)[:c.sft.eval_dev]
         rows_out = []
