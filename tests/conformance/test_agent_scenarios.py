@@ -19,7 +19,7 @@ from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
 from searche1_jax.rollout.scripted import ScriptedPolicy
-from tests.rollout.test_agent import ScriptedRetriever
+from tests.rollout.test_agent import ScriptedRetriever, pieces
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +43,6 @@ def run(tok, turns, *, max_turns=4, gold="Paris", reward_text="policy"):
     (t,) = agent.run(ScriptedPolicy(script, tok.vocab_size), ["q"], jax.random.key(0),
                      SamplingParams(greedy=True))
     return t, float(em_rewards([t.answer], [[gold]])[0]), retriever
-
-
-def pieces(tok, t):
-    """The response as (text, sampled) runs of the loss mask."""
-    out, cur, cur_m = [], [], None
-    for tid, m in zip(t.response_ids, t.loss_mask):
-        if m != cur_m and cur:
-            out.append((tok.decode(cur), cur_m))
-            cur = []
-        cur.append(tid)
-        cur_m = m
-    return out + ([(tok.decode(cur), cur_m)] if cur else [])
 
 
 def obs(retriever, query):

@@ -39,6 +39,18 @@ SEGMENTS = {
 }
 
 
+def pieces(tok, t):
+    """A trajectory's response as (text, sampled) runs of its loss mask."""
+    out, cur, cur_m = [], [], None
+    for tid, m in zip(t.response_ids, t.loss_mask):
+        if m != cur_m and cur:
+            out.append((tok.decode(cur), cur_m))
+            cur = []
+        cur.append(tid)
+        cur_m = m
+    return out + ([(tok.decode(cur), cur_m)] if cur else [])
+
+
 def build(tok, max_turns, segments=SEGMENTS):
     eos = tok.eos_ids[0]
     rows = []
@@ -84,15 +96,7 @@ def test_pause_resume_observations_and_loss_mask(tok):
 
     for r, t in enumerate(trajs):
         # rebuild the response piece by piece from mask runs and compare text byte for byte
-        pieces, cur, cur_m = [], [], None
-        for tid, m in zip(t.response_ids, t.loss_mask):
-            if m != cur_m and cur:
-                pieces.append((tok.decode(cur), cur_m))
-                cur = []
-            cur.append(tid)
-            cur_m = m
-        pieces.append((tok.decode(cur), cur_m))
-        assert pieces == expected(r), r
+        assert pieces(tok, t) == expected(r), r
         # log-probs: 0 on context, the policy's (one-hot: 0.0) on sampled tokens
         assert len(t.logps) == len(t.response_ids)
         assert t.num_sampled == sum(t.loss_mask)
