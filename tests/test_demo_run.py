@@ -1,6 +1,6 @@
 """The README's first command: the demo config end to end (real SmolLM2-135M, shipped corpus).
 
-Slow (about 14 min and 20 GB peak RSS on a 2-core CPU), so CI does not run it: `pytest -m slow`.
+Slow (about 15 min and 14 GB peak RSS on a 2-core CPU), so CI does not run it: `pytest -m slow`.
 It shows learning: greedy dev EM of the base model (0: it cannot follow the protocol), after
 the supervised warm start, and after the RL phases; GRPO steps search; OFSD finds students.
 """
