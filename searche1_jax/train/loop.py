@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from searche1_jax.data.loader import epoch_order
 from searche1_jax.rl.grpo import check_unique_group_ids
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
@@ -169,9 +170,10 @@ class Trainer:
         progress = Progress(c.sft.steps)
         while state.meta["sft_step"] < c.sft.steps:
             s, t0 = state.meta["sft_step"], time.time()
-            # update s takes trajectories s*B .. (s+1)*B - 1 of a stream of seeded epoch permutations
-            idx = [int(np.random.default_rng([c.train.seed, k // len(trajs)]).permutation(len(trajs))[k % len(trajs)])
-                   for k in range(s * batch_rows, (s + 1) * batch_rows)]
+            # update s takes trajectories s*B .. (s+1)*B - 1 of the stream of seeded epoch orders
+            n, stream = len(trajs), range(s * batch_rows, (s + 1) * batch_rows)
+            orders = {e: epoch_order(n, c.train.seed, e) for e in {k // n for k in stream}}
+            idx = [int(orders[k // n][k % n]) for k in stream]
             arrays = warm_start.sft_arrays([trajs[i] for i in idx], length_bucket=c.sft.length_bucket,
                                            rows_multiple=micro, pad_id=exp.tokenizer.pad_id)
             batch = lay.combine([arrays] * exp.n, SFT_DTYPES, self.pad)
