@@ -3,6 +3,10 @@
 byte-identical files). Stdlib only.
 
     python scripts/make_demo_data.py [--shared ../shared/data] [--out searche1_jax/assets/demo]
+    python scripts/make_demo_data.py --train 900 --dev 200 --out /tmp/bigger   # benchmarks/learning.py
+
+--train / --dev take more (or fewer) items by the same rule: the first 300 of a larger train
+selection are the shipped 300, the first 50 of a larger dev selection the shipped 50.
 
 Selection rule (also in assets/demo/SOURCES.md):
 - train.jsonl: the first 300 items of train/multihop.train.jsonl in the order
@@ -58,9 +62,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared", "data"))
     ap.add_argument("--out", default=os.path.join(HERE, "..", "searche1_jax", "assets", "demo"))
+    ap.add_argument("--train", type=int, default=N_TRAIN, help="training items (shipped: %(default)s)")
+    ap.add_argument("--dev", type=int, default=N_DEV, help="dev items (shipped: %(default)s)")
     args = ap.parse_args(argv)
-    train = select(read_rows(os.path.join(args.shared, "train", "multihop.train.jsonl")), N_TRAIN, "train")
-    dev = select(read_rows(os.path.join(args.shared, "train", "multihop.val.jsonl")), N_DEV, "dev")
+    train = select(read_rows(os.path.join(args.shared, "train", "multihop.train.jsonl")), args.train, "train")
+    dev = select(read_rows(os.path.join(args.shared, "train", "multihop.val.jsonl")), args.dev, "dev")
 
     corpus_path = os.path.join(args.shared, "corpus", "wiki_small.jsonl")
     key_to_id: dict[tuple[str, str], str] = {}

@@ -338,9 +338,10 @@ class OFSDSection(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection(_Section):
-    """rounds: GRPO round + OFSD round pairs. lr: AdamW peak lr (>= 0). weight_decay: >= 0.
-    grad_clip: global-norm clip (> 0). warmup_ratio: linear warm-up over ⌊ratio·S⌋ GRPO steps,
-    in [0, 1]. seed: initial params of random presets and the rollout rng."""
+    """rounds: GRPO round + OFSD round pairs (0: the warm start only, with config.sft).
+    lr: AdamW peak lr (>= 0). weight_decay: >= 0. grad_clip: global-norm clip (> 0).
+    warmup_ratio: linear warm-up over ⌊ratio·S⌋ GRPO steps, in [0, 1]. seed: initial params of
+    random presets and the rollout rng."""
     SECTION: ClassVar[str] = "train"
     rounds: int
     lr: float
@@ -350,7 +351,7 @@ class TrainSection(_Section):
     seed: int
 
     def __post_init__(self):
-        _at_least("train", "rounds", self.rounds, 1)
+        _at_least("train", "rounds", self.rounds, 0)
         _at_least("train", "lr", self.lr, 0)
         _at_least("train", "weight_decay", self.weight_decay, 0)
         _positive("train", "grad_clip", self.grad_clip)
@@ -411,6 +412,9 @@ class ExperimentConfig:
             check_rules(self.logical_axis_rules)
         except ValueError as e:
             raise ValueError(f"config.logical_axis_rules: {e}") from None
+        if self.train.rounds == 0 and not self.sft.enabled:
+            raise ValueError("config.train.rounds = 0 trains nothing: set it >= 1, or enable config.sft "
+                             "for a warm-start-only run")
         g, r = self.grpo, self.rollout
         if (g.questions_per_step * r.group_size) % g.mini_batch:
             raise ValueError(f"config.grpo.questions_per_step x config.rollout.group_size ({g.questions_per_step} x "

@@ -8,7 +8,8 @@ or mid-GRPO it resumes at the next step; an interrupted OFSD round is redone fro
 (same rng, same questions). The warm start ends by making its result the reference policy and
 starting a fresh optimiser state for RL. With config.sft.eval_dev, greedy dev EM (with a
 bootstrap 95% interval) is logged as phase "eval" rows: "base" before anything trains,
-"warm_start" after the warm start, "final" at the end.
+"warm_start" after the warm start, "final" at the end (when any RL round ran); each row also
+holds EM on the questions whose answer is not yes/no (`dev_summary`).
 
 Each GRPO step: one batch of questions (data.* is shared by every member); each member rolls
 out with its own params, rng and sampling params; the packed batches, old / reference
@@ -39,6 +40,30 @@ OFSD_DTYPES = {"tokens": np.int32, "valid": bool, "teacher_tokens": np.int32, "t
                "student_idx": np.int32, "teacher_idx": np.int32, "kl_mask": np.int32}
 GRPO_DTYPES = {"tokens": np.int32, "valid": bool, "loss_mask": np.int32, "advantages": np.float32}
 SFT_DTYPES = {"tokens": np.int32, "valid": bool, "loss_mask": np.int32}
+
+
+def is_yes_no(golds) -> bool:
+    """A comparison question whose gold answers are all "yes" / "no" (after EM normalisation):
+    about half the multi-hop set, where always answering "no" scores ~25%."""
+    from searche1_jax.rl.rewards import normalize_answer
+    return len(golds) > 0 and all(normalize_answer(g) in ("yes", "no") for g in golds)
+
+
+def dev_summary(em, golds, trajs) -> dict[str, float]:
+    """Dev EM with its bootstrap 95% interval, overall and on the questions whose answer is not
+    yes/no ("open"), and what the policy did: answered, searches and sampled tokens per question."""
+    from searche1_jax.stats import bootstrap_ci
+    em = np.asarray(em, np.float64)
+    open_q = np.asarray([not is_yes_no(g) for g in golds], bool)
+    lo, hi = bootstrap_ci(em)
+    olo, ohi = bootstrap_ci(em[open_q])
+    return {"dev_em": float(em.mean()) if len(em) else float("nan"), "dev_em_lo": lo, "dev_em_hi": hi,
+            "dev_n": float(len(em)),
+            "dev_em_open": float(em[open_q].mean()) if open_q.any() else float("nan"),
+            "dev_em_open_lo": olo, "dev_em_open_hi": ohi, "dev_n_open": float(open_q.sum()),
+            "dev_answered": float(np.mean([t.answer is not None for t in trajs])),
+            "dev_searches": float(np.mean([t.num_searches for t in trajs])),
+            "dev_sampled_tokens": float(np.mean([t.num_sampled for t in trajs]))}
 
 
 def split_keys(rng: jax.Array, n: int) -> list[jax.Array]:
@@ -111,6 +136,7 @@ class Trainer:
         batch["ref_logps"] = lay.logps(exp.steps.logps, state.ref_params, batch["tokens"], batch["valid"],
                                        hyper, rows)
         params, opt_state = state.params, state.opt_state
+        self.ckpt.wait()  # the updates donate the state an async save may still be reading
         n_rows = lay.rows(batch)
         perm_key, step_metrics = key, []
         for _ in range(c.grpo.epochs):
@@ -180,6 +206,7 @@ class Trainer:
             n_rows = lay.rows(batch)
             mb = lay.take(batch, [np.arange(n) for n in n_rows], 0, max(n_rows), micro)
             hyper = exp.sft_hyper(s)
+            self.ckpt.wait()  # the step donates the state an async save may still be reading
             params, opt_state, m = exp.steps.sft(params, opt_state, mb, hyper)
             m = jax.device_get(m)
             dt = time.time() - t0
@@ -203,21 +230,16 @@ class Trainer:
     def dev_eval(self, state: TrainState, label: str) -> list[dict]:
         """Greedy EM of each member on the first config.sft.eval_dev dev questions (phase "eval")."""
         from searche1_jax.data.qa import read_examples
-        from searche1_jax.stats import bootstrap_ci
         c, exp = self.c, self.exp
         examples = read_examples(c.data.dev)[:c.sft.eval_dev]
         rows_out = []
         for i in range(exp.n):
             em, trajs = greedy_em(exp.agent, exp.policy(state.params, i), examples)
-            lo, hi = bootstrap_ci(em)
-            rows_out.append({"label": label, "dev_em": float(np.mean(em)), "dev_em_lo": lo, "dev_em_hi": hi,
-                             "dev_n": float(len(em)),
-                             "dev_answered": float(np.mean([t.answer is not None for t in trajs])),
-                             "dev_searches": float(np.mean([t.num_searches for t in trajs]))})
+            rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs)})
         for r in self._write(state.step, "eval", rows_out):
             print(f"[eval] {label}: dev EM {r['dev_em']:.3f} (95% CI {r['dev_em_lo']:.3f}-{r['dev_em_hi']:.3f}, "
-                  f"n={int(r['dev_n'])}), answered {r['dev_answered']:.2f}, searches {r['dev_searches']:.2f}",
-                  flush=True)
+                  f"n={int(r['dev_n'])}; not yes/no {r['dev_em_open']:.3f}, n={int(r['dev_n_open'])}), "
+                  f"answered {r['dev_answered']:.2f}, searches {r['dev_searches']:.2f}", flush=True)
         return rows_out
 
     # ---- one OFSD round: teacher snapshot, roll out, select, distil ----
@@ -244,6 +266,7 @@ class Trainer:
         hyper = exp.hyper(max(state.step - 1, 0), ofsd=True)
         losses = [[] for _ in range(exp.n)]
         if batch is not None:
+            self.ckpt.wait()  # the updates donate the state an async save may still be reading
             n_rows = lay.rows(batch)
             for _ in range(c.ofsd.epochs):
                 pkey, sub = split_keys(pkey, 2)
@@ -307,6 +330,7 @@ class Trainer:
             else:
                 state = self.ofsd_round(state)
                 self.ckpt.save(state, force=True)
-        state = evaluate(state, "final")
+        if c.train.rounds > 0:  # with no RL rounds, the warm start (or base) eval is the last one
+            state = evaluate(state, "final")
         self.ckpt.close()
         return state

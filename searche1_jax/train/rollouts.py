@@ -82,4 +82,6 @@ def rollout_metrics(groups: list[Group]) -> dict[str, float]:
         "searches": float(np.mean([t.num_searches for t in trajs])),
         "answered": float(np.mean([t.finish_reason == "answer" for t in trajs])),
         "solved_groups": float(np.mean([g.rewards.max() > 0 for g in groups])),
+        # groups whose rewards differ: the only ones with non-zero advantages (GRPO's signal)
+        "mixed_groups": float(np.mean([g.rewards.max() > g.rewards.min() for g in groups])),
     }
