@@ -57,7 +57,7 @@ class Checkpointer:
         """Save under the next save index (OFSD rounds change the state without a GRPO step)."""
         latest = self.manager.latest_step()
         index = 0 if latest is None else latest + 1
-        meta = dict(state.meta, param_shapes=param_shapes(state.params))
+        meta = dict(state.meta, param_shapes=param_shapes(state.params), has_ref=state.ref_params is not None)
         return self.manager.save(index, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state.arrays()), meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -82,6 +82,8 @@ class Checkpointer:
             return None
         meta = self._checked_meta(step, like.params)
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like.arrays())
+        # a warm start has no reference yet (its result becomes the reference): restore what was saved
+        target["ref_params"] = target["params"] if meta.pop("has_ref", True) else {}
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         arrays = out["state"]
         return TrainState(params=unflatten(arrays["params"]), opt_state=arrays["opt_state"],

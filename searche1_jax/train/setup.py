@@ -175,7 +175,8 @@ class Experiment:
     def initial_state(self) -> TrainState:
         params = self._init_params
         opt_state = self.steps.init(params, self.hyper(0))
-        ref = jax.tree.map(lambda x: x.copy(), params)
+        # with a warm start the reference is its result (made at its end): no copy held before
+        ref = None if self.config.sft.enabled else jax.tree.map(lambda x: x.copy(), params)
         rng = np.stack([jax.random.key_data(jax.random.key(mc.train.seed)) for mc in self.configs])
         return TrainState(params, opt_state, ref, 0, jax.random.wrap_key_data(rng),
                           {"round": 0, "phase": "sft" if self.config.sft.enabled else "grpo", "round_step": 0,
