@@ -2,7 +2,7 @@
 warm start and the same seeds, on the real SmolLM2-135M-Instruct with BM25.
 
     python benchmarks/learning.py                      # ~75 min on 2 CPU cores
-    python benchmarks/learning.py --out runs/learning --rounds 3 --steps_per_round 4 --lr 1e-5
+    python benchmarks/learning.py --out runs/learning --rounds 2 --steps_per_round 5 --lr 1e-5
 
 Every arm is a real `python -m searche1_jax.main --config=configs/demo.py` run with overrides,
 in its own workdir under --out, so a killed benchmark resumes where it stopped when run again
@@ -121,7 +121,7 @@ def summarize(out: str, args, walls: dict) -> str:
               for arm, name in (("grpo", "GRPO only"), ("grpo_ofsd", "GRPO + OFSD"))]
 
     def ci(r, k):
-        return f"{r[k]:.3f} ({r[k + '_lo']:.3f}-{r[k + '_hi']:.3f})"
+        return f"{r[k]:.3f} [{r[k + '_lo']:.3f}, {r[k + '_hi']:.3f}]"
 
     n, n_open = int(ev["warm_start"]["dev_n"]), int(ev["warm_start"]["dev_n_open"])
     lines = [f"| policy | dev EM (n={n}) | not yes/no (n={n_open}) | answered | searches | sampled tokens "
@@ -205,9 +205,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", default=os.path.join(ROOT, "..", "shared", "data"))
     ap.add_argument("--train", type=int, default=900, help="training questions (shared data)")
     ap.add_argument("--dev", type=int, default=200, help="dev questions selected (shared data)")
-    ap.add_argument("--eval_dev", type=int, default=150, help="dev questions evaluated greedily")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps_per_round", type=int, default=4)
+    ap.add_argument("--eval_dev", type=int, default=120, help="dev questions evaluated greedily")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps_per_round", type=int, default=5)
     ap.add_argument("--questions", type=int, default=4, help="questions per GRPO step")
     ap.add_argument("--group_size", type=int, default=4)
     ap.add_argument("--mini_batch", type=int, default=4, help="trajectories per PPO update")
