@@ -2,7 +2,7 @@
 warm start and the same seeds, on the real SmolLM2-135M-Instruct with BM25.
 
     python benchmarks/learning.py                      # ~75 min on 2 CPU cores
-    python benchmarks/learning.py --out runs/learning --rounds 2 --steps_per_round 5 --lr 1e-5
+    python benchmarks/learning.py --out runs/learning --rounds 2 --steps_per_round 3 --lr 1e-5
 
 Every arm is a real `python -m searche1_jax.main --config=configs/demo.py` run with overrides,
 in its own workdir under --out, so a killed benchmark resumes where it stopped when run again
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dev", type=int, default=200, help="dev questions selected (shared data)")
     ap.add_argument("--eval_dev", type=int, default=120, help="dev questions evaluated greedily")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps_per_round", type=int, default=5)
+    ap.add_argument("--steps_per_round", type=int, default=3)
     ap.add_argument("--questions", type=int, default=4, help="questions per GRPO step")
     ap.add_argument("--group_size", type=int, default=4)
     ap.add_argument("--mini_batch", type=int, default=4, help="trajectories per PPO update")
