@@ -187,6 +187,9 @@ class RolloutSection(_Section):
         whenever it has one, as Search-R1 does for base models too; "never": raw text).
         reward_text: one of REWARD_TEXT_MODES, the text the answer is read from ("policy": the
         policy's sampled text; "search_r1" [compat]: Search-R1's extraction over prompt + response).
+    max_rows: the most trajectories one rollout call decodes at once (whole groups; >= 0, 0 = all
+        at once): bounds the KV cache and the decode loop's memory. Also the greedy dev evals' batch
+        (0: 16). Chunked rollouts draw each chunk's keys from fold_in(key, chunk).
     """
     SECTION: ClassVar[str] = "rollout"
     group_size: int
@@ -201,6 +204,7 @@ class RolloutSection(_Section):
     prompt_bucket: int
     chat_template: str
     reward_text: str
+    max_rows: int
 
     def __post_init__(self):
         _at_least("rollout", "group_size", self.group_size, 2,
@@ -214,6 +218,7 @@ class RolloutSection(_Section):
             _at_least("rollout", f, getattr(self, f), 1)
         _one_of("rollout", "chat_template", self.chat_template, CHAT_TEMPLATE_MODES)
         _one_of("rollout", "reward_text", self.reward_text, REWARD_TEXT_MODES)
+        _at_least("rollout", "max_rows", self.max_rows, 0, " (0 = every row in one call)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,7 +101,7 @@ class Trainer:
     def _roll_out(self, params, examples, group_size: int, keys):
         exp = self.exp
         return [roll_out(exp.agent, exp.policy(params, i), examples, group_size,
-                         self.layout.key(keys[i]), exp.sampling[i]) for i in range(exp.n)]
+                         self.layout.key(keys[i]), exp.sampling[i], self.c.rollout.max_rows) for i in range(exp.n)]
 
     def _orders(self, key, rows: list[int]):
         """A fresh permutation of each member's rows, from its own key."""
@@ -234,7 +234,7 @@ class Trainer:
         examples = read_examples(c.data.dev)[:c.sft.eval_dev]
         rows_out = []
         for i in range(exp.n):
-            em, trajs = greedy_em(exp.agent, exp.policy(state.params, i), examples)
+            em, trajs = greedy_em(exp.agent, exp.policy(state.params, i), examples, batch=c.rollout.max_rows or 16)
             rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs)})
         for r in self._write(state.step, "eval", rows_out):
             print(f"[eval] {label}: dev EM {r['dev_em']:.3f} (95% CI {r['dev_em_lo']:.3f}-{r['dev_em_hi']:.3f}, "

@@ -26,11 +26,23 @@ class Group:
     rewards: np.ndarray  # [G] f32
 
 
+def chunk_questions(n_questions: int, group_size: int, max_rows: int) -> list[range]:
+    """Question ranges of at most max_rows trajectories each, whole groups (at least one group);
+    max_rows 0 = one chunk."""
+    per = n_questions if max_rows <= 0 else max(1, max_rows // group_size)
+    return [range(lo, min(lo + per, n_questions)) for lo in range(0, n_questions, max(per, 1))]
+
+
 def roll_out(agent: SearchAgent, model, examples: Sequence, group_size: int, key: jax.Array,
-             sampling: SamplingParams) -> list[Group]:
-    """examples have .question and .golden_answers. Rows are question-major (q0 x G, q1 x G, ...)."""
-    questions = [ex.question for ex in examples for _ in range(group_size)]
-    trajs = agent.run(model, questions, key, sampling)
+             sampling: SamplingParams, max_rows: int = 0) -> list[Group]:
+    """examples have .question and .golden_answers. Rows are question-major (q0 x G, q1 x G, ...).
+    max_rows > 0 decodes at most that many rows at once (`chunk_questions`); with several chunks
+    chunk i samples with fold_in(key, i)."""
+    chunks = chunk_questions(len(examples), group_size, max_rows)
+    trajs = []
+    for i, qs in enumerate(chunks):
+        questions = [examples[q].question for q in qs for _ in range(group_size)]
+        trajs += agent.run(model, questions, key if len(chunks) == 1 else jax.random.fold_in(key, i), sampling)
     golds = [tuple(ex.golden_answers) for ex in examples for _ in range(group_size)]
     rewards = em_rewards([t.answer for t in trajs], golds)  # the last answer the policy sampled
     return [Group(ex.question, tuple(ex.golden_answers), trajs[i * group_size:(i + 1) * group_size],
