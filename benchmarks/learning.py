@@ -215,6 +215,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-5,
                     help="RL lr (Search-R1's 1e-6 moves a 135M model by nothing in 12 steps)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arms", default=",".join(ARMS),
+                    help="arms this invocation runs (two invocations with one arm each can share a machine)")
     ap.add_argument("--report_only", action="store_true", help="only summarise finished runs")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -224,10 +226,18 @@ def main(argv=None) -> int:
         common = overrides(args, data)
         warm = os.path.join(args.out, "warm_start")
         walls["warm_start"] = run_main(warm, [*common, "--config.train.rounds=0"])
+        unknown = set(args.arms.split(",")) - set(ARMS)
+        if unknown:
+            raise SystemExit(f"error: --arms {sorted(unknown)} unknown; arms: {', '.join(ARMS)}")
         for arm, ofsd in ARMS.items():
+            if arm not in args.arms.split(","):
+                continue
             wd = os.path.join(args.out, arm)
             branch(warm, wd)
             walls[arm] = run_main(wd, [*common, f"--config.ofsd.enabled={ofsd}"])
+    if not all(os.path.exists(os.path.join(args.out, arm, "metrics.jsonl")) for arm in ARMS):
+        print("an arm has not run yet: no report", flush=True)
+        return 0
     text = summarize(args.out, args, walls)
     print(text)
     print(f"\ntable: {os.path.join(args.out, 'learning.md')}; plot: {os.path.join(args.out, 'learning.png')}")
