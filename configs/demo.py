@@ -45,7 +45,7 @@ def get_config(arg: str = ""):
     c.grpo.mini_batch = 4              # trajectories per update: 2 x 4 = 8 a step, 2 updates
     c.grpo.micro_batch = 4
     c.grpo.length_bucket = 128
-    c.ofsd.questions = 4
+    c.ofsd.questions = 8               # 32 teacher rollouts: a sibling pair is likely (4 questions gave 0-6 students)
     c.ofsd.group_size = 4
     c.ofsd.mini_batch = 4
     c.ofsd.micro_batch = 2
