@@ -88,9 +88,11 @@ def run_main(workdir: str, extra: list[str]) -> float:
 
 
 def read_rows(workdir: str) -> list[dict]:
+    """metrics.jsonl rows; null (a NaN metric, e.g. the loss of an OFSD round without students) -> nan."""
     path = os.path.join(workdir, "metrics.jsonl")
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [{k: float("nan") if v is None else v for k, v in r.items()} for r in rows]
 
 
 def branch(warm: str, workdir: str) -> None:
