@@ -63,7 +63,7 @@ def overrides(args, data: dict) -> list[str]:
          "grpo.questions_per_step": args.questions, "rollout.group_size": args.group_size,
          "grpo.mini_batch": args.mini_batch, "train.lr": args.lr,
          "ofsd.questions": args.ofsd_questions, "ofsd.group_size": args.group_size,
-         "checkpoint.every_steps": args.steps_per_round, "train.seed": args.seed}
+         "checkpoint.every_steps": args.steps_per_round, "train.seed": args.seed, "sft.steps": args.sft_steps}
     return [f"--config.{k}={v}" for k, v in o.items()]
 
 
@@ -103,6 +103,32 @@ def branch(warm: str, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     shutil.copytree(os.path.join(warm, "checkpoints"), os.path.join(workdir, "checkpoints"))
     shutil.copy(os.path.join(warm, "metrics.jsonl"), os.path.join(workdir, "metrics.jsonl"))
+    if os.path.isdir(os.path.join(warm, "evals")):
+        shutil.copytree(os.path.join(warm, "evals"), os.path.join(workdir, "evals"))
+
+
+def dev_answers(workdir: str, label: str) -> dict[str, dict] | None:
+    """{question id: row} of an eval's per-question file (evals/LABEL.jsonl), None if absent."""
+    path = os.path.join(workdir, "evals", f"{label}.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return {r["id"]: r for r in map(json.loads, f) if r}
+
+
+def paired(a: dict | None, b: dict | None, open_only: bool = False) -> str:
+    """EM(a) - EM(b) on the questions both evaluated, with a bootstrap 95% interval of the mean
+    per-question difference: tighter than comparing two separate intervals (same questions)."""
+    import numpy as np
+
+    from searche1_jax.stats import bootstrap_ci
+    from searche1_jax.train.loop import is_yes_no
+    if not a or not b:
+        return "n/a"
+    ids = [i for i in a if i in b and not (open_only and is_yes_no(a[i]["golden_answers"]))]
+    d = np.asarray([a[i]["em"] - b[i]["em"] for i in ids], np.float64)
+    lo, hi = bootstrap_ci(d)
+    return f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(d)}; {int((d > 0).sum())} won, {int((d < 0).sum())} lost)"
 
 
 def evals(rows: list[dict]) -> dict[str, dict]:
@@ -143,6 +169,17 @@ def summarize(out: str, args, walls: dict) -> str:
         lines.append(f"| {name} | {ci(r, 'dev_em')} | {ci(r, 'dev_em_open')} | {r['dev_answered']:.2f} | "
                      f"{r['dev_searches']:.2f} | {r.get('dev_sampled_tokens', float('nan')):.0f} | {rw} | {mixed} | "
                      f"{traj} | {students} |")
+    warm_ans = dev_answers(os.path.join(out, "warm_start"), "warm_start")
+    final = {arm: dev_answers(os.path.join(out, arm), "final") for arm in ARMS}
+    lines.append("")
+    lines.append("Paired differences in dev EM (same questions; bootstrap 95% interval of the mean difference):")
+    lines.append("")
+    lines.append("| comparison | all | not yes/no |")
+    lines.append("|---|---|---|")
+    for name, a, b in (("GRPO only - warm start", final["grpo"], warm_ans),
+                       ("GRPO + OFSD - warm start", final["grpo_ofsd"], warm_ans),
+                       ("GRPO + OFSD - GRPO only", final["grpo_ofsd"], final["grpo"])):
+        lines.append(f"| {name} | {paired(a, b)} | {paired(a, b, open_only=True)} |")
     lines.append("")
     lines.append("| GRPO step | " + " | ".join(f"{a} reward / mixed / clip / kl_ref / entropy" for a in ARMS) + " |")
     lines.append("|---|" + "---|" * len(ARMS))
@@ -208,6 +245,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train", type=int, default=900, help="training questions (shared data)")
     ap.add_argument("--dev", type=int, default=200, help="dev questions selected (shared data)")
     ap.add_argument("--eval_dev", type=int, default=120, help="dev questions evaluated greedily")
+    ap.add_argument("--sft_steps", type=int, default=16,
+                    help="warm-start updates (the demo's 8 left T = 1 samples right in ~7%% of rollouts)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps_per_round", type=int, default=3)
     ap.add_argument("--questions", type=int, default=4, help="questions per GRPO step")

@@ -19,6 +19,8 @@ the others is inactive for the extra updates, so it sees exactly its own sequenc
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import jax
@@ -66,6 +68,20 @@ def dev_summary(em, golds, trajs) -> dict[str, float]:
             "dev_sampled_tokens": float(np.mean([t.num_sampled for t in trajs]))}
 
 
+def write_dev_answers(path: str, examples, em, trajs) -> None:
+    """One JSON row per dev question (id, golds, the policy's answer, EM, searches, sampled tokens):
+    what the summary row averages, so two evals of the same questions can be compared pairwise
+    (benchmarks/learning.py) and a researcher can read the answers. Written atomically."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for ex, e, t in zip(examples, em, trajs, strict=True):
+            f.write(json.dumps({"id": ex.id, "golden_answers": list(ex.golden_answers), "answer": t.answer,
+                                "em": float(e), "searches": t.num_searches, "sampled_tokens": t.num_sampled,
+                                "finish_reason": t.finish_reason}) + "\n")
+    os.replace(tmp, path)
+
+
 def split_keys(rng: jax.Array, n: int) -> list[jax.Array]:
     """Member-wise jax.random.split(rng[i], n) -> n key arrays [N]."""
     parts = [jax.random.split(rng[i], n) for i in range(rng.shape[0])]
@@ -84,6 +100,7 @@ class Trainer:
                                  async_save=self.c.checkpoint.async_save)
         self.metrics = MetricsWriter(workdir, tensorboard=self.c.log.tensorboard and not self.layout.population)
         self.metrics_path = self.metrics.path
+        self.workdir = workdir
         self.total_grpo = exp.total_grpo_steps
         self.progress = Progress(self.total_grpo)
         self.pad = {"tokens": exp.tokenizer.pad_id, "teacher_tokens": exp.tokenizer.pad_id}
@@ -236,6 +253,9 @@ class Trainer:
         for i in range(exp.n):
             em, trajs = greedy_em(exp.agent, exp.policy(state.params, i), examples, batch=c.rollout.max_rows or 16)
             rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs)})
+            if jax.process_index() == 0:
+                name = f"{label}_member{i}" if exp.n > 1 else label
+                write_dev_answers(os.path.join(self.workdir, "evals", f"{name}.jsonl"), examples, em, trajs)
         for r in self._write(state.step, "eval", rows_out):
             print(f"[eval] {label}: dev EM {r['dev_em']:.3f} (95% CI {r['dev_em_lo']:.3f}-{r['dev_em_hi']:.3f}, "
                   f"n={int(r['dev_n'])}; not yes/no {r['dev_em_open']:.3f}, n={int(r['dev_n_open'])}), "

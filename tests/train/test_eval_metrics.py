@@ -40,3 +40,23 @@ def test_rollout_metrics_solved_and_mixed_groups_by_hand():
     m = rollout_metrics(groups)
     assert m["solved_groups"] == pytest.approx(2 / 3) and m["mixed_groups"] == pytest.approx(1 / 3)
     assert m["reward"] == pytest.approx(0.5) and m["em"] == pytest.approx(0.5)
+
+
+def test_write_dev_answers_one_row_per_question(tmp_path):
+    import json
+
+    from searche1_jax.data.qa import QAExample
+    from searche1_jax.train.loop import write_dev_answers
+    exs = [QAExample("q1", "Who?", ("Paris",), "hotpotqa"), QAExample("q2", "Is it?", ("yes",), "hotpotqa")]
+    t = lambda answer, s, n, why: types.SimpleNamespace(answer=answer, num_searches=s, num_sampled=n,  # noqa: E731
+                                                        finish_reason=why)
+    path = tmp_path / "evals" / "final.jsonl"
+    write_dev_answers(str(path), exs, np.asarray([1.0, 0.0]), [t("paris", 2, 61, "answer"), t(None, 1, 96, "length")])
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert rows == [{"id": "q1", "golden_answers": ["Paris"], "answer": "paris", "em": 1.0, "searches": 2,
+                     "sampled_tokens": 61, "finish_reason": "answer"},
+                    {"id": "q2", "golden_answers": ["yes"], "answer": None, "em": 0.0, "searches": 1,
+                     "sampled_tokens": 96, "finish_reason": "length"}]
+    assert not (tmp_path / "evals" / "final.jsonl.tmp").exists()
+    with pytest.raises(ValueError):  # a trajectory missing for a question is an error, not a short file
+        write_dev_answers(str(path), exs, np.asarray([1.0, 0.0]), [t("paris", 2, 61, "answer")])
