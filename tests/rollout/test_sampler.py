@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from flax import nnx
+
 from searche1_jax.model.checkpoint import load_hf
 from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import init_cache
@@ -164,3 +166,23 @@ def test_filter_logits_top_k_and_top_p_against_numpy():
     assert np.isfinite(p[0]).tolist() == [True, True, True, False, False]
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0.0)
+
+
+def test_decode_and_append_read_the_weights_without_copying_them(tiny):
+    """nnx.jit would return every weight as an output: a fresh copy of the model per call (an
+    extra weights-sized buffer and memcpy per decode turn). The weights stay the same buffers,
+    the compiled outputs are the decode state alone, and a second call reuses the compilation."""
+    _, model, cfg = tiny
+    weights = jax.tree.leaves(nnx.state(model))
+    before = [w.unsafe_buffer_pointer() for w in weights]
+    st = prefill(model, [[1, 2, 3], [4, 5]], 32)
+    kw = dict(**NO_STOP, stop_enabled=jnp.ones((2, 1), bool), eos_ids=jnp.array([-1], jnp.int32), max_new=4,
+              params=SamplingParams(greedy=True), speed=SpeedPolicy())
+    _, st = decode(model, st, jnp.ones(2, bool), jax.random.key(0), **kw)
+    _, st = decode(model, st, jnp.ones(2, bool), jax.random.key(1), **kw)
+    assert [w.unsafe_buffer_pointer() for w in jax.tree.leaves(nnx.state(model))] == before
+    assert sampler.decode.jitted._cache_size() == 1
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(st))
+    compiled = sampler.append.lower(model, st, jnp.ones((2, 4), jnp.int32), jnp.array([4, 3]), jnp.int32(0)).compile()
+    assert compiled.memory_analysis().output_size_in_bytes <= state_bytes + 1024
+    assert sum(w.nbytes for w in weights) > 2 * state_bytes  # the check would see a copy of them
