@@ -75,7 +75,8 @@ def test_bad_requests_get_400_and_the_server_stays_up(served):
         status, out = post(url, body)
         assert status == 400 and msg in out["error"], (body, out)
     with urllib.request.urlopen(url + "/health", timeout=10) as r:
-        assert json.loads(r.read()) == {"status": "ok", "kind": "bm25", "num_passages": 300}
+        health = json.loads(r.read())
+    assert (health["status"], health["kind"], health["num_passages"]) == ("ok", "bm25", 300)
     with pytest.raises(ValueError, match="HTTP 400.*empty"):
         RetrievalClient(url).search([""], 3)
 
