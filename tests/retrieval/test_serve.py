@@ -281,3 +281,14 @@ def test_listen_backlog_holds_a_burst_of_connections(served):
             server.server_close()
             batcher.close()
         assert (dropped == 0) == all_in, (backlog, dropped)
+
+
+def test_client_splits_batches_over_the_servers_query_limit(strict, served):
+    index = served[0]
+    _, url = strict
+    queries = (QUERIES * 3)[:10]  # more than STRICT.max_queries (8)
+    assert RetrievalClient(url, max_queries=4).search(queries, 2) == index.search(queries, 2)
+    with pytest.raises(ValueError, match="--max-queries 8"):
+        RetrievalClient(url, max_queries=100).search(queries, 2)
+    with pytest.raises(ValueError, match="--max-topk 5"):
+        RetrievalClient(url).search(queries[:1], 6)
