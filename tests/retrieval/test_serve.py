@@ -292,3 +292,25 @@ def test_client_splits_batches_over_the_servers_query_limit(strict, served):
         RetrievalClient(url, max_queries=100).search(queries, 2)
     with pytest.raises(ValueError, match="--max-topk 5"):
         RetrievalClient(url).search(queries[:1], 6)
+
+
+def test_connections_over_the_cap_get_503_and_the_rest_are_served(served):
+    index = served[0]
+    server, batcher = make_server(index, "127.0.0.1", 0, limits=Limits(max_connections=2, read_timeout=1.0))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    idle = [socket.create_connection(server.server_address, timeout=3) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both accepted and registered
+        status, out = reply(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 503 and "--max-connections" in out["error"]
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.2)
+    status, out = reply(server, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 200 and out["limits"]["max_connections"] == 2
+    server.shutdown()
+    server.server_close()
+    batcher.close()
+    thread.join(timeout=5)
