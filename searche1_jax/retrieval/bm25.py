@@ -32,6 +32,7 @@ class BM25Index(Index):
         if corpus is not None and len(corpus) != n:
             raise ValueError(f"corpus {corpus.path} has {len(corpus)} passages but the BM25 index holds {n}")
         self._n = n
+        self.empty_queries = 0  # queries with no indexable word, answered with no passages
 
     @property
     def num_passages(self) -> int:
@@ -48,13 +49,15 @@ class BM25Index(Index):
 
     def _search_rows(self, queries, k):
         tokens = _tokenize(queries, return_ids=False)
-        # bm25s cannot score a query whose every token is a stopword or unseen: score 0 for all,
-        # then the first k rows (deterministic, and the caller still gets k passages).
+        # A query whose every token is a stopword or unseen ("the", "?!?!") matches nothing: it gets
+        # no passages (rows -1), as pyserini's BM25 in Search-R1 returns no hits, and is counted in
+        # `empty_queries`. The first k corpus rows at score 0 would be noise posing as evidence.
         vocab = self.retriever.vocab_dict
         known = [[t for t in q if t in vocab] for q in tokens]
         scores = np.zeros((len(queries), k), np.float32)
-        rows = np.tile(np.arange(k, dtype=np.int64), (len(queries), 1))
+        rows = np.full((len(queries), k), -1, np.int64)
         live = [i for i, q in enumerate(known) if q]
+        self.empty_queries += len(queries) - len(live)
         if live:
             r, s = self.retriever.retrieve([known[i] for i in live], k=k, show_progress=False, n_threads=1)
             rows[live], scores[live] = np.asarray(r, np.int64), np.asarray(s, np.float32)

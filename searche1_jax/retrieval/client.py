@@ -1,17 +1,25 @@
 """Client for a Search-R1-style retrieval server (ours or Search-R1's own), same `search()` API.
 
-    client = RetrievalClient("http://127.0.0.1:8000", timeout=30, retries=3, backoff=0.5)
-    hits = client.search(["who wrote hamlet"], k=3)   # list[list[Passage]]
+    client = RetrievalClient("http://127.0.0.1:8000", timeout=30, retries=3, backoff=0.5, deadline=60)
+    hits = client.search(["who wrote hamlet"], k=3)   # list[list[Passage]], one list per query
 
-Connection errors and 5xx answers are retried with exponential backoff (backoff * 2**attempt);
-HTTP 400 (bad input) is raised at once as ValueError with the server's message.
+`timeout` bounds one attempt, the whole reply included (not one socket read: a server trickling
+bytes used to hold a search forever); `deadline` bounds one `search()` call, retries and backoff
+included. Failures, each naming the URL and what to do:
+- no answer (refused, reset, timed out) after every retry: RetrieverDownError;
+- HTTP 5xx after every retry: RetrieverServerError (the server is up; its log says why);
+- HTTP 4xx (bad input, a limit): RetrieverRequestError, a ValueError, at once;
+- a reply that is not JSON, or not one list of passages per query: RetrieverError, at once
+  (the agent pairs result lists with queries: a short reply would drop trajectories' observations).
+Batches larger than `max_queries` go as several requests (the server caps queries per request).
 """
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Sequence
 from urllib.parse import urlparse
 
@@ -19,57 +27,159 @@ from searche1_jax.retrieval.corpus import split_contents
 from searche1_jax.retrieval.index import Passage
 
 
-class RetrieverDownError(ConnectionError):
-    pass
+class RetrieverError(RuntimeError):
+    """The retriever's reply cannot be used (not JSON, wrong shape, wrong count)."""
+
+
+class RetrieverDownError(RetrieverError, ConnectionError):
+    """No answer from the retriever after every retry."""
+
+
+class RetrieverServerError(RetrieverError):
+    """The retriever answered HTTP 5xx after every retry."""
+
+
+class RetrieverRequestError(RetrieverError, ValueError):
+    """The retriever rejected the request (HTTP 4xx): bad input or over one of its limits."""
+
+
+class _Failed(Exception):
+    """One attempt failed in a way worth retrying; `server_error` when the server answered 5xx."""
+
+    def __init__(self, message: str, server_error: bool = False):
+        super().__init__(message)
+        self.server_error = server_error
+
+
+def _check_url(url: str) -> str:
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"retriever url must look like http://HOST:PORT (scheme and host), got {url!r}; "
+                         f"e.g. http://127.0.0.1:8000")
+    return url.rstrip("/").removesuffix("/retrieve")
 
 
 class RetrievalClient:
-    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5):
-        if retries < 0 or timeout <= 0 or backoff < 0:
-            raise ValueError(f"need timeout > 0, retries >= 0, backoff >= 0; got {timeout}, {retries}, {backoff}")
-        self.url = url.rstrip("/").removesuffix("/retrieve")
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
+                 deadline: float = 60.0, max_queries: int = 256):
+        if retries < 0 or timeout <= 0 or backoff < 0 or deadline <= 0 or max_queries < 1:
+            raise ValueError(f"need timeout > 0, retries >= 0, backoff >= 0, deadline > 0, max_queries >= 1; "
+                             f"got {timeout}, {retries}, {backoff}, {deadline}, {max_queries}")
+        self.url = _check_url(url)
+        u = urlparse(self.url)
+        self._https, self._host, self._port, self._base = u.scheme == "https", u.hostname, u.port, u.path
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.deadline, self.max_queries = deadline, max_queries
 
-    def _request(self, path: str, body: dict | None = None) -> dict:
+    def _attempt(self, path: str, data: bytes | None, budget: float) -> tuple[int, bytes]:
+        """(status, body) within `budget` seconds in all, or _Failed."""
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=budget)
+        start = time.monotonic()
+
+        def abort():  # wakes a read that a trickling server keeps alive past the budget
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(budget, abort)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.request("GET" if data is None else "POST", self._base + path, body=data,
+                         headers={"Content-Type": "application/json", "Connection": "close"})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            if time.monotonic() - start >= budget * 0.99:
+                raise _Failed(f"no whole reply within {budget:.1f} s") from None
+            raise _Failed(f"{type(e).__name__}: {e}") from None
+        finally:
+            timer.cancel()
+            conn.close()
+
+    def _request(self, path: str, body: dict | None = None, *, until: float | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
-        last = None
+        until = time.monotonic() + self.deadline if until is None else until
+        last, attempts = None, 0
         for attempt in range(self.retries + 1):
-            req = urllib.request.Request(self.url + path, data=data,
-                                         headers={"Content-Type": "application/json"})
+            budget = min(self.timeout, until - time.monotonic())
+            if budget <= 0:
+                break
+            attempts += 1
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                msg = e.read().decode("utf-8", "replace")
+                status, raw = self._attempt(path, data, budget)
+            except _Failed as e:
+                last = e
+            else:
+                if status == 200:
+                    return self._json(raw)
+                msg = raw.decode("utf-8", "replace")
                 try:
                     msg = json.loads(msg).get("error", msg)
                 except (json.JSONDecodeError, AttributeError):
                     pass
-                if 400 <= e.code < 500:
-                    raise ValueError(f"retriever at {self.url} rejected the request (HTTP {e.code}): {msg}") from None
-                last = f"HTTP {e.code}: {msg}"
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                if 400 <= status < 500:
+                    raise RetrieverRequestError(f"retriever at {self.url} rejected the request (HTTP {status}): {msg}")
+                last = _Failed(f"HTTP {status}: {msg}", server_error=status >= 500)
             if attempt < self.retries:
-                time.sleep(self.backoff * 2 ** attempt)
-        port = urlparse(self.url).port or 8000
+                time.sleep(max(0.0, min(self.backoff * 2 ** attempt, until - time.monotonic())))
+        tried = f"after {attempts} attempt{'s' * (attempts != 1)} within the {self.deadline:g} s deadline"
+        if last is not None and last.server_error:
+            raise RetrieverServerError(f"retriever at {self.url} is up but failing: {last} ({tried}); "
+                                       f"its log says why")
         raise RetrieverDownError(
-            f"retriever at {self.url} is down: {last} (after {self.retries + 1} attempts); start it with "
-            f"python -m searche1_jax.retrieval.serve --index DIR --port {port}")
+            f"retriever at {self.url} is down: {last} ({tried}); start it with "
+            f"python -m searche1_jax.retrieval.serve --index DIR --port {self._port or 8000}")
+
+    def _json(self, raw: bytes) -> dict:
+        try:
+            out = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RetrieverError(f"retriever at {self.url} sent a reply that is not JSON ({e}): {raw[:80]!r}; "
+                                 f"is it a Search-R1-style retrieval server?") from None
+        if not isinstance(out, dict):
+            raise RetrieverError(f"retriever at {self.url} sent {type(out).__name__} JSON, expected an object")
+        return out
 
     def health(self) -> dict:
         return self._request("/health")
 
     def search(self, queries: Sequence[str], k: int = 3) -> list[list[Passage]]:
-        if not queries:
-            return []
-        body = self._request("/retrieve", {"queries": list(queries), "topk": k, "return_scores": True})
+        """One list of at most k passages per query (empty where the index matched nothing)."""
+        queries = list(queries)
+        until = time.monotonic() + self.deadline
         out = []
-        for row in body["result"]:
+        for i in range(0, len(queries), self.max_queries):
+            chunk = queries[i:i + self.max_queries]
+            body = self._request("/retrieve", {"queries": chunk, "topk": k, "return_scores": True}, until=until)
+            out += self._passages(body, chunk, k)
+        return out
+
+    def _passages(self, body: dict, queries: list[str], k: int) -> list[list[Passage]]:
+        rows = body.get("result")
+        if not isinstance(rows, list):
+            raise RetrieverError(f"retriever at {self.url} sent no 'result' list: {str(body)[:120]}")
+        if len(rows) != len(queries):
+            raise RetrieverError(f"retriever at {self.url} sent {len(rows)} result lists for {len(queries)} "
+                                 f"queries: a reply needs one list per query, in order")
+        out = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) > k:
+                raise RetrieverError(f"retriever at {self.url}: result {i} must be a list of at most {k} "
+                                     f"passages, got {str(row)[:120]}")
             hits = []
-            for item in row:
-                doc = item["document"]
-                title, text = split_contents(doc["contents"])
-                hits.append(Passage(str(doc["id"]), title, text, float(item["score"])))
+            for j, item in enumerate(row):
+                try:
+                    doc = item["document"]
+                    title, text = split_contents(doc["contents"])
+                    hits.append(Passage(str(doc["id"]), title, text, float(item["score"])))
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                    raise RetrieverError(
+                        f"retriever at {self.url}: result {i}, passage {j} is not "
+                        f'{{"document": {{"id": .., "contents": ..}}, "score": ..}} ({type(e).__name__}: {e}): '
+                        f"{str(item)[:120]}") from None
             out.append(hits)
         return out

@@ -1,7 +1,8 @@
 """The retrieval interface every index speaks: `search(queries, k) -> list[list[Passage]]`.
 
 `Index` validates input and turns corpus rows into `Passage`s; subclasses implement
-`_search_rows(queries, k) -> (scores [Q, k] f32, rows [Q, k] i64)`. Dense indexes add
+`_search_rows(queries, k) -> (scores [Q, k] f32, rows [Q, k] i64)`, a row of -1 meaning "no
+passage" (BM25 for a query with no indexable word: that query gets fewer than k, possibly none). Dense indexes add
 `search_vectors(q [Q, d], k)` so they can be used (and tested) on raw vectors.
 """
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Index:
         raise NotImplementedError
 
     def search(self, queries: Sequence[str], k: int = 3) -> list[list[Passage]]:
-        """Top-k passages per query, best first."""
+        """Top-k passages per query, best first; fewer (even none) where the index has no match."""
         check_queries(queries, k, self.num_passages)
         if not queries:
             return []
@@ -69,6 +70,8 @@ class Index:
         for srow, rrow in zip(scores, rows):
             hits = []
             for s, r in zip(srow, rrow):
+                if r < 0:
+                    continue
                 pid, title, text = self.corpus.passage(int(r))
                 hits.append(Passage(pid, title, text, float(s)))
             out.append(hits)

@@ -6,23 +6,41 @@
       -> {"result": [[{"document": {"id": "12", "contents": "\"Title\"\ntext"}, "score": 0.83}, ...], ...]}
       with return_scores false (Search-R1's default): {"result": [[{"id": ..., "contents": ...}, ...], ...]}
       a missing/null topk means the server's --topk (3). Search-R1 also maps topk 0 to its default;
-      we answer 400 for topk <= 0 instead (an explicit bad value is a caller bug).
-    GET /health -> {"status": "ok", "kind": ..., "num_passages": N}
-Bad input answers HTTP 400 {"error": message}; the server stays up.
+      we answer 400 for topk <= 0 instead (an explicit bad value is a caller bug). A query the index
+      cannot match (BM25: no indexable word, "the") gets an empty list, counted in /health.
+    GET /health -> {"status": "ok", "kind": ..., "num_passages": N, "queries": .., "empty_queries": ..,
+                    "limits": {...}}
+Every error, for any method or path, is JSON {"error": message} naming the problem and the fix
+(400 bad input, 404 path, 405 method, 411/413 body, 503 busy); each is one line in the log.
 
-Concurrent requests are micro-batched: a worker thread takes every request that arrives within
-`max_wait_ms` (up to `max_batch` queries) and runs one `index.search` for all of them.
+Limits (issue 23), so that no input can take the server down (`connections.py`): a request may ask
+for at most --max-topk passages per query and --max-queries queries in a body of at most
+--max-body-bytes, which bounds one reply to max_queries × max_topk passages; at most
+--max-connections are served at once (more get 503); a connection must deliver each whole request
+(headers and body) within --read-timeout seconds or is closed (slow-loris clients, a
+Content-Length larger than the body). The listen backlog is --backlog (the stdlib's 5 reset
+0.5-1.9% of requests at 32 concurrent clients). Queries are micro-batched (`batcher.py`).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import queue
-import threading
-from concurrent.futures import Future
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import logging
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 
+from searche1_jax.retrieval.batcher import MicroBatcher
+from searche1_jax.retrieval.connections import Limits, RetrievalServer, log
 from searche1_jax.retrieval.index import Index, Passage, check_queries
+
+
+class RequestError(ValueError):
+    """Bad input: answered with `code` and the message; the server stays up."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 def document(p: Passage) -> dict:
@@ -36,109 +54,192 @@ def result_json(hits: list[list[Passage]], return_scores: bool) -> dict:
     return {"result": [[document(p) for p in row] for row in hits]}
 
 
-class MicroBatcher:
-    """Merges concurrent `submit(queries, k)` calls into one `index.search` per batch."""
-
-    def __init__(self, index: Index, *, max_batch: int = 64, max_wait_ms: float = 5.0):
-        self.index, self.max_batch, self.max_wait = index, max_batch, max_wait_ms / 1000.0
-        self._q: queue.Queue = queue.Queue()
-        self.batches_run = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="retrieval-batcher", daemon=True)
-        self._thread.start()
-
-    def submit(self, queries: list[str], k: int) -> Future:
-        fut: Future = Future()
-        self._q.put((queries, k, fut))
-        return fut
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                first = self._q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            batch, n = [first], len(first[0])
-            while n < self.max_batch:
-                try:
-                    item = self._q.get(timeout=self.max_wait)
-                except queue.Empty:
-                    break
-                batch.append(item)
-                n += len(item[0])
-            self._run(batch)
-
-    def _run(self, batch) -> None:
-        queries = [q for qs, _, _ in batch for q in qs]
-        k = max(k for _, k, _ in batch)  # search once at the largest k, then cut per request
-        try:
-            hits = self.index.search(queries, k)
-        except Exception as e:  # noqa: BLE001  (delivered to every waiting request)
-            for _, _, fut in batch:
-                fut.set_exception(e)
-            return
-        self.batches_run += 1
-        start = 0
-        for qs, kk, fut in batch:
-            fut.set_result([row[:kk] for row in hits[start:start + len(qs)]])
-            start += len(qs)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
+def parse_retrieve(raw: bytes, limits: Limits, default_topk: int, num_passages: int):
+    """The body of POST /retrieve -> (queries, k, return_scores), or RequestError."""
+    try:
+        body = json.loads(raw or b"null")
+    except json.JSONDecodeError as e:
+        raise RequestError(400, f"malformed JSON body: {e.msg} at position {e.pos}") from None
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"body is not UTF-8 JSON: {e}") from None
+    if not isinstance(body, dict) or "queries" not in body:
+        raise RequestError(400, 'body must be a JSON object {"queries": [...], "topk": k, "return_scores": bool}')
+    queries, k = body["queries"], body.get("topk")
+    k = default_topk if k is None else k
+    return_scores = body.get("return_scores", False)
+    if not isinstance(return_scores, bool):
+        raise RequestError(400, f"return_scores must be true or false, got {return_scores!r}")
+    if isinstance(queries, list) and len(queries) > limits.max_queries:
+        raise RequestError(413, f"{len(queries)} queries exceed this server's --max-queries {limits.max_queries}: "
+                                f"split them over several requests (RetrievalClient does)")
+    check_queries(queries, k, num_passages)
+    if k > limits.max_topk:
+        raise RequestError(400, f"topk={k} exceeds this server's --max-topk {limits.max_topk}: ask for fewer "
+                                f"passages, or restart the server with a larger --max-topk")
+    return list(queries), int(k), return_scores
 
 
-def make_handler(index: Index, batcher: MicroBatcher, default_topk: int, timeout: float):
+ALLOWED = {"/retrieve": "POST", "/health": "GET"}
+
+
+def make_handler(index: Index, batcher: MicroBatcher, default_topk: int, search_timeout: float, limits: Limits):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # per socket operation, a backstop: the reaper closes a connection after read_timeout already
+        timeout = 2 * limits.read_timeout
+        reaped = False
+        accepted = True
 
-        def log_message(self, fmt, *args):  # quiet by default; errors still reach the client
+        def setup(self):
+            super().setup()
+            self.accepted = self.server.register(self)
+
+        def finish(self):
+            try:
+                super().finish()
+            finally:
+                self.server.unregister(self)
+
+        def handle(self):
+            if not self.accepted:
+                self.command, self.request_version = None, "HTTP/1.1"
+                self._send(503, {"error": f"server busy: {limits.max_connections} connections open "
+                                          f"(--max-connections); retry shortly"}, close=True)
+                log.warning("refused a connection from %s: --max-connections %d reached",
+                            self.client_address[0], limits.max_connections)
+                return
+            super().handle()
+
+        def handle_one_request(self):
+            self.server.arm(self)
+            super().handle_one_request()
+
+        def log_request(self, code="-", size="-"):  # successes are not logged
             pass
 
-        def _send(self, code: int, body: dict) -> None:
+        def log_message(self, fmt, *args):  # failures: one line each
+            log.warning("%s %s: %s", self.client_address[0], getattr(self, "requestline", ""), fmt % args)
+
+        def _send(self, code: int, body: dict, close: bool = False, allow: str | None = None) -> None:
+            if self.reaped:  # the reaper shut this connection (and logged why): nobody to answer
+                self.close_connection = True
+                return
             data = json.dumps(body).encode()
+            self.server.arm(self)  # a client that does not read its reply is closed too
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if allow:
+                self.send_header("Allow", allow)
+            if close:
+                self.close_connection = True
+                self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def send_error(self, code, message=None, explain=None):
+            """The stdlib's errors (bad request line, unknown method, header too long) as JSON."""
+            text = message or explain or HTTPStatus(code).phrase
+            if code == HTTPStatus.NOT_IMPLEMENTED:
+                text += "; this service answers POST /retrieve and GET /health"
+            self.log_error("%d %s", code, text)
+            self._send(code, {"error": text}, close=True)
+
+        def _fail(self, code: int, message: str, **kw) -> None:
+            self.log_error("%d %s", code, message)
+            self._send(code, {"error": message}, **kw)
+
+        def _route(self, method: str) -> bool:
+            """True when (method, path) is served here; else answers 404 or 405 and returns False."""
+            path = self.path.split("?", 1)[0].rstrip("/")
+            want = ALLOWED.get(path)
+            close = method not in ("GET", "HEAD")  # a body may follow that we do not read
+            if want is None:
+                self._fail(404, f"unknown path {self.path}; use POST /retrieve or GET /health", close=close)
+            elif want != method:
+                self._fail(405, f"{path} takes {want}, not {method}", allow=want, close=close)
+            return want == method
 
         def do_GET(self):
-            if self.path.rstrip("/") == "/health":
-                self._send(200, {"status": "ok", "kind": index.kind, "num_passages": index.num_passages})
-            else:
-                self._send(404, {"error": f"unknown path {self.path}; use POST /retrieve or GET /health"})
+            if self._route("GET"):
+                self._send(200, {"status": "ok", "kind": index.kind, "num_passages": index.num_passages,
+                                 "queries": batcher.queries_run, "empty_queries": batcher.empty_queries,
+                                 "closed_slow_connections": self.server.closed_slow,
+                                 "limits": dataclasses.asdict(limits)})
+
+        def do_HEAD(self):
+            self._route("HEAD")
+
+        def do_PUT(self):
+            self._route("PUT")
+
+        def do_DELETE(self):
+            self._route("DELETE")
+
+        def do_PATCH(self):
+            self._route("PATCH")
+
+        def do_OPTIONS(self):
+            self._route("OPTIONS")
+
+        def _read_body(self) -> bytes | None:
+            """The request body, or None after answering the problem (411/400/413)."""
+            if self.headers.get("Transfer-Encoding"):
+                self._fail(411, "send the body with a Content-Length header (chunked transfer encoding "
+                                "is not supported)", close=True)
+                return None
+            raw = self.headers.get("Content-Length")
+            if raw is None:
+                self._fail(411, "POST /retrieve needs a Content-Length header", close=True)
+                return None
+            try:
+                n = int(raw)
+            except ValueError:
+                n = -1
+            if n < 0:
+                self._fail(400, f"Content-Length must be a byte count >= 0, got {raw!r}", close=True)
+                return None
+            if n > limits.max_body_bytes:
+                self._fail(413, f"request body of {n} bytes exceeds this server's --max-body-bytes "
+                                f"{limits.max_body_bytes}: send fewer queries per request", close=True)
+                return None
+            body = self.rfile.read(n)
+            if len(body) < n:
+                self.close_connection = True
+                if not self.reaped:  # the reaper already logged it, and the socket is shut
+                    self._fail(400, f"body ended after {len(body)} of the {n} bytes its Content-Length "
+                                    f"announced", close=True)
+                return None
+            return body
 
         def do_POST(self):
-            if self.path.rstrip("/") != "/retrieve":
-                self._send(404, {"error": f"unknown path {self.path}; use POST /retrieve"})
+            if not self._route("POST"):
+                return
+            raw = self._read_body()
+            if raw is None:
                 return
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"null")
-                if not isinstance(body, dict) or "queries" not in body:
-                    raise ValueError('body must be a JSON object {"queries": [...], "topk": k, '
-                                     '"return_scores": bool}')
-                queries, k = body["queries"], body.get("topk")
-                if k is None:
-                    k = default_topk
-                return_scores = body.get("return_scores", False)
-                if not isinstance(return_scores, bool):
-                    raise ValueError(f"return_scores must be true or false, got {return_scores!r}")
-                check_queries(queries, k, index.num_passages)
-            except json.JSONDecodeError as e:
-                self._send(400, {"error": f"malformed JSON body: {e.msg} at position {e.pos}"})
+                queries, k, return_scores = parse_retrieve(raw, limits, default_topk, index.num_passages)
+            except RequestError as e:
+                self._fail(e.code, str(e))
                 return
             except ValueError as e:
-                self._send(400, {"error": str(e)})
+                self._fail(400, str(e))
                 return
+            self.server.disarm(self)  # searching is the server's time, not the client's
+            future = batcher.submit(queries, k)
             try:
-                hits = batcher.submit(list(queries), int(k)).result(timeout=timeout) if queries else []
+                hits = future.result(timeout=search_timeout)
+            except TimeoutError:
+                future.cancel()
+                self._fail(503, f"search took longer than {search_timeout:g} s (server overloaded); retry later")
+                return
             except ValueError as e:
-                self._send(400, {"error": str(e)})
+                self._fail(400, str(e))
                 return
             except Exception as e:  # noqa: BLE001
-                self._send(500, {"error": f"{type(e).__name__}: {e}"})
+                self._fail(500, f"search failed: {type(e).__name__}: {e}")
                 return
             self._send(200, result_json(hits, return_scores))
 
@@ -146,12 +247,14 @@ def make_handler(index: Index, batcher: MicroBatcher, default_topk: int, timeout
 
 
 def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, *, default_topk: int = 3,
-                max_batch: int = 64, max_wait_ms: float = 5.0, timeout: float = 120.0):
+                max_batch: int = 64, max_wait_ms: float = 5.0, timeout: float = 120.0,
+                limits: Limits = Limits()):
     """(server, batcher); call `server.serve_forever()` (port 0 picks a free port)."""
+    if not 1 <= default_topk <= limits.max_topk:
+        raise ValueError(f"--topk must be in [1, --max-topk={limits.max_topk}], got {default_topk}")
     batcher = MicroBatcher(index, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    server = ThreadingHTTPServer((host, port), make_handler(index, batcher, default_topk, timeout))
-    server.daemon_threads = True
-    return server, batcher
+    handler = make_handler(index, batcher, default_topk, timeout, limits)
+    return RetrievalServer((host, port), handler, limits), batcher
 
 
 def main(argv=None) -> None:
@@ -160,14 +263,19 @@ def main(argv=None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--topk", type=int, default=3, help="topk when a request gives none (Search-R1: 3)")
-    ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--max-batch", type=int, default=64, help="queries per index search")
+    ap.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    d = Limits()
+    for f in dataclasses.fields(Limits):
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name))
     args = ap.parse_args(argv)
+    limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from searche1_jax.retrieval.store import load_index
 
     index = load_index(args.index)
-    server, batcher = make_server(index, args.host, args.port, default_topk=args.topk,
-                                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    server, batcher = make_server(index, args.host, args.port, default_topk=args.topk, max_batch=args.max_batch,
+                                  max_wait_ms=args.max_wait_ms, limits=limits)
     print(f"serving {index.kind} index ({index.num_passages} passages) on "
           f"http://{args.host}:{server.server_address[1]}/retrieve", flush=True)
     try:

@@ -62,3 +62,15 @@ def test_bm25_bad_input(bm25):
         bm25.search(["a query"], 0)
     with pytest.raises(ValueError, match="exceeds the 24537 passages"):
         bm25.search(["a query"], 24538)
+
+
+def test_bm25_query_without_an_indexable_word_gets_no_passages_and_is_counted(bm25):
+    from searche1_jax.rollout import protocol as P
+
+    before = bm25.empty_queries
+    hits = bm25.search(["?!?!", "Evan Morris lobbyist", "the", "the of and"], 3)
+    assert [len(h) for h in hits] == [0, 3, 0, 0]  # not the first corpus rows at score 0
+    assert bm25.empty_queries - before == 3
+    # what the agent then shows the policy: Search-R1's observation for zero documents
+    # (`_passages2string([])` is "", then f"\n\n<information>{''.strip()}</information>\n\n")
+    assert P.format_observation(hits[0]) == "\n\n<information></information>\n\n"

@@ -1,6 +1,10 @@
 """Server + client on 127.0.0.1 (port 0), BM25 over 300 real passages (fast, deterministic)."""
 import json
+import logging
+import socket
+import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -9,7 +13,7 @@ import pytest
 from searche1_jax.retrieval.bm25 import BM25Index
 from searche1_jax.retrieval.client import RetrievalClient, RetrieverDownError
 from searche1_jax.retrieval.corpus import Corpus
-from searche1_jax.retrieval.serve import make_server
+from searche1_jax.retrieval.serve import Limits, make_server
 
 QUERIES = ["Evan Morris lobbyist", "Horatio Hale ethnologist", "a fort in Oman", "Genentech Roche"]
 
@@ -75,7 +79,8 @@ def test_bad_requests_get_400_and_the_server_stays_up(served):
         status, out = post(url, body)
         assert status == 400 and msg in out["error"], (body, out)
     with urllib.request.urlopen(url + "/health", timeout=10) as r:
-        assert json.loads(r.read()) == {"status": "ok", "kind": "bm25", "num_passages": 300}
+        health = json.loads(r.read())
+    assert (health["status"], health["kind"], health["num_passages"]) == ("ok", "bm25", 300)
     with pytest.raises(ValueError, match="HTTP 400.*empty"):
         RetrievalClient(url).search([""], 3)
 
@@ -110,3 +115,202 @@ def test_client_reports_a_down_server_after_retries():
     with pytest.raises(RetrieverDownError, match=rf"retriever at http://127.0.0.1:{port} is down: .*3 attempts.*"
                                                  rf"python -m searche1_jax.retrieval.serve --index DIR --port {port}"):
         client.search(["q"], 3)
+
+
+# --- issue 23: limits, slow clients, methods, logs (a second server with small limits) ---------
+
+STRICT = Limits(max_topk=5, max_queries=8, max_body_bytes=4096, max_connections=64, read_timeout=0.5)
+
+
+@pytest.fixture(scope="module")
+def strict(served):
+    index = served[0]
+    server, batcher = make_server(index, "127.0.0.1", 0, max_wait_ms=1.0, limits=STRICT)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    batcher.close()
+    thread.join(timeout=5)
+
+
+def raw(server, data: bytes, *, wait: float = 3.0) -> bytes:
+    """Send `data` on a fresh connection and read until the server closes it (or `wait` s)."""
+    with socket.create_connection(server.server_address, timeout=wait) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            out += b"<still open>"
+        return out
+
+
+def reply(server, data: bytes) -> tuple[int, dict]:
+    head, _, body = raw(server, data).partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_limits_answer_413_or_400_naming_the_limit(strict):
+    server, url = strict
+    status, out = post(url, json.dumps({"queries": QUERIES[:1], "topk": 6}).encode())
+    assert status == 400 and "--max-topk 5" in out["error"]
+    status, out = post(url, json.dumps({"queries": ["q"] * 9, "topk": 1}).encode())
+    assert status == 413 and "9 queries exceed this server's --max-queries 8" in out["error"]
+    # a huge Content-Length is refused before a byte of the body is read
+    t = time.monotonic()
+    status, out = reply(server, b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n")
+    assert status == 413 and "--max-body-bytes 4096" in out["error"] and time.monotonic() - t < 1
+    status, out = post(url, json.dumps({"queries": ["q"] * 8, "topk": 5}).encode())
+    assert status == 200 and len(out["result"]) == 8
+
+
+def test_default_limits_refuse_the_issues_huge_reply(served):
+    _, _, url, _ = served
+    status, out = post(url, json.dumps({"queries": QUERIES * 5, "topk": 300}).encode())
+    assert status == 400 and f"--max-topk {Limits().max_topk}" in out["error"]
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"queries\"",  # body shorter
+    b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Le",                                # headers stall
+    b"",                                                                              # idle connection
+])
+def test_slow_or_short_requests_are_closed_after_the_read_timeout(strict, head):
+    server, _ = strict
+    t = time.monotonic()
+    out = raw(server, head, wait=5.0)
+    assert out == b"" and 0.4 < time.monotonic() - t < 2.0  # closed by the server, not left open
+
+
+def test_slow_loris_trickle_is_closed_and_many_are_all_closed(strict):
+    server, _ = strict
+    s = socket.create_connection(server.server_address, timeout=3)
+    t, closed = time.monotonic(), False
+    try:
+        for ch in b"POST /retrieve HTTP/1.1\r\nHost: x\r\n" * 10:  # one byte each 20 ms: 14 s if let run
+            s.send(bytes([ch]))
+            time.sleep(0.02)
+    except OSError:
+        closed = True
+    finally:
+        s.close()
+    assert closed and time.monotonic() - t < 2.0
+    socks = [socket.create_connection(server.server_address, timeout=3) for _ in range(30)]
+    for s in socks:
+        s.sendall(b"POST /retrieve HTTP/1.1\r\nContent-Length: 10\r\n\r\n{")
+    try:
+        assert all(s.recv(1) == b"" for s in socks)  # each closed within the read timeout
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + 3
+    while server._conns and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server._conns
+
+
+@pytest.mark.parametrize("length", [b"-1", b"ten"])
+def test_bad_content_length_is_answered_400(strict, length):
+    server, _ = strict
+    status, out = reply(server, b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n")
+    assert status == 400 and "Content-Length must be a byte count >= 0" in out["error"]
+    status, out = reply(server, b"POST /retrieve HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 411 and "Content-Length" in out["error"]
+
+
+@pytest.mark.parametrize("method,path,code,allow", [
+    ("GET", "/retrieve", 405, "POST"), ("PUT", "/retrieve", 405, "POST"), ("DELETE", "/retrieve", 405, "POST"),
+    ("POST", "/health", 405, "GET"), ("GET", "/nowhere", 404, None), ("FOO", "/retrieve", 501, None),
+])
+def test_every_method_gets_a_json_error(strict, method, path, code, allow):
+    server, _ = strict
+    data = raw(server, f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert int(head.split()[1]) == code and b"application/json" in head
+    assert "error" in json.loads(body[:int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])])
+    if allow:
+        assert f"Allow: {allow}".encode() in head
+
+
+def test_an_aborted_connection_is_one_log_line_not_a_traceback(strict, caplog, capfd):
+    server, url = strict
+    caplog.set_level(logging.WARNING, logger="searche1_jax.retrieval.serve")
+    s = socket.create_connection(server.server_address, timeout=3)
+    s.sendall(b"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Len")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    s.close()
+    deadline = time.monotonic() + 3
+    while not caplog.records and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "ConnectionResetError" in lines[0], lines
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_queries_without_an_indexable_word_get_no_passages_and_are_counted(strict):
+    server, url = strict
+    before = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())["empty_queries"]
+    status, out = post(url, json.dumps({"queries": ["?!?!", QUERIES[0], "the"], "topk": 3}).encode())
+    assert status == 200 and [len(r) for r in out["result"]] == [0, 3, 0]
+    after = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())["empty_queries"]
+    assert after - before == 2
+    assert RetrievalClient(url).search(["the"], 3) == [[]]
+
+
+def test_listen_backlog_holds_a_burst_of_connections(served):
+    """64 connections at once while nothing accepts: all wait in the backlog (128), none dropped;
+    the stdlib's backlog of 5 drops some (the old resets under load)."""
+    index = served[0]
+    for backlog, all_in in [(128, True), (5, False)]:
+        server, batcher = make_server(index, "127.0.0.1", 0, limits=Limits(backlog=backlog))
+        socks, dropped = [], 0
+        try:
+            for _ in range(64):
+                try:
+                    socks.append(socket.create_connection(server.server_address, timeout=0.3))
+                except OSError:
+                    dropped += 1
+                    break
+        finally:
+            for s in socks:
+                s.close()
+            server.server_close()
+            batcher.close()
+        assert (dropped == 0) == all_in, (backlog, dropped)
+
+
+def test_client_splits_batches_over_the_servers_query_limit(strict, served):
+    index = served[0]
+    _, url = strict
+    queries = (QUERIES * 3)[:10]  # more than STRICT.max_queries (8)
+    assert RetrievalClient(url, max_queries=4).search(queries, 2) == index.search(queries, 2)
+    with pytest.raises(ValueError, match="--max-queries 8"):
+        RetrievalClient(url, max_queries=100).search(queries, 2)
+    with pytest.raises(ValueError, match="--max-topk 5"):
+        RetrievalClient(url).search(queries[:1], 6)
+
+
+def test_connections_over_the_cap_get_503_and_the_rest_are_served(served):
+    index = served[0]
+    server, batcher = make_server(index, "127.0.0.1", 0, limits=Limits(max_connections=2, read_timeout=1.0))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    idle = [socket.create_connection(server.server_address, timeout=3) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both accepted and registered
+        status, out = reply(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 503 and "--max-connections" in out["error"]
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.2)
+    status, out = reply(server, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 200 and out["limits"]["max_connections"] == 2
+    server.shutdown()
+    server.server_close()
+    batcher.close()
+    thread.join(timeout=5)
