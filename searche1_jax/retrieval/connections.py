@@ -39,6 +39,16 @@ class Limits:
             raise ValueError(f"--read-timeout must be > 0 seconds, got {self.read_timeout}")
 
 
+LIMIT_HELP = {  # the serve command's --help for each Limits field
+    "max_topk": "passages per query a request may ask for (413 above it)",
+    "max_queries": "queries per request (413 above it; the client splits its batches to fit)",
+    "max_body_bytes": "request body size in bytes (413 above it, before the body is read)",
+    "max_connections": "connections served at once (503 above it)",
+    "read_timeout": "seconds to receive one whole request; slower or idle connections are closed",
+    "backlog": "listen() queue of connections waiting to be accepted",
+}
+
+
 class RetrievalServer(ThreadingHTTPServer):
     """ThreadingHTTPServer with a deep listen backlog, a connection cap and a reaper thread that
     closes connections which have not delivered a whole request within `limits.read_timeout`."""

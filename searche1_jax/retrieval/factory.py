@@ -45,10 +45,11 @@ def build_retriever(r, *, encoder=None):
         if not r.url:
             raise ValueError("config.retrieval.kind='http' needs config.retrieval.url, e.g. http://127.0.0.1:8000 "
                              "(a server started by python -m searche1_jax.retrieval.serve)")
-        if not r.url.startswith(("http://", "https://")):
-            raise ValueError(f"config.retrieval.url must start with http:// or https://, got {r.url!r}")
         from searche1_jax.retrieval.client import RetrievalClient
-        return RetrievalClient(r.url)
+        try:
+            return RetrievalClient(r.url)
+        except ValueError as e:  # the client checks the URL's form (scheme and host)
+            raise ValueError(f"config.retrieval.url: {e}") from None
     if kind not in KINDS:
         raise ValueError(f"config.retrieval.kind must be one of {(*KINDS, 'http')}, got {kind!r}")
     if kind == "bm25" and not r.index:

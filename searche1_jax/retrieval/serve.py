@@ -31,7 +31,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
 from searche1_jax.retrieval.batcher import MicroBatcher
-from searche1_jax.retrieval.connections import Limits, RetrievalServer, log
+from searche1_jax.retrieval.connections import LIMIT_HELP, Limits, RetrievalServer, log
 from searche1_jax.retrieval.index import Index, Passage, check_queries
 
 
@@ -267,7 +267,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     d = Limits()
     for f in dataclasses.fields(Limits):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name))
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name),
+                        help=f"{LIMIT_HELP[f.name]} (default {getattr(d, f.name)})")
     args = ap.parse_args(argv)
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

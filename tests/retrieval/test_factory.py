@@ -83,7 +83,7 @@ def test_http_kind_is_a_client_of_the_url():
 def test_missing_fields_name_the_field_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match="kind='http' needs config.retrieval.url"):
         build_retriever(section("http"))
-    with pytest.raises(ValueError, match="config.retrieval.url must start with http://"):
+    with pytest.raises(ValueError, match=r"config.retrieval.url: retriever url must look like http://HOST:PORT"):
         build_retriever(section("http", url="127.0.0.1:8000"))
     with pytest.raises(ValueError, match="kind='bm25' needs config.retrieval.corpus .* or config.retrieval.index"):
         build_retriever(section("bm25"))
