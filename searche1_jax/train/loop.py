@@ -266,15 +266,16 @@ class Trainer:
     def ofsd_round(self, state: TrainState) -> TrainState:
         c, exp, lay = self.c, self.exp, self.layout
         key, rkey, pkey = split_keys(state.rng, 3)
-        teacher_params = jax.tree.map(jnp.copy, state.params)  # frozen theta_k of every member
+        # the teacher is theta_k, the params as they are now: the rollout and the pages read them in
+        # place; the frozen copy the updates need is made only when there is something to distil
         examples = exp.train_data.next_batch(lay.share(c.ofsd.questions, "config.ofsd.questions"))
-        groups = self._roll_out(teacher_params, examples, c.ofsd.group_size, rkey)
+        groups = self._roll_out(state.params, examples, c.ofsd.group_size, rkey)
         pairs = [distill.select_pairs(g, include_equal=c.ofsd.include_equal) for g in groups]
         self.progress.note(f"[ofsd] round {state.meta['round']}: teacher rolled out {len(groups[0])} groups, "
                            f"{[len(p) for p in pairs]} students, distilling")
         if self.pages:  # before any update: the KL strip compares the student with its teacher snapshot
-            self.pages.ofsd_round(groups[0], pairs[0], state.meta["round"], exp.member_params(state.params, 0),
-                                  exp.member_params(teacher_params, 0))
+            theta_k = exp.member_params(state.params, 0)
+            self.pages.ofsd_round(groups[0], pairs[0], state.meta["round"], theta_k, theta_k)
         mini = lay.share(c.ofsd.mini_batch, "config.ofsd.mini_batch")
         micro = lay.share(c.ofsd.micro_batch, "config.ofsd.micro_batch")
         per = [distill.ofsd_arrays(p, g, exp.tokenizer, rendering=c.ofsd.rendering,
@@ -287,6 +288,8 @@ class Trainer:
         losses = [[] for _ in range(exp.n)]
         if batch is not None:
             self.ckpt.wait()  # the updates donate the state an async save may still be reading
+            teacher_params = (jax.tree.map(jnp.copy, params) if c.ofsd.teacher == "snapshot"
+                              else None)  # frozen theta_k of every member
             n_rows = lay.rows(batch)
             for _ in range(c.ofsd.epochs):
                 pkey, sub = split_keys(pkey, 2)
