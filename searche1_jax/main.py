@@ -85,6 +85,7 @@ def main(argv):
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from searche1_jax.config import from_config_dict
     from searche1_jax.train.checkpoint import check_workdir
+    from searche1_jax.train.data_check import InvalidDataError
     from searche1_jax.train.loop import Trainer
     from searche1_jax.train.setup import Experiment
 
@@ -95,7 +96,10 @@ def main(argv):
     check_workdir(FLAGS.workdir)
     print(f"searche1_jax: {jax.device_count()} devices ({jax.devices()[0].platform}), "
           f"workdir {os.path.abspath(FLAGS.workdir)}", flush=True)
-    exp = Experiment(config)
+    try:
+        exp = Experiment(config)
+    except InvalidDataError as e:  # names every file:line itself: no traceback
+        raise SystemExit(f"error: {e}") from None
     state = Trainer(exp, FLAGS.workdir).run()
     print(f"done: {state.step} GRPO steps, {state.meta['round']} rounds; metrics in "
           f"{os.path.join(FLAGS.workdir, 'metrics.jsonl')}", flush=True)
