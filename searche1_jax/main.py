@@ -85,6 +85,7 @@ def main(argv):
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from searche1_jax.config import from_config_dict
     from searche1_jax.train.checkpoint import check_workdir
+    from searche1_jax.retrieval.client import RetrieverDownError
     from searche1_jax.train.data_check import InvalidDataError
     from searche1_jax.train.loop import Trainer
     from searche1_jax.train.setup import Experiment
@@ -98,7 +99,7 @@ def main(argv):
           f"workdir {os.path.abspath(FLAGS.workdir)}", flush=True)
     try:
         exp = Experiment(config)
-    except InvalidDataError as e:  # names every file:line itself: no traceback
+    except (InvalidDataError, RetrieverDownError) as e:  # each names the file:line or URL and the fix
         raise SystemExit(f"error: {e}") from None
     state = Trainer(exp, FLAGS.workdir).run()
     print(f"done: {state.step} GRPO steps, {state.meta['round']} rounds; metrics in "

@@ -18,7 +18,7 @@ from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model
 from searche1_jax.model.sharding import make_mesh
 from searche1_jax.model.tokenizer import Tokenizer
-from searche1_jax.retrieval.factory import build_retriever
+from searche1_jax.retrieval.factory import build_retriever, check_service
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
@@ -104,6 +104,8 @@ class Experiment:
                 raise ValueError("config.data.train must name a training file (jsonl or Search-R1 parquet)")
             train_examples = read_examples(question_file(c.data.train))
 
+        if c.retrieval.kind == "http":  # a service that is down is found now, not at the first search
+            check_service(c.retrieval)
         model_mesh = make_mesh(dict(c.mesh)) if (len(jax.devices()) > 1 and not population) else None
         rules = c.logical_axis_rules
         self.mesh = model_mesh
