@@ -81,8 +81,10 @@ def _set_aside(path: str) -> str:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, meta_hook=None):
+        """meta_hook: () -> dict, more meta recorded with every save (the trainer's metrics row count)."""
         self.directory = os.path.abspath(directory)
+        self.meta_hook = meta_hook
         os.makedirs(self.directory, exist_ok=True)
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -94,7 +96,8 @@ class Checkpointer:
         """Save under the next save index (OFSD rounds change the state without a GRPO step)."""
         latest = self.manager.latest_step()
         index = 0 if latest is None else latest + 1
-        meta = dict(state.meta, param_shapes=param_shapes(state.params), has_ref=state.ref_params is not None)
+        meta = dict(state.meta, **(self.meta_hook() if self.meta_hook else {}),
+                    param_shapes=param_shapes(state.params), has_ref=state.ref_params is not None)
         return self.manager.save(index, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state.arrays()), meta=ocp.args.JsonSave(meta)), force=force)
 
