@@ -12,7 +12,7 @@ API:
     field_type("ofsd.lr") -> float              the type a field holds (None-able fields too)
     load_config_file("configs/tiny.py:arg") -> ConfigDict   a config file by path, no sys.path
     DEMO_DIR                                     the shipped demo data (searche1_jax/assets/demo)
-    GRPO_AGG_MODES, RETRIEVAL_KINDS, OFSD_RENDERINGS, OFSD_TEACHERS, DTYPES, KL_ESTIMATORS
+    GRPO_AGG_MODES, RETRIEVAL_KINDS, OFSD_RENDERINGS, OFSD_TEACHERS, DTYPES, KL_ESTIMATORS, ON_INVALID_MODES
 
 Sections mirror the ConfigDict (model, mesh, data, retrieval, rollout, grpo, ofsd, train,
 checkpoint, log) with the same field names, so `c.grpo.mini_batch` reads the same on either
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
 import os
 import typing
 from typing import Any
@@ -33,9 +34,9 @@ import ml_collections
 from ml_collections import config_dict
 
 from searche1_jax.config_sections import (  # noqa: F401  (the typed sections are part of this API)
-    DTYPES, GRPO_AGG_MODES, KL_ESTIMATORS, OFSD_RENDERINGS, OFSD_TEACHERS, RETRIEVAL_KINDS, CheckpointSection,
-    DataSection, ExperimentConfig, GRPOSection, LogSection, MeshSection, ModelSection, OFSDSection, RetrievalSection,
-    RolloutSection, Rules, SFTSection, TrainSection)
+    DTYPES, GRPO_AGG_MODES, KL_ESTIMATORS, OFSD_RENDERINGS, OFSD_TEACHERS, ON_INVALID_MODES, RETRIEVAL_KINDS,
+    CheckpointSection, DataSection, ExperimentConfig, GRPOSection, LogSection, MeshSection, ModelSection, OFSDSection,
+    RetrievalSection, RolloutSection, Rules, SFTSection, TrainSection)
 from searche1_jax.data.demo import DEMO_DIR  # noqa: F401  (re-exported for configs and tests)
 from searche1_jax.model.sharding import DEFAULT_RULES
 
@@ -64,6 +65,7 @@ def base() -> ml_collections.ConfigDict:
     c.data.train = ""              # jsonl {"id","question","golden_answers"} or Search-R1 parquet
     c.data.dev = ""
     c.data.seed = 0
+    c.data.on_invalid = "refuse"   # a question whose prompt exceeds rollout.max_prompt_tokens: refuse | skip
 
     c.retrieval = ml_collections.ConfigDict()
     c.retrieval.kind = "bm25"      # bm25 | exact | scann | http
@@ -203,6 +205,8 @@ def _coerce(where: str, value, t):
     if t is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if t is str:
         if not isinstance(value, str):

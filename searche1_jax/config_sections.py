@@ -23,6 +23,7 @@ RETRIEVAL_KINDS = ("bm25", "exact", "scann", "http")
 OFSD_RENDERINGS = ("queries", "no_docs", "full", "all_siblings")
 OFSD_TEACHERS = ("snapshot", "live")
 DTYPES = ("float32", "bfloat16", "float16")
+ON_INVALID_MODES = ("refuse", "skip")  # config.data.on_invalid
 
 
 # ---------------------------------------------------------------- checks (errors name the field)
@@ -32,7 +33,7 @@ def _name(section: str, field: str) -> str:
 
 
 def _at_least(section: str, field: str, value, lo, why: str = "") -> None:
-    if value < lo:
+    if not value >= lo:  # NaN fails too
         raise ValueError(f"{_name(section, field)} must be >= {lo}{why}, got {value}")
 
 
@@ -133,11 +134,21 @@ class MeshSection(_Section):
 @dataclasses.dataclass(frozen=True)
 class DataSection(_Section):
     """train: question file (jsonl {"id","question","golden_answers"} or Search-R1 parquet);
-    dev: the held-out file eval reads; seed: the shuffling seed of the question stream."""
+    dev: the held-out file eval reads; seed: the shuffling seed of the question stream (>= 0).
+    on_invalid: what a training question that cannot be rolled out does (its prompt is longer
+        than config.rollout.max_prompt_tokens), checked for every question when the data is
+        loaded, before the model is built: "refuse" (stop, naming each file:line, its length and
+        the limit) or "skip" (train without those questions, logging their count and lines).
+    """
     SECTION: ClassVar[str] = "data"
     train: str
     dev: str
     seed: int
+    on_invalid: str
+
+    def __post_init__(self):
+        _at_least("data", "seed", self.seed, 0)
+        _one_of("data", "on_invalid", self.on_invalid, ON_INVALID_MODES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,8 +356,8 @@ class OFSDSection(_Section):
 class TrainSection(_Section):
     """rounds: GRPO round + OFSD round pairs (0: the warm start only, with config.sft).
     lr: AdamW peak lr (>= 0). weight_decay: >= 0. grad_clip: global-norm clip (> 0).
-    warmup_ratio: linear warm-up over ⌊ratio·S⌋ GRPO steps, in [0, 1]. seed: initial params of
-    random presets and the rollout rng."""
+    warmup_ratio: linear warm-up over ⌊ratio·S⌋ GRPO steps, in [0, 1]. seed (>= 0): initial params
+    of random presets and the rollout rng."""
     SECTION: ClassVar[str] = "train"
     rounds: int
     lr: float
@@ -362,6 +373,7 @@ class TrainSection(_Section):
         _positive("train", "grad_clip", self.grad_clip)
         if not 0 <= self.warmup_ratio <= 1:
             raise ValueError(f"config.train.warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        _at_least("train", "seed", self.seed, 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,7 +85,10 @@ def main(argv):
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from searche1_jax.config import from_config_dict
     from searche1_jax.train.checkpoint import check_workdir
+    from searche1_jax.retrieval.client import RetrieverDownError
+    from searche1_jax.train.data_check import InvalidDataError
     from searche1_jax.train.loop import Trainer
+    from searche1_jax.train.preemption import Preempted
     from searche1_jax.train.setup import Experiment
 
     try:  # every field checked before anything is built, each error naming its field
@@ -95,8 +98,16 @@ def main(argv):
     check_workdir(FLAGS.workdir)
     print(f"searche1_jax: {jax.device_count()} devices ({jax.devices()[0].platform}), "
           f"workdir {os.path.abspath(FLAGS.workdir)}", flush=True)
-    exp = Experiment(config)
-    state = Trainer(exp, FLAGS.workdir).run()
+    try:
+        exp = Experiment(config)
+    except (InvalidDataError, RetrieverDownError) as e:  # each names the file:line or URL and the fix
+        raise SystemExit(f"error: {e}") from None
+    try:
+        state = Trainer(exp, FLAGS.workdir).run()
+    except Preempted as p:  # SIGTERM: the state is saved; the same command resumes it
+        print(f"preempted: saved at GRPO step {p.state.step} (round {p.state.meta['round']}, "
+              f"{p.state.meta['phase']}); rerun the same command to resume", flush=True)
+        return 0
     print(f"done: {state.step} GRPO steps, {state.meta['round']} rounds; metrics in "
           f"{os.path.join(FLAGS.workdir, 'metrics.jsonl')}", flush=True)
     if jax.process_index() == 0:

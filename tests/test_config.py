@@ -227,3 +227,86 @@ def test_config_variants_are_checked():
     base, inst = (C.load_config_file(os.path.join(ROOT, "configs", f"qwen3b.py:{v}")) for v in ("base", "instruct"))
     # Search-R1's base runs used the tokenizer's ChatML template too (METHOD §1): no raw-text variant
     assert base.rollout.chat_template == inst.rollout.chat_template == "auto"
+
+
+# Every numeric field's domain, as one out-of-domain value each (the oracle is this table, not
+# the checks): a numeric field added without a domain check fails the coverage test below.
+NUMERIC_OUT_OF_DOMAIN = {
+    "mesh.data": (0, r"config.mesh.data must be >= 1 or -1"),
+    "mesh.fsdp": (-2, r"config.mesh.fsdp must be >= 1 or -1"),
+    "mesh.tensor": (0, r"config.mesh.tensor must be >= 1 or -1"),
+    "data.seed": (-1, r"config.data.seed must be >= 0, got -1"),
+    "retrieval.topk": (0, r"config.retrieval.topk must be >= 1"),
+    "rollout.group_size": (1, r"config.rollout.group_size must be >= 2"),
+    "rollout.temperature": (0.0, r"config.rollout.temperature must be > 0"),
+    "rollout.top_p": (0.0, r"config.rollout.top_p must be in \(0, 1\]"),
+    "rollout.top_k": (-1, r"config.rollout.top_k must be >= 0"),
+    "rollout.max_turns": (0, r"config.rollout.max_turns must be >= 1"),
+    "rollout.max_turn_tokens": (0, r"config.rollout.max_turn_tokens must be >= 1"),
+    "rollout.max_obs_tokens": (0, r"config.rollout.max_obs_tokens must be >= 1"),
+    "rollout.max_prompt_tokens": (0, r"config.rollout.max_prompt_tokens must be >= 1"),
+    "rollout.max_response_tokens": (-5, r"config.rollout.max_response_tokens must be >= 1"),
+    "rollout.prompt_bucket": (0, r"config.rollout.prompt_bucket must be >= 1"),
+    "rollout.max_rows": (-1, r"config.rollout.max_rows must be >= 0"),
+    "grpo.steps_per_round": (0, r"config.grpo.steps_per_round must be >= 1"),
+    "grpo.questions_per_step": (-4, r"config.grpo.questions_per_step must be >= 1, got -4"),
+    "grpo.mini_batch": (0, r"config.grpo.mini_batch must be >= 1, got 0"),
+    "grpo.micro_batch": (0, r"config.grpo.micro_batch must be >= 1, got 0"),
+    "grpo.epochs": (0, r"config.grpo.epochs must be >= 1"),
+    "grpo.clip_eps": (-0.1, r"config.grpo.clip_eps must be in \(0, 1\)"),
+    "grpo.kl_coef": (-0.001, r"config.grpo.kl_coef must be >= 0"),
+    "grpo.entropy_coef": (-1.0, r"config.grpo.entropy_coef must be >= 0"),
+    "grpo.length_bucket": (0, r"config.grpo.length_bucket must be >= 1"),
+    "grpo.logit_chunk": (0, r"config.grpo.logit_chunk must be >= 1"),
+    "sft.questions": (-1, r"config.sft.questions must be >= 0"),
+    "sft.steps": (0, r"config.sft.steps must be >= 1"),
+    "sft.batch": (0, r"config.sft.batch must be >= 1"),
+    "sft.micro_batch": (0, r"config.sft.micro_batch must be >= 1"),
+    "sft.lr": (0.0, r"config.sft.lr must be > 0"),
+    "sft.warmup_steps": (-1, r"config.sft.warmup_steps must be >= 0"),
+    "sft.length_bucket": (0, r"config.sft.length_bucket must be >= 1"),
+    "sft.eval_dev": (-1, r"config.sft.eval_dev must be >= 0"),
+    "ofsd.questions": (0, r"config.ofsd.questions must be >= 1"),
+    "ofsd.group_size": (1, r"config.ofsd.group_size must be >= 2"),
+    "ofsd.temperature": (0.0, r"config.ofsd.temperature must be > 0"),
+    "ofsd.epochs": (0, r"config.ofsd.epochs must be >= 1"),
+    "ofsd.mini_batch": (0, r"config.ofsd.mini_batch must be >= 1"),
+    "ofsd.micro_batch": (0, r"config.ofsd.micro_batch must be >= 1, got 0"),
+    "ofsd.lr": (-1e-6, r"config.ofsd.lr must be > 0 when set"),
+    "ofsd.logit_chunk": (0, r"config.ofsd.logit_chunk must be >= 1"),
+    "ofsd.length_bucket": (0, r"config.ofsd.length_bucket must be >= 1"),
+    "train.rounds": (-1, r"config.train.rounds must be >= 0"),
+    "train.lr": (-1e-6, r"config.train.lr must be >= 0"),
+    "train.weight_decay": (-0.01, r"config.train.weight_decay must be >= 0"),
+    "train.grad_clip": (0.0, r"config.train.grad_clip must be > 0"),
+    "train.warmup_ratio": (2.0, r"config.train.warmup_ratio must be in \[0, 1\]"),
+    "train.seed": (-1, r"config.train.seed must be >= 0"),
+    "checkpoint.every_steps": (0, r"config.checkpoint.every_steps must be >= 1, got 0"),
+    "checkpoint.keep": (0, r"config.checkpoint.keep must be >= 1"),
+    "log.trajectory_groups": (-1, r"config.log.trajectory_groups must be >= 0"),
+}
+
+
+def test_every_numeric_field_has_a_stated_domain():
+    numeric = {k for k in leaves(C.base()) if k != "logical_axis_rules" and C.field_type(k) in (int, float)}
+    assert numeric == set(NUMERIC_OUT_OF_DOMAIN)
+
+
+@pytest.mark.parametrize("path", sorted(NUMERIC_OUT_OF_DOMAIN))
+def test_numeric_field_out_of_its_domain_is_refused_naming_the_field(path):
+    value, match = NUMERIC_OUT_OF_DOMAIN[path]
+    for bad in (value, float("nan")) if C.field_type(path) is float else (value,):
+        cd = C.base()
+        section, name = path.split(".")
+        with cd.ignore_type():
+            cd[section][name] = bad
+        with pytest.raises((ValueError, TypeError), match=match if bad is value else rf"config.{path} must be"):
+            C.from_config_dict(cd)
+
+
+def test_data_on_invalid_is_refuse_or_skip():
+    assert C.from_config_dict(C.base()).data.on_invalid == "refuse"
+    cd = C.base()
+    cd.data.on_invalid = "warn"
+    with pytest.raises(ValueError, match=r"config.data.on_invalid must be one of 'refuse', 'skip'; got 'warn'"):
+        C.from_config_dict(cd)

@@ -25,6 +25,14 @@ from searche1_jax.data.qa import QAExample, read_examples
 STATE_KEYS = ("seed", "epoch", "position", "process_index", "process_count", "num_examples", "fingerprint")
 
 
+def question_file(path: str | os.PathLike) -> str:
+    """The training file a config names: "demo" is the shipped demo training set."""
+    if os.fspath(path) == "demo":
+        from searche1_jax.data.demo import demo_file
+        return demo_file("train")
+    return os.fspath(path)
+
+
 def fingerprint(examples: Sequence[QAExample]) -> str:
     """16 hex digits of sha256 over the ids in file order: a resumed run must see the same data."""
     h = hashlib.sha256()
@@ -67,10 +75,7 @@ class QuestionStream:
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs) -> "QuestionStream":
         """From a .jsonl / .parquet file; `path="demo"` is the shipped demo training set."""
-        if os.fspath(path) == "demo":
-            from searche1_jax.data.demo import demo_file
-            path = demo_file("train")
-        return cls(read_examples(path), **kwargs)
+        return cls(read_examples(question_file(path)), **kwargs)
 
     def _order_of(self, epoch: int) -> np.ndarray:
         return shard_order(len(self.examples), self.seed, epoch, self.process_index,

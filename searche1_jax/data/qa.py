@@ -196,5 +196,21 @@ def read_examples(path: str | os.PathLike) -> list[QAExample]:
     raise ValueError(f"{p}: unknown QA file type; expected .jsonl or .parquet")
 
 
+def example_locations(path: str | os.PathLike) -> dict[str, str]:
+    """{example id: "path:LINE"} of a file `read_examples` reads (LINE 1-based; for parquet, the
+    row). For error messages about examples already read (the readers keep no line numbers)."""
+    p = os.fspath(path)
+    if p.endswith(".parquet"):
+        return {ex.id: f"{p}:{i}" for i, ex in enumerate(read_parquet(p), 1)}
+    out = {}
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if raw.strip():
+                row = json.loads(raw)
+                if isinstance(row, dict) and row.get("id") is not None:
+                    out.setdefault(str(row["id"]), f"{p}:{lineno}")
+    return out
+
+
 def questions(examples: Sequence[QAExample]) -> list[str]:
     return [ex.question for ex in examples]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +105,17 @@ class Trajectory:
         self.logps.extend(float(x) for x in logps) if logps is not None else self.logps.extend([0.0] * len(ids))
 
 
+def prompt_renderer(tokenizer, chat_template: str = "auto") -> Callable[[str], str]:
+    """question -> the whole prompt text the agent tokenises: the tokenizer's chat template when
+    `chat_template` is "auto" and it has one, raw text otherwise (see `SearchAgent`). Also what
+    the training data is checked against when it is loaded (train/data_check.py)."""
+    if chat_template not in P.CHAT_TEMPLATE_MODES:
+        raise ValueError(f"chat_template must be one of {P.CHAT_TEMPLATE_MODES}, got {chat_template!r}")
+    chat = tokenizer.apply_chat_template if chat_template == "auto" and tokenizer.chat_template else None
+    return lambda question: P.build_prompt(question, chat_template=(
+        (lambda msgs: chat(msgs, add_generation_prompt=True)) if chat else None))
+
+
 class SearchAgent:
     """Runs batches of questions through the policy and a retriever.
 
@@ -123,10 +134,7 @@ class SearchAgent:
             raise ValueError(f"the stop automaton must be built for {STOP_STRINGS}, got {stop.stop_strings}")
         self.start = int(stop.start)
         self.eos = jnp.asarray(tokenizer.eos_ids, jnp.int32)
-        if chat_template not in P.CHAT_TEMPLATE_MODES:
-            raise ValueError(f"chat_template must be one of {P.CHAT_TEMPLATE_MODES}, got {chat_template!r}")
-        self.chat = (tokenizer.apply_chat_template if chat_template == "auto" and tokenizer.chat_template
-                     else None)
+        self.prompt_text = prompt_renderer(tokenizer, chat_template)  # question -> prompt text
         self.invalid_ids = tokenizer.encode(P.INVALID_ACTION_MESSAGE)
         # Optional profiling: set to {} and `run` adds seconds per phase (retrieval, decode,
         # append, tokenise) and call counts into it. None (default) costs nothing; when set,
@@ -145,8 +153,7 @@ class SearchAgent:
         whose character span ends past the question line's start, so it may carry the space
         before `Question` (` Question`). OFSD inserts the privileged context right before it.
         """
-        text = P.build_prompt(question, chat_template=(
-            (lambda msgs: self.chat(msgs, add_generation_prompt=True)) if self.chat else None))
+        text = self.prompt_text(question)
         cut = text.rfind(P.question_line(question))
         ids, offsets = self.tok.encode_with_offsets(text)
         if len(ids) > self.cfg.max_prompt_tokens:

@@ -5,6 +5,9 @@ temporary directory and renames), keep-last-k; `restore_latest` makes a restarte
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
 
 import jax
@@ -43,9 +46,45 @@ def _shape_mismatch(saved: dict, expected: dict) -> str | None:
     return None
 
 
+class CheckpointUnreadable(Exception):
+    """A save that cannot be read back (truncated or emptied files): `reason` is one line."""
+
+    def __init__(self, step: int, error: BaseException):
+        first = (str(error).strip().splitlines() or [""])[0]
+        self.step, self.reason = step, f"{type(error).__name__}: {first[:200]}"
+        super().__init__(self.reason)
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    """A broken save fails in each of orbax's concurrent array reads; asyncio would log every one
+    ("Task exception was never retrieved", a traceback each: 35 for the tiny model's state). The
+    first error is reported once, by `_newest_intact`."""
+    log = logging.getLogger("asyncio")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        gc.collect()  # the failed tasks are reported when collected: while the log is quiet
+        log.setLevel(level)
+
+
+def _set_aside(path: str) -> str:
+    """Rename a broken save to PATH.broken (PATH.broken-2, ... if taken); the new path."""
+    target, k = f"{path}.broken", 1
+    while os.path.exists(target):
+        k += 1
+        target = f"{path}.broken-{k}"
+    os.rename(path, target)
+    return target
+
+
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, meta_hook=None):
+        """meta_hook: () -> dict, more meta recorded with every save (the trainer's metrics row count)."""
         self.directory = os.path.abspath(directory)
+        self.meta_hook = meta_hook
         os.makedirs(self.directory, exist_ok=True)
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -57,7 +96,8 @@ class Checkpointer:
         """Save under the next save index (OFSD rounds change the state without a GRPO step)."""
         latest = self.manager.latest_step()
         index = 0 if latest is None else latest + 1
-        meta = dict(state.meta, param_shapes=param_shapes(state.params), has_ref=state.ref_params is not None)
+        meta = dict(state.meta, **(self.meta_hook() if self.meta_hook else {}),
+                    param_shapes=param_shapes(state.params), has_ref=state.ref_params is not None)
         return self.manager.save(index, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state.arrays()), meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -65,8 +105,12 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def _checked_meta(self, step: int, like_params: dict) -> dict:
-        """The JSON meta of save `step`, after checking its parameter shapes against like_params."""
-        meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        """The JSON meta of save `step`, after checking its parameter shapes against like_params.
+        An unreadable meta raises CheckpointUnreadable; a different model's shapes, ValueError."""
+        try:
+            meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        except Exception as e:  # noqa: BLE001  (orbax raises many kinds: a broken file is any of them)
+            raise CheckpointUnreadable(step, e) from None
         saved = meta.pop("param_shapes", None)
         problem = _shape_mismatch(saved, param_shapes(like_params)) if saved is not None else None
         if problem:
@@ -75,42 +119,79 @@ class Checkpointer:
                              f"wrote this checkpoint")
         return meta
 
-    def restore_latest(self, like: TrainState) -> TrainState | None:
-        """Restore the newest checkpoint onto the structure and shardings of `like`; None if none."""
-        step = self.manager.latest_step()  # a save index, not the train step
-        if step is None:
-            return None
+    def _newest_intact(self, read, *, set_aside: bool):
+        """read(step) on the saves newest first, until one reads: (its result) or None if there
+        are no saves. A save that does not read (a truncated data file, an emptied meta file) is
+        named in one line and, with set_aside, renamed STEP.broken[-k] (never deleted): orbax
+        ignores that name, so neither keep-last-k deletes it nor a later save or restart meets it."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        broken = []
+        for step in steps:
+            try:
+                with _quiet_failed_reads():
+                    return read(step)
+            except CheckpointUnreadable as e:
+                where = f"{self.directory}/{step}"
+                if set_aside and jax.process_index() == 0:
+                    where = _set_aside(where)
+                broken.append(where)
+                print(f"checkpoint {self.directory}/{step} is unreadable ({e.reason}); "
+                      + (f"kept as {where}; " if set_aside else "")
+                      + ("trying the one before it" if step != steps[-1] else "no older checkpoint"), flush=True)
+        if broken:
+            if set_aside:
+                self.manager.reload()
+            raise ValueError(f"every checkpoint in {self.directory} is unreadable (kept as {', '.join(broken)}): "
+                             f"restore a backup there or start afresh with a new --workdir")
+        return None
+
+    def _read_state(self, step: int, like: TrainState) -> TrainState:
         meta = self._checked_meta(step, like.params)
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like.arrays())
         # a warm start has no reference yet (its result becomes the reference): restore what was saved
         target["ref_params"] = target["params"] if meta.pop("has_ref", True) else {}
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointUnreadable(step, e) from None
         arrays = out["state"]
         return TrainState(params=unflatten(arrays["params"]), opt_state=arrays["opt_state"],
                           ref_params=unflatten(arrays["ref_params"]) if arrays["ref_params"] else None,
                           step=int(arrays["step"]), rng=jax.random.wrap_key_data(arrays["rng"]),
                           meta=meta)
 
+    def restore_latest(self, like: TrainState) -> TrainState | None:
+        """Restore the newest intact checkpoint onto the structure and shardings of `like`; None
+        if there is none. Unreadable newer ones are named and set aside (`_newest_intact`)."""
+        state = self._newest_intact(lambda step: self._read_state(step, like), set_aside=True)
+        self.manager.reload()  # the step list without the saves set aside: the next save follows the restored one
+        return state
+
     def restore_latest_params(self, like_params: dict) -> tuple[dict, dict] | None:
-        """Only the policy parameters of the newest checkpoint: (params, meta), None if none.
+        """Only the policy parameters of the newest intact checkpoint: (params, meta), None if none.
 
         like_params: the nested params dict as abstract leaves (`jax.ShapeDtypeStruct`, e.g. from
         `jax.eval_shape`), each placed with its `.sharding` (none: the default device). A partial
         restore of the `state` item: the optimiser state, reference copy and rng on disk are never
         read, so nothing about the optimiser needs to be known. meta["step"] is the train step.
+        Read-only: an unreadable newer checkpoint is named and skipped, never moved.
         """
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        meta = self._checked_meta(step, like_params)
         default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = {"params": {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding or default)
                              for k, v in flatten(like_params).items()},
                   "step": jax.ShapeDtypeStruct((), jax.numpy.int32)}
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True)))
-        return unflatten(out["state"]["params"]), dict(meta, step=int(out["state"]["step"]))
+
+        def read(step):
+            meta = self._checked_meta(step, like_params)
+            try:
+                out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True)))
+            except Exception as e:  # noqa: BLE001
+                raise CheckpointUnreadable(step, e) from None
+            return unflatten(out["state"]["params"]), dict(meta, step=int(out["state"]["step"]))
+
+        return self._newest_intact(read, set_aside=False)
 
     def wait(self):
         """Block until an async save has written everything. Call it before a step that donates

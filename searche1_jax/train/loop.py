@@ -32,6 +32,7 @@ from searche1_jax.rl.grpo import check_unique_group_ids
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
+from searche1_jax.train.preemption import Preempted, Preemption
 from searche1_jax.train.rollouts import greedy_em, grpo_arrays, roll_out, rollout_metrics
 from searche1_jax.train.setup import Experiment
 from searche1_jax.train.state import TrainState
@@ -97,7 +98,9 @@ class Trainer:
         self.names = names or [f"member{i}" for i in range(exp.n)]
         self.tag_members = names is not None or exp.n > 1  # sweep rows carry `member` and `name`
         self.ckpt = Checkpointer(f"{workdir}/checkpoints", keep=self.c.checkpoint.keep,
-                                 async_save=self.c.checkpoint.async_save)
+                                 async_save=self.c.checkpoint.async_save,
+                                 meta_hook=lambda: {"metrics_rows": self.metrics.rows})  # metrics.py: resume
+        self.preemption = Preemption()
         self.metrics = MetricsWriter(workdir, tensorboard=self.c.log.tensorboard and not self.layout.population)
         self.metrics_path = self.metrics.path
         self.workdir = workdir
@@ -239,6 +242,7 @@ class Trainer:
                                dict(state.meta, sft_step=s + 1))
             if (s + 1) % c.checkpoint.every_steps == 0 and s + 1 < c.sft.steps:
                 self.ckpt.save(state)
+            self.stop_if_preempted(state)
         # RL starts here: the warm-started policy is the reference, with a fresh optimiser state
         ref = jax.tree.map(jnp.copy, params)
         return TrainState(params, exp.steps.init(params, exp.hyper(0)), ref, state.step, state.rng,
@@ -323,10 +327,13 @@ class Trainer:
         state = self.ckpt.restore_latest(exp.initial_state()) if self.ckpt.latest_step() is not None else None
         if state is None:
             state = exp.initial_state()
+            self.metrics.resume(0, 0)  # rows of a run killed before its first checkpoint are redone
         else:
             # orbax writes the JSON meta from process 0; every process is at the same position
             exp.train_data.set_state(dict(state.meta["data"], process_index=jax.process_index()))
             print(f"resumed from step {state.step} (round {state.meta['round']}, {state.meta['phase']})", flush=True)
+            self.metrics.resume(state.meta.get("metrics_rows"), state.step)
+        self.preemption.install()
         self.progress = Progress(self.total_grpo)
         def evaluate(state, label):  # once per run: the labels done are kept in the checkpoint meta
             if c.sft.eval_dev > 0 and c.data.dev and label not in state.meta.get("evals", []):
@@ -347,13 +354,25 @@ class Trainer:
                     state = self.grpo_step(state)
                     if state.step % c.checkpoint.every_steps == 0:
                         self.ckpt.save(state)
+                    self.stop_if_preempted(state)
                 state.meta = (dict(state.meta, phase="ofsd") if c.ofsd.enabled else
                               dict(state.meta, round=state.meta["round"] + 1, round_step=0))
                 self.ckpt.save(state, force=True)
             else:
                 state = self.ofsd_round(state)
                 self.ckpt.save(state, force=True)
+                self.stop_if_preempted(state, saved=True)
         if c.train.rounds > 0:  # with no RL rounds, the warm start (or base) eval is the last one
             state = evaluate(state, "final")
         self.ckpt.close()
+        self.preemption.uninstall()
         return state
+
+    def stop_if_preempted(self, state: TrainState, *, saved: bool = False) -> None:
+        """After an update: on SIGTERM (any process), save and raise Preempted (preemption.py)."""
+        if self.preemption.agreed():
+            if not saved:
+                self.ckpt.save(state, force=True)
+            self.ckpt.close()
+            self.preemption.uninstall()
+            raise Preempted(state)

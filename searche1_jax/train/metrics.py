@@ -1,5 +1,13 @@
 """Metrics: JSONL (one object per line, what `plot` reads), TensorBoard when available, and a
 progress line with step, reward, tokens/s and ETA. Only process 0 writes.
+
+A resumed run writes the same rows as an uninterrupted one: every checkpoint records how many
+rows were written when it was saved (meta["metrics_rows"], `MetricsWriter.rows`), and
+`MetricsWriter.resume` drops the rows after that (written by the killed run after its last
+checkpoint, about steps it redoes). TensorBoard event files are append-only: the resumed run
+opens a new event file with `purge_step` = restored step + 1, which TensorBoard honours by
+hiding the older events at steps >= that; rows at the restored step itself (an OFSD or eval row
+written after its checkpoint) can show twice there, never in the JSONL.
 """
 from __future__ import annotations
 
@@ -22,23 +30,64 @@ def _scalar(v):
     return v if np.isfinite(v) else None  # JSON has no NaN
 
 
+def _tb_writer(logdir: str, purge_step: int | None = None):
+    try:  # optional: tensorboardX writes event files without TensorFlow
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(logdir, purge_step=purge_step)
+
+
+def truncate_rows(path: str, rows: int) -> int:
+    """Keep the first `rows` complete lines of a JSONL file (atomically); the number dropped,
+    a partial last line (a kill mid-write) included. A missing or shorter file is left alone."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    complete = [x for x in lines if x.endswith(b"\n")]
+    if len(lines) <= rows and len(complete) == len(lines):
+        return 0
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.writelines(complete[:rows])
+    os.replace(tmp, path)
+    return len(lines) - min(rows, len(complete))
+
+
 class MetricsWriter:
     def __init__(self, workdir: str, *, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb_dir = os.path.join(workdir, "tb")
+        self.rows = 0  # rows written by this run and the ones it resumed (every process counts)
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
             if tensorboard:
-                try:  # optional: tensorboardX writes event files without TensorFlow
-                    from tensorboardX import SummaryWriter
-                    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-                except ImportError:
-                    self._tb = None
+                self._tb = _tb_writer(self.tb_dir)
+
+    def resume(self, rows: int | None, step: int) -> None:
+        """Continue after a checkpoint saved when `rows` rows had been written (None: a checkpoint
+        older than this bookkeeping, the file is left as it is) at train step `step`: drop the
+        later rows, and hide TensorBoard's events past `step` (see the module docstring)."""
+        if rows is None:
+            return
+        self.rows = rows
+        if not self.enabled:
+            return
+        dropped = truncate_rows(self.path, rows)
+        if dropped:
+            print(f"{self.path}: dropped {dropped} rows written after the checkpoint being resumed "
+                  f"(step {step}); they are written again", flush=True)
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = _tb_writer(self.tb_dir, purge_step=step + 1)
 
     def write(self, step: int, phase: str, metrics: dict) -> dict:
         row = {"step": int(step), "phase": phase, "time": time.time(),
                **{k: _scalar(v) for k, v in metrics.items()}}
+        self.rows += 1
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")

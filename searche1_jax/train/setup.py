@@ -18,7 +18,7 @@ from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model
 from searche1_jax.model.sharding import make_mesh
 from searche1_jax.model.tokenizer import Tokenizer
-from searche1_jax.retrieval.factory import build_retriever
+from searche1_jax.retrieval.factory import build_retriever, check_service
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
@@ -66,6 +66,14 @@ def check_members(configs: Sequence) -> None:
                 check_population_field(f)
 
 
+def _question_stream(examples, tokenizer, c):
+    from searche1_jax.data.loader import QuestionStream, question_file
+    from searche1_jax.train.data_check import checked_examples
+    examples = checked_examples(examples, question_file(c.data.train), tokenizer, c)
+    return QuestionStream(examples, seed=c.data.seed, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+
+
 class Experiment:
     """config: one config (a single run) or a sequence of member configs (a population).
     A population of one is a single run: the same layout and compiled program (stacking one
@@ -88,15 +96,16 @@ class Experiment:
         self.config = c = configs[0]  # shared fields are read from member 0
         self.n = len(configs)
 
-        self.train_data = None  # read first: a malformed line fails before minutes of model loading
+        self.train_data = train_examples = None  # read first: a malformed line fails before model loading
         if need_train_data:
-            from searche1_jax.data.loader import QuestionStream
+            from searche1_jax.data.loader import question_file
+            from searche1_jax.data.qa import read_examples
             if not c.data.train:
                 raise ValueError("config.data.train must name a training file (jsonl or Search-R1 parquet)")
-            self.train_data = QuestionStream.from_file(c.data.train, seed=c.data.seed,
-                                                       process_index=jax.process_index(),
-                                                       process_count=jax.process_count())
+            train_examples = read_examples(question_file(c.data.train))
 
+        if c.retrieval.kind == "http":  # a service that is down is found now, not at the first search
+            check_service(c.retrieval)
         model_mesh = make_mesh(dict(c.mesh)) if (len(jax.devices()) > 1 and not population) else None
         rules = c.logical_axis_rules
         self.mesh = model_mesh
@@ -106,6 +115,8 @@ class Experiment:
             raise ValueError("config.model.tokenizer (or config.model.checkpoint) must name a HF "
                              "directory, a .gguf file or 'smollm2'")
         self.tokenizer = Tokenizer.load(tok_path)
+        if train_examples is not None:  # every question's prompt fits, or the run stops here (data_check.py)
+            self.train_data = _question_stream(train_examples, self.tokenizer, c)
         if c.model.preset:
             cfg = get_preset(c.model.preset, **overrides)
             if cfg.vocab_size < self.tokenizer.vocab_size:

@@ -94,3 +94,42 @@ def test_missing_fields_name_the_field_and_the_fix(tmp_path):
         build_retriever(section("scann", index=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="config.retrieval.kind must be one of"):
         build_retriever(section("faiss", index=str(tmp_path)))
+
+
+# ---- issue 23 item 6: a retrieval service that is down is found when the run starts ----
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_check_service_names_the_url_and_how_to_start_one_when_nothing_answers():
+    from searche1_jax.retrieval.client import RetrieverDownError
+    from searche1_jax.retrieval.factory import check_service
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RetrieverDownError, match=rf"retriever at {url} is down: .*start it with "
+                                                 r"python -m searche1_jax.retrieval.serve --index DIR"):
+        check_service(section("http", url=url), retries=0)
+
+
+def test_check_service_reads_health_and_checks_the_corpus_size(small_corpus_path):
+    import threading
+
+    from searche1_jax.retrieval.factory import check_service
+    from searche1_jax.retrieval.serve import make_server
+    corpus = Corpus(small_corpus_path)
+    server, batcher = make_server(BM25Index.build(corpus), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        r = section("http", url=f"http://127.0.0.1:{server.server_address[1]}")
+        health = check_service(r, num_passages=len(corpus))
+        assert (health["status"], health["kind"], health["num_passages"]) == ("ok", "bm25", len(corpus))
+        with pytest.raises(ValueError, match=rf"serves {len(corpus)} passages, this run expects 7"):
+            check_service(r, num_passages=7)
+    finally:
+        server.shutdown()
+        server.server_close()
+        batcher.close()

@@ -74,3 +74,18 @@ def test_data_line_without_an_answer_is_reported_with_file_and_line(tmp_path):
     c.data.train = str(path)
     with pytest.raises(ValueError, match=r"train\.jsonl:2: missing 'golden_answers'"):
         Experiment(c)
+
+
+def test_a_retrieval_service_that_is_down_stops_the_run_before_the_model_is_built(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run([sys.executable, "-m", "searche1_jax.main", f"--config={ROOT}/configs/tiny.py",
+                          f"--workdir={tmp_path}", "--config.retrieval.kind=http", "--config.retrieval.corpus=",
+                          f"--config.retrieval.url=http://127.0.0.1:{port}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert f"error: retriever at http://127.0.0.1:{port} is down" in out.stderr
+    assert "python -m searche1_jax.retrieval.serve --index DIR" in out.stderr and "Traceback" not in out.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")  # nothing was built or trained
