@@ -61,6 +61,9 @@ class BM25Index(Index):
         if live:
             r, s = self.retriever.retrieve([known[i] for i in live], k=k, show_progress=False, n_threads=1)
             rows[live], scores[live] = np.asarray(r, np.int64), np.asarray(s, np.float32)
+            # fewer than k passages hold a query word: bm25s fills the top k with score-0 rows;
+            # pyserini (Search-R1) returns only the hits
+            rows[scores <= 0] = -1
         return scores, rows
 
     def save(self, directory: str) -> None:

@@ -74,3 +74,15 @@ def test_bm25_query_without_an_indexable_word_gets_no_passages_and_is_counted(bm
     # what the agent then shows the policy: Search-R1's observation for zero documents
     # (`_passages2string([])` is "", then f"\n\n<information>{''.strip()}</information>\n\n")
     assert P.format_observation(hits[0]) == "\n\n<information></information>\n\n"
+
+
+def test_bm25_returns_only_passages_that_hold_a_query_word(tmp_path):
+    """A word in two passages at k = 3: two hits, as pyserini (Search-R1) returns, not a third
+    passage at score 0."""
+    rows = [{"id": str(i), "contents": f'"T{i}"\n{text}'} for i, text in enumerate(
+        ["the zebulon river floods", "a zebulon bridge", "granite hills", "quiet lakes", "old mills"])]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hits = BM25Index.build(Corpus(str(path))).search(["zebulon", "granite river"], 3)
+    assert [sorted(p.id for p in h) for h in hits] == [["0", "1"], ["0", "2"]]
+    assert all(p.score > 0 for h in hits for p in h)
