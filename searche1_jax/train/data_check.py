@@ -1,4 +1,5 @@
-"""Every training question checked when the data is loaded, before the model is built.
+"""Every training question (and every dev question a run evaluates) checked when the data is
+loaded, before the model is built.
 
 A question whose prompt is longer than config.rollout.max_prompt_tokens cannot be rolled out:
 found at the step that first draws it, it stopped the run there, and again at every restart
@@ -53,10 +54,12 @@ def long_prompts(examples: Sequence[QAExample], render: Callable[[str], str], en
     return {i: len(ids) for i, ids in zip(suspects, lengths) if len(ids) > limit}
 
 
-def checked_examples(examples: Sequence[QAExample], path: str, tokenizer, config) -> list[QAExample]:
+def checked_examples(examples: Sequence[QAExample], path: str, tokenizer, config,
+                     what: str = "training") -> list[QAExample]:
     """`examples` (read from `path`) without those whose prompt exceeds
     config.rollout.max_prompt_tokens, by config.data.on_invalid: "refuse" raises
-    InvalidDataError naming them, "skip" returns the others and prints how many were dropped."""
+    InvalidDataError naming them, "skip" returns the others and prints how many were dropped.
+    what: the questions' role in messages ("training", "dev")."""
     limit = config.rollout.max_prompt_tokens
     bad = long_prompts(examples, prompt_renderer(tokenizer, config.rollout.chat_template),
                        tokenizer.encode_batch, limit)
@@ -69,13 +72,13 @@ def checked_examples(examples: Sequence[QAExample], path: str, tokenizer, config
     listing = "\n  " + "\n  ".join(lines[:SHOWN]) + more
     if config.data.on_invalid == "refuse":
         raise InvalidDataError(
-            f"{len(bad)} of {len(examples)} training questions in {path} have a prompt longer than "
+            f"{len(bad)} of {len(examples)} {what} questions in {path} have a prompt longer than "
             f"config.rollout.max_prompt_tokens={limit}:{listing}\nraise config.rollout.max_prompt_tokens, "
             f"remove these questions, or set config.data.on_invalid='skip' to train without them")
     kept = [ex for i, ex in enumerate(examples) if i not in bad]
     if not kept:
-        raise InvalidDataError(f"every training question in {path} has a prompt longer than "
+        raise InvalidDataError(f"every {what} question in {path} has a prompt longer than "
                                f"config.rollout.max_prompt_tokens={limit}:{listing}")
-    print(f"config.data.on_invalid='skip': skipped {len(bad)} of {len(examples)} training questions "
+    print(f"config.data.on_invalid='skip': skipped {len(bad)} of {len(examples)} {what} questions "
           f"(prompt longer than config.rollout.max_prompt_tokens={limit}):{listing}", flush=True)
     return kept

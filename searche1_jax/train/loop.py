@@ -250,9 +250,8 @@ class Trainer:
 
     def dev_eval(self, state: TrainState, label: str) -> list[dict]:
         """Greedy EM of each member on the first config.sft.eval_dev dev questions (phase "eval")."""
-        from searche1_jax.data.qa import read_examples
         c, exp = self.c, self.exp
-        examples = read_examples(c.data.dev)[:c.sft.eval_dev]
+        examples = exp.dev_examples  # read and checked with the training data (setup.py)
         rows_out = []
         for i in range(exp.n):
             em, trajs = greedy_em(exp.agent, exp.policy(state.params, i), examples, batch=c.rollout.max_rows or 16)

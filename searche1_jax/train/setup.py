@@ -103,6 +103,11 @@ class Experiment:
             if not c.data.train:
                 raise ValueError("config.data.train must name a training file (jsonl or Search-R1 parquet)")
             train_examples = read_examples(question_file(c.data.train))
+        # the dev questions the trainer evaluates (config.sft.eval_dev: base, warm start, final)
+        dev_examples = None
+        if need_train_data and c.sft.eval_dev > 0 and c.data.dev:
+            from searche1_jax.data.qa import read_examples
+            dev_examples = read_examples(c.data.dev)[:c.sft.eval_dev]
 
         if c.retrieval.kind == "http":  # a service that is down is found now, not at the first search
             check_service(c.retrieval)
@@ -117,6 +122,10 @@ class Experiment:
         self.tokenizer = Tokenizer.load(tok_path)
         if train_examples is not None:  # every question's prompt fits, or the run stops here (data_check.py)
             self.train_data = _question_stream(train_examples, self.tokenizer, c)
+        self.dev_examples = None  # the questions Trainer.dev_eval rolls out, checked as training's are
+        if dev_examples is not None:
+            from searche1_jax.train.data_check import checked_examples
+            self.dev_examples = checked_examples(dev_examples, c.data.dev, self.tokenizer, c, what="dev")
         if c.model.preset:
             cfg = get_preset(c.model.preset, **overrides)
             if cfg.vocab_size < self.tokenizer.vocab_size:

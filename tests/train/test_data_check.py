@@ -96,3 +96,17 @@ def test_prompt_bytes_are_those_of_the_rendered_prompts(tok, mode):
     exs = read_examples(demo_file("train")) + [QAExample("u", "  où est né Frédéric Chopin ", ("x",), "")]
     render = prompt_renderer(tok, mode)
     assert prompt_bytes(exs, render) == [len(render(ex.question).encode("utf-8")) for ex in exs]
+
+
+def test_a_too_long_dev_question_the_run_evaluates_is_refused_before_the_model_is_built(tmp_path, tok):
+    """Dev questions beyond config.sft.eval_dev are never rolled out, so they are not checked."""
+    from searche1_jax.train import setup
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    write(train, ["who wrote hamlet?", "capital of france?"])
+    write(dev, ["who painted guernica?", LONG, LONG + " too"])
+    c = tiny_config()
+    c.data.train, c.data.dev, c.sft.eval_dev = str(train), str(dev), 2
+    with pytest.raises(InvalidDataError, match=rf"1 of 2 dev questions in {dev}"):
+        setup.Experiment(c)
+    c.sft.eval_dev = 1
+    assert [ex.id for ex in setup.Experiment(c).dev_examples] == ["q0"]
