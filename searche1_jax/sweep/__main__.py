@@ -37,16 +37,12 @@ def main(argv):
     import jax
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-    from searche1_jax.sweep.run import run_sweep
+    from searche1_jax.sweep.run import run_command
 
     print(f"searche1_jax.sweep: {jax.device_count()} devices ({jax.devices()[0].platform}), "
           f"workdir {os.path.abspath(FLAGS.workdir)}", flush=True)
-    try:
-        run_sweep(FLAGS.config, FLAGS.sweep, FLAGS.workdir, population=FLAGS.population,
-                  dev_limit=FLAGS.dev_limit, log=lambda s: print(s, flush=True))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(FLAGS.config, FLAGS.sweep, FLAGS.workdir, population=FLAGS.population,
+                       dev_limit=FLAGS.dev_limit)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,23 @@ def run_sweep(config, sweep: str, workdir: str, *, population: str = "auto", dev
     return rows
 
 
+def run_command(config, sweep: str, workdir: str, *, population: str, dev_limit: int) -> int:
+    """The sweep command's body: run_sweep, with its exit status (0 done or preempted, 2 bad input)."""
+    import sys
+
+    from searche1_jax.train.preemption import Preempted
+    try:
+        run_sweep(config, sweep, workdir, population=population, dev_limit=dev_limit,
+                  log=lambda s: print(s, flush=True))
+    except Preempted as p:  # SIGTERM: the population in training is saved; finished ones are kept
+        print(f"preempted: saved at GRPO step {p.state.step} (round {p.state.meta['round']}, "
+              f"{p.state.meta['phase']}); rerun the same command to resume the sweep", flush=True)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def dev_em(exp, state, limit: int) -> list[float | None]:
     """Greedy EM of each member on the first `limit` dev questions (None without a dev file)."""
     if not exp.config.data.dev or limit <= 0:

@@ -51,3 +51,23 @@ def test_sweep_runs_population_and_structural_fields_and_resumes(tmp_path):
     assert len(open(os.path.join(workdir, "pop0", "metrics.jsonl")).readlines()) == n_lines
     with pytest.raises(ValueError, match="holds a different sweep"):
         run_sweep(small_config(), "seed=0,1,2", workdir)
+
+
+
+def test_a_preempted_sweep_exits_0_and_says_how_to_resume(monkeypatch, capsys):
+    """SIGTERM inside a population: the trainer saved and raised Preempted (train/preemption.py,
+    tested end to end in tests/train/test_preemption.py); the sweep command exits 0 with the
+    resume hint instead of a traceback. Bad input still exits 2."""
+    import types
+
+    from searche1_jax.sweep import run as sweep_run
+    from searche1_jax.train.preemption import Preempted
+
+    def preempted(*a, **k):
+        raise Preempted(types.SimpleNamespace(step=3, meta={"round": 1, "phase": "grpo"}))
+    monkeypatch.setattr(sweep_run, "run_sweep", preempted)
+    assert sweep_run.run_command(None, "train.lr=1e-5", "/nonexistent", population="auto", dev_limit=0) == 0
+    assert "preempted: saved at GRPO step 3 (round 1, grpo); rerun the same command" in capsys.readouterr().out
+    monkeypatch.setattr(sweep_run, "run_sweep", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad field")))
+    assert sweep_run.run_command(None, "x=1", "/nonexistent", population="auto", dev_limit=0) == 2
+    assert "error: bad field" in capsys.readouterr().err
