@@ -179,9 +179,10 @@ def test_decode_and_append_read_the_weights_without_copying_them(tiny):
     kw = dict(**NO_STOP, stop_enabled=jnp.ones((2, 1), bool), eos_ids=jnp.array([-1], jnp.int32), max_new=4,
               params=SamplingParams(greedy=True), speed=SpeedPolicy())
     _, st = decode(model, st, jnp.ones(2, bool), jax.random.key(0), **kw)
+    compiled = sampler.decode.jitted._cache_size()  # (other tests' shapes are in this cache too)
     _, st = decode(model, st, jnp.ones(2, bool), jax.random.key(1), **kw)
     assert [w.unsafe_buffer_pointer() for w in jax.tree.leaves(nnx.state(model))] == before
-    assert sampler.decode.jitted._cache_size() == 1
+    assert sampler.decode.jitted._cache_size() == compiled
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(st))
     compiled = sampler.append.lower(model, st, jnp.ones((2, 4), jnp.int32), jnp.array([4, 3]), jnp.int32(0)).compile()
     assert compiled.memory_analysis().output_size_in_bytes <= state_bytes + 1024
