@@ -101,7 +101,10 @@ def branch(warm: str, workdir: str) -> None:
     if os.path.exists(os.path.join(workdir, "checkpoints")):
         return  # started before: the run resumes from its own checkpoints
     os.makedirs(workdir, exist_ok=True)
-    shutil.copytree(os.path.join(warm, "checkpoints"), os.path.join(workdir, "checkpoints"))
+    part = os.path.join(workdir, "checkpoints.partial")  # a copy cut short (disk full, killed) is redone
+    shutil.rmtree(part, ignore_errors=True)
+    shutil.copytree(os.path.join(warm, "checkpoints"), part)
+    os.rename(part, os.path.join(workdir, "checkpoints"))
     shutil.copy(os.path.join(warm, "metrics.jsonl"), os.path.join(workdir, "metrics.jsonl"))
     if os.path.isdir(os.path.join(warm, "evals")):
         shutil.copytree(os.path.join(warm, "evals"), os.path.join(workdir, "evals"))
