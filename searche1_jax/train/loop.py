@@ -83,6 +83,13 @@ def write_dev_answers(path: str, examples, em, trajs) -> None:
     os.replace(tmp, path)
 
 
+def needs_teacher_copy(teacher: str, epochs: int, rows: int, mini_batch: int) -> bool:
+    """Whether an OFSD round must hold a frozen copy of theta_k for its teacher: only a "snapshot"
+    teacher over more than one update (epochs x ceil(rows / mini_batch)). With one update theta_k
+    is the params that update reads; a "live" teacher is the params of each update."""
+    return teacher == "snapshot" and epochs * -(-rows // mini_batch) > 1
+
+
 def split_keys(rng: jax.Array, n: int) -> list[jax.Array]:
     """Member-wise jax.random.split(rng[i], n) -> n key arrays [N]."""
     parts = [jax.random.split(rng[i], n) for i in range(rng.shape[0])]
@@ -291,18 +298,20 @@ class Trainer:
         losses = [[] for _ in range(exp.n)]
         if batch is not None:
             self.ckpt.wait()  # the updates donate the state an async save may still be reading
-            teacher_params = (jax.tree.map(jnp.copy, params) if c.ofsd.teacher == "snapshot"
-                              else None)  # frozen theta_k of every member
             n_rows = lay.rows(batch)
+            snapshot = needs_teacher_copy(c.ofsd.teacher, c.ofsd.epochs, max(n_rows), mini)
+            teacher_params = jax.tree.map(jnp.copy, params) if snapshot else None
             for _ in range(c.ofsd.epochs):
                 pkey, sub = split_keys(pkey, 2)
                 orders = self._orders(sub, n_rows)
                 for lo in range(0, max(n_rows), mini):
                     active = np.asarray([lo < n for n in n_rows])
                     mb = lay.take(batch, orders, lo, lo + mini, micro)
-                    teacher = params if c.ofsd.teacher == "live" else teacher_params
                     args = (lay.place(active),) if lay.population else ()
-                    params, opt_state, m = exp.steps.ofsd(params, opt_state, teacher, mb, hyper, *args)
+                    if snapshot:
+                        params, opt_state, m = exp.steps.ofsd(params, opt_state, teacher_params, mb, hyper, *args)
+                    else:  # the params are their own (stop-gradient) teacher: no second buffer to donate
+                        params, opt_state, m = exp.steps.ofsd_live(params, opt_state, mb, hyper, *args)
                     m = jax.device_get(m)
                     for i in np.flatnonzero(active):
                         losses[i].append(lay.metric(m, "ofsd_loss", i))

@@ -256,12 +256,13 @@ class Steps:
     logps: Callable
     grpo: Callable
     ofsd: Callable
+    ofsd_live: Callable  # ofsd(params, opt_state, batch, hyper[, active]) with params as their own teacher
     sft: Callable
     init: Callable
 
     def compile_count(self) -> int:
         """Compiled executables of the train steps (flat across steps once buckets are warm)."""
-        return sum(f._cache_size() for f in (self.logps, self.grpo, self.ofsd, self.sft))
+        return sum(f._cache_size() for f in (self.logps, self.grpo, self.ofsd, self.ofsd_live, self.sft))
 
 
 def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mesh=None) -> Steps:
@@ -279,6 +280,7 @@ def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mes
         ofsd = fns["ofsd"]
         return Steps(logps=jax.jit(fns["logps"]), grpo=jax.jit(fns["grpo"], donate_argnums=(0, 1)),
                      ofsd=jax.jit(lambda p, s, t, b, h: ofsd(p, s, t, b, h), donate_argnums=(0, 1)),
+                     ofsd_live=jax.jit(lambda p, s, b, h: ofsd(p, s, p, b, h), donate_argnums=(0, 1)),
                      sft=jax.jit(fns["sft"], donate_argnums=(0, 1)), init=jax.jit(fns["init"]))
 
     def on_members(fn, donate=()):
@@ -297,5 +299,7 @@ def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mes
         return jax.jit(sharded, donate_argnums=donate, in_shardings=placed, out_shardings=placed)
 
     return Steps(logps=on_members(fns["logps"]), grpo=on_members(fns["grpo"], (0, 1)),
-                 ofsd=on_members(fns["ofsd"], (0, 1)), sft=on_members(fns["sft"], (0, 1)),
+                 ofsd=on_members(fns["ofsd"], (0, 1)),
+                 ofsd_live=on_members(lambda p, s, b, h, a: fns["ofsd"](p, s, p, b, h, a), (0, 1)),
+                 sft=on_members(fns["sft"], (0, 1)),
                  init=on_members(fns["init"]))

@@ -1,5 +1,5 @@
-"""dev_summary / is_yes_no / rollout_metrics by hand: dev EM overall and on the open (not yes/no)
-questions, solved and mixed groups."""
+"""dev_summary / is_yes_no / rollout_metrics / needs_teacher_copy by hand: dev EM overall and on
+the open (not yes/no) questions, solved and mixed groups, when an OFSD round copies its teacher."""
 import types
 
 import numpy as np
@@ -60,3 +60,12 @@ def test_write_dev_answers_one_row_per_question(tmp_path):
     assert not (tmp_path / "evals" / "final.jsonl.tmp").exists()
     with pytest.raises(ValueError):  # a trajectory missing for a question is an error, not a short file
         write_dev_answers(str(path), exs, np.asarray([1.0, 0.0]), [t("paris", 2, 61, "answer")])
+
+
+def test_an_ofsd_round_copies_its_teacher_only_for_several_snapshot_updates():
+    from searche1_jax.train.loop import needs_teacher_copy
+    assert not needs_teacher_copy("snapshot", 1, 3, 4)      # 3 students, mini-batch 4: one update
+    assert not needs_teacher_copy("snapshot", 1, 4, 4)
+    assert needs_teacher_copy("snapshot", 1, 5, 4)          # two updates: the second needs theta_k
+    assert needs_teacher_copy("snapshot", 2, 3, 4)          # two epochs of one update each
+    assert not needs_teacher_copy("live", 3, 64, 4)         # the live teacher is the params themselves

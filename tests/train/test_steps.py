@@ -117,6 +117,24 @@ def test_ofsd_step_changes_params_and_lowers_its_own_loss(setup):
     assert float(m2["ofsd_loss"]) < float(m1["ofsd_loss"])
 
 
+def test_ofsd_live_equals_ofsd_with_a_copy_of_the_params_as_teacher(setup):
+    """ofsd_live(p, ...) = ofsd(p, ..., teacher=copy(p)): the live teacher (and a snapshot round
+    with one update) needs no second copy of the params; passing the same buffers as the donated
+    params and the teacher would be refused by XLA ("a buffer that was previously donated")."""
+    model, binder, _, _ = setup
+    params = params_of(model)
+    steps = make_steps(binder, StepConfig(ofsd_chunk=16))
+    batch = to_micro(ofsd_batch(), 2)
+    student = jax.tree.map(lambda x: x + 0.01 * jnp.sin(jnp.arange(x.size, dtype=x.dtype)).reshape(x.shape), params)
+    p1, s1, m1 = steps.ofsd(copy(student), steps.init(student, HYPER), copy(student), batch, HYPER)
+    p2, s2, m2 = steps.ofsd_live(copy(student), steps.init(student, HYPER), batch, HYPER)
+    np.testing.assert_allclose(float(m2["ofsd_loss"]), float(m1["ofsd_loss"]), rtol=1e-6, atol=1e-9)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
+    assert float(m2["ofsd_loss"]) > 0  # the teacher sees the privileged context: a real update
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(student)))
+
+
 def test_ofsd_loss_matches_naive_full_vocab_kl(setup):
     """The step's loss == mean over unmasked response tokens of KL(p_T || p_S), numpy oracle."""
     model, binder, _, _ = setup
