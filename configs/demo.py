@@ -37,17 +37,18 @@ def get_config(arg: str = ""):
     c.sft.questions = 160
     c.sft.steps = 8
     c.sft.batch = 8
-    c.sft.micro_batch = 4
+    c.sft.micro_batch = 2              # 2 sequences per forward/backward: the step's activations (memory)
     c.sft.lr = 2e-4
     c.sft.eval_dev = 40                # greedy dev EM: base, after the warm start, at the end
     c.grpo.steps_per_round = 2
     c.grpo.questions_per_step = 2
     c.grpo.mini_batch = 4              # trajectories per update: 2 x 4 = 8 a step, 2 updates
-    c.grpo.micro_batch = 4
+    c.grpo.micro_batch = 2             # the step's activations: 2 sequences at a time (memory)
     c.grpo.length_bucket = 128
     c.ofsd.questions = 8               # 32 teacher rollouts: a sibling pair is likely (4 questions gave 0-6 students)
     c.ofsd.group_size = 4
-    c.ofsd.mini_batch = 4
+    c.ofsd.mini_batch = 16             # one update for up to 16 students: theta_k is then the params
+                                       # themselves, no frozen teacher copy (540 MB) is held
     c.ofsd.micro_batch = 2
     c.ofsd.length_bucket = 128
     c.train.rounds = 1

@@ -54,6 +54,8 @@ def test_demo_learns_end_to_end_and_resumes(tmp_path):
     assert ofsd["ofsd_students"] > 0 and np.isfinite(ofsd["ofsd_loss"])
     assert "done: 2 GRPO steps, 1 rounds" in out
     assert os.path.exists(tmp_path / "trajectories" / "index.html")
+    answers = [json.loads(line) for line in open(tmp_path / "evals" / "final.jsonl")]  # one row per dev question
+    assert len(answers) == 40 and np.mean([a["em"] for a in answers]) == pytest.approx(ev["final"]["dev_em"])
     # a finished run started again resumes from its last checkpoint and does nothing more
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
