@@ -32,9 +32,9 @@ def test_demo_learns_end_to_end_and_resumes(tmp_path):
     out = open(log).read()
     assert proc.returncode == 0, out[-4000:]
     peak_gb = usage.ru_maxrss * 1024 / 1e9  # KiB on Linux
-    # issue 19 asks for < 6 GB; measured 7.65 GB (the final eval after an OFSD round with students)
-    # after cutting 13.8 GB: this bound catches regressions until the rest is found
-    assert peak_gb < 8.5, f"demo peak RSS {peak_gb:.2f} GB"
+    # issue 19 asks for < 6 GB; measured 6.68-6.82 GB (the OFSD round; phases vary by ~0.5 GB
+    # between runs) after cutting 13.8 GB: this bound catches regressions until the rest is found
+    assert peak_gb < 7.5, f"demo peak RSS {peak_gb:.2f} GB"
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [(r["phase"], r.get("label")) for r in rows] == (
         [("eval", "base")] + [("sft", None)] * 8 + [("eval", "warm_start"), ("grpo", None), ("grpo", None),
