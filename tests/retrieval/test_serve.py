@@ -16,6 +16,7 @@ from searche1_jax.retrieval.corpus import Corpus
 from searche1_jax.retrieval.serve import Limits, make_server
 
 QUERIES = ["Evan Morris lobbyist", "Horatio Hale ethnologist", "a fort in Oman", "Genentech Roche"]
+FULL = ["American film director", "a fort in Oman"]  # >= 4 passages of the 300 hold a word of each
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,9 @@ def test_client_equals_in_process_search(served):
 
 def test_wire_format_is_search_r1s_exactly(served):
     index, corpus, url, _ = served
-    status, body = post(url, json.dumps({"queries": QUERIES[:2], "topk": 2, "return_scores": True}).encode())
+    status, body = post(url, json.dumps({"queries": FULL, "topk": 2, "return_scores": True}).encode())
     assert status == 200 and list(body) == ["result"] and len(body["result"]) == 2
-    expected = index.search(QUERIES[:2], 2)
+    expected = index.search(FULL, 2)
     for row, want in zip(body["result"], expected):
         assert len(row) == 2
         for item, p in zip(row, want):
@@ -61,11 +62,11 @@ def test_wire_format_is_search_r1s_exactly(served):
             assert (item["document"]["id"], item["document"]["contents"]) == corpus.record(row_idx)
             assert item["score"] == pytest.approx(p.score)
     # return_scores false (Search-R1's default): bare documents
-    status, body = post(url, json.dumps({"queries": QUERIES[:1], "topk": 2}).encode())
+    status, body = post(url, json.dumps({"queries": FULL[:1], "topk": 2}).encode())
     assert status == 200
     assert body == {"result": [[{"id": p.id, "contents": p.contents} for p in expected[0]]]}
     # no topk: the server default (3)
-    status, body = post(url, json.dumps({"queries": QUERIES[:1]}).encode())
+    status, body = post(url, json.dumps({"queries": FULL[:1]}).encode())
     assert len(body["result"][0]) == 3
 
 
@@ -254,7 +255,7 @@ def test_an_aborted_connection_is_one_log_line_not_a_traceback(strict, caplog, c
 def test_queries_without_an_indexable_word_get_no_passages_and_are_counted(strict):
     server, url = strict
     before = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())["empty_queries"]
-    status, out = post(url, json.dumps({"queries": ["?!?!", QUERIES[0], "the"], "topk": 3}).encode())
+    status, out = post(url, json.dumps({"queries": ["?!?!", FULL[0], "the"], "topk": 3}).encode())
     assert status == 200 and [len(r) for r in out["result"]] == [0, 3, 0]
     after = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())["empty_queries"]
     assert after - before == 2

@@ -27,8 +27,12 @@ def test_build_then_load_gives_identical_results(kind, corpus, tiny_encoder, tin
     loaded = load_index(str(tmp_path))  # loads the encoder named by the manifest
     a, b = built.search(QUERIES, 5), loaded.search(QUERIES, 5)
     assert [[p.id for p in r] for r in a] == [[p.id for p in r] for r in b]
-    np.testing.assert_allclose([[p.score for p in r] for r in a], [[p.score for p in r] for r in b], atol=1e-6)
-    assert all(len(r) == 5 for r in a)
+    for ra, rb in zip(a, b):
+        np.testing.assert_allclose([p.score for p in ra], [p.score for p in rb], atol=1e-6)
+    if kind == "bm25":  # only passages holding a query word: 300 passages have fewer than 5 for some
+        assert all(1 <= len(r) <= 5 and min(p.score for p in r) > 0 for r in a)
+    else:
+        assert all(len(r) == 5 for r in a)
 
 
 def test_dense_search_equals_encoder_plus_numpy(corpus, tiny_encoder):
