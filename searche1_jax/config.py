@@ -104,6 +104,7 @@ def base() -> ml_collections.ConfigDict:
     c.grpo.agg = "token-mean"      # exact token mean over the mini-batch (METHOD §2) | micro_token_mean [compat]: veRL
     c.grpo.length_bucket = 256
     c.grpo.logit_chunk = 1024
+    c.grpo.skip_flat_groups = False  # [choice] True: update only on groups with a reward spread (DAPO's filter)
 
     c.ofsd = ml_collections.ConfigDict()
     c.sft = ml_collections.ConfigDict()

@@ -247,6 +247,11 @@ class GRPOSection(_Section):
         token-means (veRL; micro_batch then plays veRL's per-GPU micro-batch).
     length_bucket: trajectory padding multiple.
     logit_chunk: tokens per chunk of the LM head / log-softmax.
+    skip_flat_groups: False (Search-R1): every trajectory enters the update. True: only the groups
+        whose rewards differ (rl/grpo.py::has_spread); a flat group's advantages are all 0, so
+        it adds only the KL and entropy terms and its tokens to the token-mean's denominator
+        (DAPO's dynamic-sampling filter, without re-sampling). A step with no such group makes
+        no update. Saves the update's compute when the reward is sparse.
     """
     SECTION: ClassVar[str] = "grpo"
     steps_per_round: int
@@ -261,6 +266,7 @@ class GRPOSection(_Section):
     agg: str
     length_bucket: int
     logit_chunk: int
+    skip_flat_groups: bool
 
     def __post_init__(self):
         for f in ("steps_per_round", "questions_per_step", "mini_batch", "micro_batch", "epochs",

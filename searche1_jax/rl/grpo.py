@@ -18,6 +18,15 @@ AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "micr
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
+def has_spread(rewards) -> np.ndarray:
+    """[Q, G] rewards -> [Q] bool: the groups whose rewards are not all equal, the only ones
+    with non-zero advantages (group_advantages), i.e. GRPO's policy-gradient signal."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must be [questions, group_size], got shape {r.shape}")
+    return r.max(axis=1, initial=-np.inf) > r.min(axis=1, initial=np.inf)
+
+
 def group_advantages(rewards, group_ids, eps: float = 1e-6) -> np.ndarray:
     """A_i = (r_i − mean_g r) / (std_g r + eps), std unbiased (ddof 1) within each group.
 

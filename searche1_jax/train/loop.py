@@ -28,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from searche1_jax.data.loader import epoch_order
-from searche1_jax.rl.grpo import check_unique_group_ids
+from searche1_jax.rl.grpo import check_unique_group_ids, has_spread
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
 from searche1_jax.train.preemption import Preempted, Preemption
-from searche1_jax.train.rollouts import greedy_em, grpo_arrays, roll_out, rollout_metrics
+from searche1_jax.train.rollouts import advantages, greedy_em, grpo_arrays, roll_out, rollout_metrics
 from searche1_jax.train.setup import Experiment
 from searche1_jax.train.state import TrainState
 from searche1_jax.train.trajectory_log import TrajectoryLog
@@ -148,38 +148,30 @@ class Trainer:
                            f"updating")
         traj_per_update = lay.share(c.grpo.mini_batch, "config.grpo.mini_batch")  # trajectories (Search-R1)
         rows = lay.share(c.grpo.micro_batch, "config.grpo.micro_batch")
-        per = [grpo_arrays(g, step=state.step, length_bucket=c.grpo.length_bucket,
-                           rows_multiple=np.lcm(traj_per_update, rows), pad_id=exp.tokenizer.pad_id)
-               for g in groups]
-        for i, b in enumerate(per):  # METHOD §2: a group id never repeats across steps
-            ids = b.pop("group_ids")
-            self._group_ids[i] = check_unique_group_ids(ids[ids >= 0], self._group_ids[i])
         if self.pages:
-            self.pages.grpo_step(groups[0], per[0]["advantages"], state.step + 1)
-        batch = lay.combine(per, GRPO_DTYPES, self.pad)  # same shapes everywhere
-        batch.pop("_rows", None)
-        hyper = exp.hyper(state.step)
-        batch["old_logps"] = lay.logps(exp.steps.logps, state.params, batch["tokens"], batch["valid"], hyper, rows)
-        batch["ref_logps"] = lay.logps(exp.steps.logps, state.ref_params, batch["tokens"], batch["valid"],
-                                       hyper, rows)
+            self.pages.grpo_step(groups[0], advantages(groups[0], state.step)[1], state.step + 1)
+        trained = [[g for g, s in zip(gs, has_spread([g.rewards for g in gs])) if s] if c.grpo.skip_flat_groups
+                   else gs for gs in groups]
+        per = [grpo_arrays(g, step=state.step, length_bucket=c.grpo.length_bucket,
+                           rows_multiple=np.lcm(traj_per_update, rows), pad_id=exp.tokenizer.pad_id) if g else None
+               for g in trained]
+        for i, b in enumerate(per):  # METHOD §2: a group id never repeats across steps
+            if b is not None:
+                ids = b.pop("group_ids")
+                self._group_ids[i] = check_unique_group_ids(ids[ids >= 0], self._group_ids[i])
+        batch = lay.combine(per, GRPO_DTYPES, self.pad)  # same shapes everywhere; None: no process has rows
         params, opt_state = state.params, state.opt_state
-        self.ckpt.wait()  # the updates donate the state an async save may still be reading
-        n_rows = lay.rows(batch)
-        perm_key, step_metrics = key, []
-        for _ in range(c.grpo.epochs):
-            perm_key, sub = split_keys(perm_key, 2)
-            orders = self._orders(sub, n_rows)
-            for lo in range(0, max(n_rows), traj_per_update):
-                mb = lay.take(batch, orders, lo, lo + traj_per_update, rows)
-                params, opt_state, m = exp.steps.grpo(params, opt_state, mb, hyper)
-                step_metrics.append(jax.device_get(m))
+        hyper = exp.hyper(state.step)
+        step_metrics = []
+        if batch is not None:
+            params, opt_state, step_metrics = self._grpo_updates(state, batch, key, hyper, traj_per_update, rows)
         dt = time.time() - t0
         rows_out = []
         for i in range(exp.n):
             summary = rollout_metrics(groups[i])
-            for k in step_metrics[0]:
+            for k in (step_metrics[0] if step_metrics else ()):
                 summary[k] = float(np.mean([lay.metric(m, k, i) for m in step_metrics]))
-            tokens = float(per[i]["valid"].sum())
+            tokens = float(per[i]["valid"].sum()) if per[i] is not None else 0.0
             summary.update(tokens_per_s=tokens / dt, rollout_s=t_roll, step_s=dt, compiles=exp.compile_count(),
                            updates=float(len(step_metrics)),
                            lr=float(np.asarray(hyper["lr"]).reshape(-1)[i]))
@@ -195,6 +187,26 @@ class Trainer:
             self.progress.update(new.step, "grpo", reward_mean=float(np.mean(rewards)),
                                  reward_best=float(np.max(rewards)), step_s=round(dt, 1))
         return new
+
+    def _grpo_updates(self, state: TrainState, batch: dict, key, hyper, traj_per_update: int, rows: int):
+        """The PPO mini-batch updates of one GRPO step over `batch` -> (params, opt_state, metrics)."""
+        exp, lay = self.exp, self.layout
+        batch.pop("_rows", None)
+        batch["old_logps"] = lay.logps(exp.steps.logps, state.params, batch["tokens"], batch["valid"], hyper, rows)
+        batch["ref_logps"] = lay.logps(exp.steps.logps, state.ref_params, batch["tokens"], batch["valid"],
+                                       hyper, rows)
+        params, opt_state = state.params, state.opt_state
+        self.ckpt.wait()  # the updates donate the state an async save may still be reading
+        n_rows = lay.rows(batch)
+        perm_key, step_metrics = key, []
+        for _ in range(self.c.grpo.epochs):
+            perm_key, sub = split_keys(perm_key, 2)
+            orders = self._orders(sub, n_rows)
+            for lo in range(0, max(n_rows), traj_per_update):
+                mb = lay.take(batch, orders, lo, lo + traj_per_update, rows)
+                params, opt_state, m = exp.steps.grpo(params, opt_state, mb, hyper)
+                step_metrics.append(jax.device_get(m))
+        return params, opt_state, step_metrics
 
     # ---- the supervised warm start (config.sft) ----
     def _warm_start_data(self):

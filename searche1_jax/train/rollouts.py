@@ -60,16 +60,21 @@ def greedy_em(agent: SearchAgent, model, examples: Sequence, batch: int = 16) ->
     return em_rewards([t.answer for t in trajs], [tuple(ex.golden_answers) for ex in examples]), trajs
 
 
+def advantages(groups: list[Group], step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(group ids [B], advantages [B] float32) of the groups' trajectories in order."""
+    rewards = np.concatenate([g.rewards for g in groups])
+    # group id = (step, question index): unique per question and step, so two questions never
+    # share a group (Search-R1's per-source row index can merge NQ row k with HotpotQA row k)
+    group_ids = np.concatenate([np.full(len(g.trajectories), step * 1_000_000 + i) for i, g in enumerate(groups)])
+    return group_ids, np.asarray(group_advantages(rewards, group_ids), np.float32)
+
+
 def grpo_arrays(groups: list[Group], *, step: int, length_bucket: int, rows_multiple: int,
                 pad_id: int) -> dict[str, np.ndarray]:
     """Packed [B, T] tokens/valid/loss_mask, advantages [B] and group_ids [B] (unique per question
     and step, -1 on padding rows)."""
     trajs = [t for g in groups for t in g.trajectories]
-    rewards = np.concatenate([g.rewards for g in groups])
-    # group id = (step, question index): unique per question and step, so two questions never
-    # share a group (Search-R1's per-source row index can merge NQ row k with HotpotQA row k)
-    group_ids = np.concatenate([np.full(len(g.trajectories), step * 1_000_000 + i) for i, g in enumerate(groups)])
-    adv = np.asarray(group_advantages(rewards, group_ids), np.float32)
+    group_ids, adv = advantages(groups, step)
     seqs = [t.prompt_ids + t.response_ids for t in trajs]
     masks = [[0] * len(t.prompt_ids) + t.loss_mask for t in trajs]
     length = bucket_length(max(len(s) for s in seqs), length_bucket)
