@@ -1,8 +1,9 @@
 """The paper's claim in miniature: warm start only vs GRPO-only vs GRPO + OFSD, from the same
 warm start and the same seeds, on the real SmolLM2-135M-Instruct with BM25.
 
-    python benchmarks/learning.py                      # ~75 min on 2 CPU cores
-    python benchmarks/learning.py --out runs/learning --rounds 2 --steps_per_round 3 --lr 1e-5
+    python benchmarks/learning.py                      # ~75-90 min on 2 quiet CPU cores
+    python benchmarks/learning.py --out runs/learning --rounds 2 --steps_per_round 3 --questions 4 --lr 1e-5 \
+        --skip_flat_groups 0 --max_rows 8 --ofsd_questions 4   # runs 1-2
 
 Every arm is a real `python -m searche1_jax.main --config=configs/demo.py` run with overrides,
 in its own workdir under --out, so a killed benchmark resumes where it stopped when run again
@@ -63,7 +64,8 @@ def overrides(args, data: dict) -> list[str]:
          "grpo.questions_per_step": args.questions, "rollout.group_size": args.group_size,
          "grpo.mini_batch": args.mini_batch, "train.lr": args.lr,
          "ofsd.questions": args.ofsd_questions, "ofsd.group_size": args.group_size,
-         "checkpoint.every_steps": args.steps_per_round, "train.seed": args.seed, "sft.steps": args.sft_steps}
+         "checkpoint.every_steps": args.steps_per_round, "train.seed": args.seed, "sft.steps": args.sft_steps,
+         "grpo.skip_flat_groups": bool(args.skip_flat_groups), "rollout.max_rows": args.max_rows}
     return [f"--config.{k}={v}" for k, v in o.items()]
 
 
@@ -184,7 +186,8 @@ def summarize(out: str, args, walls: dict) -> str:
                        ("GRPO + OFSD - GRPO only", final["grpo_ofsd"], final["grpo"])):
         lines.append(f"| {name} | {paired(a, b)} | {paired(a, b, open_only=True)} |")
     lines.append("")
-    lines.append("| GRPO step | " + " | ".join(f"{a} reward / mixed / clip / kl_ref / entropy" for a in ARMS) + " |")
+    cols = "reward / mixed / updates / clip / kl_ref / entropy"
+    lines.append("| GRPO step | " + " | ".join(f"{a} {cols}" for a in ARMS) + " |")
     lines.append("|---|" + "---|" * len(ARMS))
     per = {arm: [x for x in runs[arm] if x.get("phase") == "grpo"] for arm in ARMS}
     for s in range(max(len(v) for v in per.values())):
@@ -193,6 +196,7 @@ def summarize(out: str, args, walls: dict) -> str:
             x = per[arm][s] if s < len(per[arm]) else None
             cells.append("" if x is None else
                          f"{x['reward']:.3f} / {x.get('mixed_groups', float('nan')):.2f} / "
+                         f"{x.get('updates', float('nan')):.0f} / "
                          f"{x.get('clip_frac', float('nan')):.3f} / {x.get('kl_ref', float('nan')):.2e} / "
                          f"{x.get('entropy', float('nan')):.3f}")
         lines.append(f"| {s + 1} | " + " | ".join(cells) + " |")
@@ -251,13 +255,19 @@ def main(argv=None) -> int:
     ap.add_argument("--sft_steps", type=int, default=16,
                     help="warm-start updates (the demo's 8 left T = 1 samples right in ~7%% of rollouts)")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps_per_round", type=int, default=3)
-    ap.add_argument("--questions", type=int, default=4, help="questions per GRPO step")
+    ap.add_argument("--steps_per_round", type=int, default=2)
+    ap.add_argument("--questions", type=int, default=16,
+                    help="questions per GRPO step (runs 1-2 had 4: 0-1 groups with a reward spread a step)")
     ap.add_argument("--group_size", type=int, default=4)
     ap.add_argument("--mini_batch", type=int, default=4, help="trajectories per PPO update")
-    ap.add_argument("--ofsd_questions", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-5,
-                    help="RL lr (Search-R1's 1e-6 moves a 135M model by nothing in 12 steps)")
+    ap.add_argument("--ofsd_questions", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-5,
+                    help="RL lr (Search-R1's 1e-6 moves a 135M model by nothing in 12 steps; 1e-5 "
+                         "in runs 1-2 clipped 0-0.4%% of tokens)")
+    ap.add_argument("--skip_flat_groups", type=int, default=1,
+                    help="1: update only on groups with a reward spread (config.grpo.skip_flat_groups)")
+    ap.add_argument("--max_rows", type=int, default=32,
+                    help="rows decoded at once (config.rollout.max_rows; the demo's 8 is for its memory)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", default=",".join(ARMS),
                     help="arms this invocation runs (two invocations with one arm each can share a machine)")
