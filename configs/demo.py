@@ -45,12 +45,14 @@ def get_config(arg: str = ""):
     c.grpo.mini_batch = 4              # trajectories per update: 2 x 4 = 8 a step, 2 updates
     c.grpo.micro_batch = 2             # the step's activations: 2 sequences at a time (memory)
     c.grpo.length_bucket = 128
+    c.grpo.logit_chunk = 256           # tokens per [chunk, vocab] fp32 logits block (1024: 201 MB each)
     c.ofsd.questions = 8               # 32 teacher rollouts: a sibling pair is likely (4 questions gave 0-6 students)
     c.ofsd.group_size = 4
     c.ofsd.mini_batch = 16             # one update for up to 16 students: theta_k is then the params
                                        # themselves, no frozen teacher copy (540 MB) is held
     c.ofsd.micro_batch = 2
     c.ofsd.length_bucket = 128
+    c.ofsd.logit_chunk = 128           # teacher and student [chunk, vocab] blocks (512: 2 x 100 MB)
     c.train.rounds = 1
     c.train.lr = 1e-6
     c.checkpoint.every_steps = 4

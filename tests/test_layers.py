@@ -21,7 +21,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "searche1_jax"
 ALLOWED = {
     "shapes": set(),                       # arithmetic on shapes: imports nothing of ours
     "stats": set(),                        # bootstrap intervals (numpy)
-    "hostmem": set(),                      # glibc malloc settings for the entry points
+    "hostmem": set(),                      # glibc malloc settings (entry points) and trim (trainer)
     "rl": set(),                           # pure losses, rewards and OFSD data: arrays and strings
     "data": set(),                         # question files, benchmarks, demo assets
     "plot": set(),
@@ -30,7 +30,7 @@ ALLOWED = {
     "retrieval": {"model.weight_map", "shapes"},  # the encoder's weights are a weight-map table
     "config": {"data", "model", "retrieval", "rl", "rollout", "shapes"},  # typed experiment config
     "plan": {"config", "model", "rl", "shapes"},
-    "train": {"config", "data", "model", "retrieval", "rl", "rollout", "shapes", "stats"},
+    "train": {"config", "data", "hostmem", "model", "retrieval", "rl", "rollout", "shapes", "stats"},
     # inference only: a workdir's params (train.checkpoint); never the train state, steps or loop
     "eval": {"config", "data", "hostmem", "model", "retrieval", "rl", "rollout", "shapes", "stats",
              "train.checkpoint"},

@@ -29,6 +29,7 @@ import numpy as np
 
 from searche1_jax.data.loader import epoch_order
 from searche1_jax.rl.grpo import check_unique_group_ids, has_spread
+from searche1_jax.hostmem import release
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
@@ -120,6 +121,9 @@ class Trainer:
                       if self.c.log.trajectory_groups and jax.process_index() == 0 else None)
 
     def _write(self, step: int, phase: str, per_member: list[dict]) -> list[dict]:
+        """Record a step's (eval's, round's) metrics; every step ends here, so the heap's free
+        pages go back to the system here too (hostmem.release)."""
+        release()
         if not self.tag_members:
             return [self.metrics.write(step, phase, per_member[0])]
         return [self.metrics.write(step, phase, {"member": i, "name": self.names[i], **m})
