@@ -33,6 +33,7 @@ from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
 from searche1_jax.train.preemption import Preempted, Preemption
+from searche1_jax.train.reference import SAVED
 from searche1_jax.train.rollouts import greedy_em, grpo_arrays, roll_out, rollout_metrics
 from searche1_jax.train.setup import Experiment
 from searche1_jax.train.state import TrainState
@@ -250,10 +251,11 @@ class Trainer:
             if (s + 1) % c.checkpoint.every_steps == 0 and s + 1 < c.sft.steps:
                 self.ckpt.save(state)
             self.stop_if_preempted(state)
-        # RL starts here: the warm-started policy is the reference, with a fresh optimiser state
+        # RL starts here: the warm-started policy is the reference (saved once, with the next
+        # checkpoint: reference.py), with a fresh optimiser state
         ref = jax.tree.map(jnp.copy, params)
         return TrainState(params, exp.steps.init(params, exp.hyper(0)), ref, state.step, state.rng,
-                          dict(state.meta, phase="grpo"))
+                          dict(state.meta, phase="grpo", reference=SAVED))
 
     def dev_eval(self, state: TrainState, label: str) -> list[dict]:
         """Greedy EM of each member on the first config.sft.eval_dev dev questions (phase "eval")."""
@@ -332,7 +334,10 @@ class Trainer:
 
     def run(self) -> TrainState:
         c, exp = self.c, self.exp
-        state = self.ckpt.restore_latest(exp.initial_state()) if self.ckpt.latest_step() is not None else None
+        state = None
+        if self.ckpt.latest_step() is not None:  # onto abstract targets: nothing allocated to describe them
+            state = self.ckpt.restore_latest(exp.abstract_state(), initial_reference=exp.initial_params)
+            exp.release_initial_params()  # held now only if it is the restored run's reference
         if state is None:
             state = exp.initial_state()
             self.metrics.resume(0, 0)  # rows of a run killed before its first checkpoint are redone
