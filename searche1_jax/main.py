@@ -87,6 +87,7 @@ def main(argv):
     from searche1_jax.train.checkpoint import check_workdir
     from searche1_jax.retrieval.client import RetrieverDownError
     from searche1_jax.train.data_check import InvalidDataError
+    from searche1_jax.train.geometry import GeometryError
     from searche1_jax.train.loop import Trainer
     from searche1_jax.train.preemption import Preempted
     from searche1_jax.train.setup import Experiment
@@ -100,7 +101,7 @@ def main(argv):
           f"workdir {os.path.abspath(FLAGS.workdir)}", flush=True)
     try:
         exp = Experiment(config)
-    except (InvalidDataError, RetrieverDownError) as e:  # each names the file:line or URL and the fix
+    except (InvalidDataError, RetrieverDownError, GeometryError) as e:  # each names the file:line, URL or field
         raise SystemExit(f"error: {e}") from None
     try:
         state = Trainer(exp, FLAGS.workdir).run()

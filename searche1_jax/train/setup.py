@@ -22,6 +22,7 @@ from searche1_jax.retrieval.factory import build_retriever, check_service
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
+from searche1_jax.train.geometry import check_geometry
 from searche1_jax.train.layout import Population, SingleRun, member_mesh
 from searche1_jax.train.placement import abstract
 from searche1_jax.train.reference import INITIAL
@@ -97,6 +98,10 @@ class Experiment:
         self.configs = configs
         self.config = c = configs[0]  # shared fields are read from member 0
         self.n = len(configs)
+        model_mesh = make_mesh(dict(c.mesh)) if (len(jax.devices()) > 1 and not population) else None
+        if need_train_data and not population:  # every global batch size against mesh and processes, first
+            check_geometry(c, dict(model_mesh.shape) if model_mesh is not None else {"data": 1, "fsdp": 1, "tensor": 1},
+                           jax.process_count())
 
         self.train_data = train_examples = None  # read first: a malformed line fails before model loading
         if need_train_data:
@@ -113,7 +118,6 @@ class Experiment:
 
         if c.retrieval.kind == "http":  # a service that is down is found now, not at the first search
             check_service(c.retrieval)
-        model_mesh = make_mesh(dict(c.mesh)) if (len(jax.devices()) > 1 and not population) else None
         rules = c.logical_axis_rules
         self.mesh = model_mesh
         overrides = dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)

@@ -17,10 +17,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def tiny_config():
+    """configs/tiny.py with micro-batches the tests' 8 fake devices divide (geometry.py refuses
+    replicated compute): 8 trajectories a forward/backward, 8 OFSD students an update."""
     spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs", "tiny.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    c = module.get_config()
+    c.grpo.micro_batch, c.ofsd.mini_batch, c.ofsd.micro_batch = 8, 8, 8
+    return c
 
 
 def state_with(d_model):
