@@ -332,10 +332,12 @@ class Trainer:
               f"{[round(r['ofsd_loss'], 4) for r in rows_out]}", flush=True)
         return new
 
-    def run(self) -> TrainState:
-        c, exp = self.c, self.exp
+    def start(self) -> TrainState:
+        """The newest intact checkpoint, restored onto `Experiment.abstract_state` (nothing the
+        size of the model allocated to describe it), or the initial state of a fresh run."""
+        exp = self.exp
         state = None
-        if self.ckpt.latest_step() is not None:  # onto abstract targets: nothing allocated to describe them
+        if self.ckpt.latest_step() is not None:
             state = self.ckpt.restore_latest(exp.abstract_state(), initial_reference=exp.initial_params)
             exp.release_initial_params()  # held now only if it is the restored run's reference
         if state is None:
@@ -346,6 +348,11 @@ class Trainer:
             exp.train_data.set_state(dict(state.meta["data"], process_index=jax.process_index()))
             print(f"resumed from step {state.step} (round {state.meta['round']}, {state.meta['phase']})", flush=True)
             self.metrics.resume(state.meta.get("metrics_rows"), state.step)
+        return state
+
+    def run(self) -> TrainState:
+        c = self.c
+        state = self.start()
         self.preemption.install()
         self.progress = Progress(self.total_grpo)
         def evaluate(state, label):  # once per run: the labels done are kept in the checkpoint meta

@@ -100,3 +100,41 @@ def test_one_device_state_is_created_and_described_on_that_device():
     for t, r in zip(jax.tree.leaves(target), jax.tree.leaves(opt_state)):
         assert t.sharding.device_set == r.sharding.device_set == {jax.devices()[0]}
     np.testing.assert_array_equal(np.asarray(moments(opt_state)[0]["embed"]), 0.0)
+
+
+@pytest.mark.slow  # ~20 s: two tiny Experiments (tokenizer, BM25, model) on 8 fake devices
+def test_a_trainer_resumes_onto_abstract_targets_with_every_leaf_placed_like_its_parameter(tmp_path, monkeypatch):
+    """Experiment + Trainer on 8 fake devices: the fresh state's m and v follow their params; a
+    restart restores onto `abstract_state()` (ShapeDtypeStructs: no initial state is built) and
+    gets the same values and placement back, its reference rebuilt as the initial params."""
+    from searche1_jax.train.loop import Trainer
+    from searche1_jax.train.setup import Experiment
+    from tests.train.test_bad_input import tiny_config
+
+    exp = Experiment(tiny_config())
+    assert exp.mesh is not None and exp.mesh.devices.size == 8
+    s0 = exp.initial_state()
+    mu, nu, _ = moments(s0.opt_state)
+    assert_placed_like(mu, s0.params, exp.mesh)
+    assert_placed_like(nu, s0.params, exp.mesh)
+    assert_placed_like(s0.ref_params, s0.params, exp.mesh)
+    first = Trainer(exp, str(tmp_path))
+    first.ckpt.save(s0, force=True)
+    first.ckpt.close()
+
+    again = Experiment(tiny_config())
+    monkeypatch.setattr(again, "initial_state", lambda: pytest.fail("built a real initial state to restore onto"))
+    before = live_bytes()
+    target = again.abstract_state()
+    assert live_bytes() - before < 1024  # the rng keys, never the model's size
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves((target.params, target.opt_state)))
+    initial = again.initial_params()
+    state = Trainer(again, str(tmp_path)).start()
+    assert state.ref_params is initial  # the initial model, not a copy read from disk
+    mu, nu, count = moments(state.opt_state)
+    for tree in (state.params, mu, nu, state.ref_params):
+        assert_placed_like(tree, state.params, again.mesh)
+    assert count.sharding.is_fully_replicated and len(count.sharding.device_set) == 8
+    for got, want in ((state.params, s0.params), (state.opt_state, s0.opt_state), (state.ref_params, s0.ref_params)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
