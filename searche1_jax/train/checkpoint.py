@@ -17,7 +17,9 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from searche1_jax.train.paths import workdir_path
 from searche1_jax.train.placement import abstract
 from searche1_jax.train.reference import INITIAL, KINDS, SAVED, ReferenceStore, check_fingerprint, fingerprint
 from searche1_jax.train.state import TrainState, flatten, unflatten
@@ -26,14 +28,14 @@ FORMAT = 2  # 1: the reference params inside every checkpoint; 2: never (referen
 
 
 def check_workdir(workdir: str) -> None:
-    """Fail early, naming the directory, if a run cannot write its checkpoints and metrics."""
-    path = os.path.abspath(workdir)
+    """Fail early, naming the directory, if a run cannot write its checkpoints and metrics
+    (a local directory or a bucket URI: `paths.py`)."""
+    path = workdir_path(workdir)
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_probe_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
     except OSError as e:
         raise ValueError(f"workdir {path} is not a writable directory ({e.strerror or e}); "
                          f"pass --workdir=DIR with a directory you can write to") from None
@@ -82,10 +84,10 @@ def _quiet_failed_reads():
 def _set_aside(path: str) -> str:
     """Rename a broken save to PATH.broken (PATH.broken-2, ... if taken); the new path."""
     target, k = f"{path}.broken", 1
-    while os.path.exists(target):
+    while epath.Path(target).exists():
         k += 1
         target = f"{path}.broken-{k}"
-    os.rename(path, target)
+    epath.Path(path).rename(target)
     return target
 
 
@@ -95,11 +97,11 @@ class Checkpointer:
         """meta_hook: () -> dict, more meta recorded with every save (the trainer's metrics row count).
         reference_dir: where a "saved" reference is written once (default: `reference` beside
         `directory`, i.e. WORKDIR/reference for WORKDIR/checkpoints)."""
-        self.directory = os.path.abspath(directory)
+        self.directory = str(workdir_path(directory))  # a gs:// URI stays one
         self.meta_hook = meta_hook
-        self.reference = ReferenceStore(reference_dir or os.path.join(os.path.dirname(self.directory), "reference"))
+        self.reference = ReferenceStore(reference_dir or workdir_path(directory).parent / "reference")
         self._fingerprinted = (None, None)  # (reference params object, its fingerprint)
-        os.makedirs(self.directory, exist_ok=True)
+        epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,

@@ -32,6 +32,7 @@ from searche1_jax.rl.grpo import check_unique_group_ids
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
+from searche1_jax.train.paths import atomic_write_text, workdir_path
 from searche1_jax.train.preemption import Preempted, Preemption
 from searche1_jax.train.reference import SAVED
 from searche1_jax.train.rollouts import greedy_em, grpo_arrays, roll_out, rollout_metrics
@@ -74,14 +75,13 @@ def write_dev_answers(path: str, examples, em, trajs) -> None:
     """One JSON row per dev question (id, golds, the policy's answer, EM, searches, sampled tokens):
     what the summary row averages, so two evals of the same questions can be compared pairwise
     (benchmarks/learning.py) and a researcher can read the answers. Written atomically."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for ex, e, t in zip(examples, em, trajs, strict=True):
-            f.write(json.dumps({"id": ex.id, "golden_answers": list(ex.golden_answers), "answer": t.answer,
-                                "em": float(e), "searches": t.num_searches, "sampled_tokens": t.num_sampled,
-                                "finish_reason": t.finish_reason}) + "\n")
-    os.replace(tmp, path)
+    path = workdir_path(path)  # a gs:// workdir stays a URI (paths.py)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(
+        json.dumps({"id": ex.id, "golden_answers": list(ex.golden_answers), "answer": t.answer,
+                    "em": float(e), "searches": t.num_searches, "sampled_tokens": t.num_sampled,
+                    "finish_reason": t.finish_reason}) + "\n"
+        for ex, e, t in zip(examples, em, trajs, strict=True)))
 
 
 def needs_teacher_copy(teacher: str, epochs: int, rows: int, mini_batch: int) -> bool:
