@@ -78,10 +78,10 @@ def nearest(value: int, ok: Callable[[int], bool], limit: int) -> list[int]:
     return [v for v in (below, above) if v is not None]
 
 
-def _problem(field: str, value: int, why: str, ok: Callable[[int], bool], limit: int) -> str:
+def _problem(field: str, value: int, why: str, ok: Callable[[int], bool], limit: int,
+             stuck: str = "change the fields it must divide too") -> str:
     near = nearest(value, ok, limit)
-    fix = (f"nearest valid: {' or '.join(str(v) for v in near)}" if near
-           else "no value fits with the other fields as they are: change them too")
+    fix = f"nearest valid: {' or '.join(str(v) for v in near)}" if near else f"no value fits: {stuck}"
     return f"{field} = {value}: {why}; {fix}"
 
 
@@ -94,14 +94,15 @@ def _split(problems: list, field: str, value: int, g: Geometry, what: str, limit
                                  lambda v: v % p == 0 and also(v), limit))
 
 
-def _micro(problems: list, field: str, value: int, of: int, g: Geometry) -> None:
+def _micro(problems: list, field: str, value: int, of_field: str, of: int, g: Geometry) -> None:
     """Rows of a forward/backward: over data x fsdp (and processes), dividing its mini-batch."""
     m = math.lcm(g.batch_devices, g.processes)
     if value % m:
         why = (f"rows a forward/backward must be a multiple of data x fsdp = {g.batch_devices} devices"
                + (f" and of {g.processes} processes" if g.processes > 1 else "")
                + " (otherwise every device computes all of them: replicated compute)")
-        problems.append(_problem(field, value, why, lambda v: v % m == 0 and of % v == 0, of))
+        problems.append(_problem(field, value, why, lambda v: v % m == 0 and of % v == 0, of,
+                                 f"{of_field} ({of}) must be a multiple of {m} too"))
 
 
 def _rollout(problems: list, c, g: Geometry) -> None:
@@ -130,7 +131,8 @@ def _rollout(problems: list, c, g: Geometry) -> None:
                f"the {r} devices a process rolls out on, and divide each phase's rows a process decodes "
                f"({', '.join(f'{rows}' for _, rows, _ in phases)})")
     limit = max(rows for _, rows, _ in phases) if phases else 1
-    problems.append(_problem("config.rollout.max_rows", c.rollout.max_rows, why, fits, limit))
+    problems.append(_problem("config.rollout.max_rows", c.rollout.max_rows, why, fits, limit,
+                             "change the questions a step / round or the group sizes"))
 
 
 def check_geometry(c, mesh: Mapping[str, int], processes: int) -> Geometry:
@@ -146,17 +148,17 @@ def check_geometry(c, mesh: Mapping[str, int], processes: int) -> Geometry:
            2 * c.grpo.questions_per_step + g.processes)
     _split(problems, "config.grpo.mini_batch", c.grpo.mini_batch, g, "trajectories an update", trajectories,
            lambda v: trajectories % v == 0 and v % c.grpo.micro_batch == 0)
-    _micro(problems, "config.grpo.micro_batch", c.grpo.micro_batch, c.grpo.mini_batch, g)
+    _micro(problems, "config.grpo.micro_batch", c.grpo.micro_batch, "config.grpo.mini_batch", c.grpo.mini_batch, g)
     if c.ofsd.enabled:
         _split(problems, "config.ofsd.questions", c.ofsd.questions, g, "questions a round",
                2 * c.ofsd.questions + g.processes)
         _split(problems, "config.ofsd.mini_batch", c.ofsd.mini_batch, g, "students an update",
                2 * c.ofsd.mini_batch + g.processes, lambda v: v % c.ofsd.micro_batch == 0)
-        _micro(problems, "config.ofsd.micro_batch", c.ofsd.micro_batch, c.ofsd.mini_batch, g)
+        _micro(problems, "config.ofsd.micro_batch", c.ofsd.micro_batch, "config.ofsd.mini_batch", c.ofsd.mini_batch, g)
     if c.sft.enabled:
         _split(problems, "config.sft.batch", c.sft.batch, g, "trajectories an update", 2 * c.sft.batch + g.processes,
                lambda v: v % c.sft.micro_batch == 0)
-        _micro(problems, "config.sft.micro_batch", c.sft.micro_batch, c.sft.batch, g)
+        _micro(problems, "config.sft.micro_batch", c.sft.micro_batch, "config.sft.batch", c.sft.batch, g)
     _rollout(problems, c, g)
     if problems:
         raise GeometryError(f"batch sizes do not fit {g.describe()}:\n  " + "\n  ".join(problems))

@@ -89,7 +89,8 @@ def test_every_field_is_checked_with_its_reason_and_nearest_values():
         "questions a step must split evenly over 4 processes; nearest valid: 4 or 8")
     assert "config.grpo.mini_batch" not in got
     # micro 4 over fsdp 16: multiples of 16 dividing 8 — none
-    assert "no value fits with the other fields as they are" in got["config.grpo.micro_batch"]
+    assert got["config.grpo.micro_batch"].endswith(
+        "no value fits: config.grpo.mini_batch (8) must be a multiple of 16 too")
     # OFSD: 6 questions -> 4 or 8; 6 students an update -> multiples of 4 that micro 2 divides: 4 or 8
     assert got["config.ofsd.questions"].endswith("nearest valid: 4 or 8")
     assert got["config.ofsd.mini_batch"].endswith("nearest valid: 4 or 8")
@@ -112,7 +113,8 @@ def test_a_rollout_chunk_must_be_whole_groups_over_the_devices_and_divide_the_ro
     kw.update(grpo__questions_per_step=6, grpo__mini_batch=24, ofsd__questions=6, ofsd__mini_batch=8)
     with pytest.raises(GeometryError, match=r"config.rollout.max_rows = 0: 24 rows a process decodes at once "
                                             r"\(config.grpo.questions_per_step / 1 processes x group size\); "
-                                            r"24 rows .* cannot be split over the 16 devices .*no value fits"):
+                                            r"24 rows .* cannot be split over the 16 devices .*"
+                                            r"no value fits: change the questions"):
         check(config("tiny.py", rollout__max_rows=0, **kw), 16, 1)
 
 
