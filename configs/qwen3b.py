@@ -5,15 +5,37 @@
         --config.data.train=/data/nq_hotpotqa_train.parquet \
         --config.retrieval.kind=scann --config.retrieval.index=/indexes/wiki18_e5_scann
 Variants (VARIANTS): --config=configs/qwen3b.py:base (Qwen2.5-3B base; the same ChatML prompt, METHOD §1).
+Slices (SLICES), after a comma: --config=configs/qwen3b.py:instruct,v4-32 sizes the micro-batches
+for that hardware (default 8xh100); the run refuses at startup a mesh its batch sizes do not fit
+(`searche1_jax/train/geometry.py`), naming the field and the values that would.
 """
 from searche1_jax.config import base
 
 VARIANTS = ("instruct", "base")  # the string args get_config takes
+# the documented hardware: (devices, processes) as the launchers start them (launch/README.md);
+# the mesh is FSDP over all devices (mesh.fsdp = -1), so data x fsdp = devices
+SLICES = {
+    "8xh100": (8, 1),     # one node of 8 H100s, one process (README)
+    "16xh100": (16, 2),   # 2 nodes x 8 H100s (launch/slurm.sbatch, one process a node; a process a GPU: 16)
+    "v4-32": (16, 4),     # 4 TPU VMs x 4 v4 chips (launch/tpu_pod.sh)
+    "v5e-64": (64, 16),   # 16 TPU VMs x 4 v5e chips
+}
+
+
+def parse_arg(arg: str, name: str = "configs/qwen3b.py") -> tuple[str, str]:
+    """"VARIANT[,SLICE]" -> (variant, slice)."""
+    variant, _, slice_ = arg.partition(",")
+    slice_ = slice_ or "8xh100"
+    if variant not in VARIANTS:
+        raise ValueError(f"{name} variants are {VARIANTS}, got {variant!r} (arg: VARIANT[,SLICE])")
+    if slice_ not in SLICES:
+        raise ValueError(f"{name} slices are {tuple(SLICES)}, got {slice_!r} (arg: VARIANT[,SLICE])")
+    return variant, slice_
 
 
 def get_config(arg: str = "instruct"):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/qwen3b.py variants are {VARIANTS}, got {arg!r}")
+    _, slice_ = parse_arg(arg)
+    devices, _ = SLICES[slice_]
     c = base()
     c.model.checkpoint = ""            # a local HF directory of Qwen/Qwen2.5-3B(-Instruct): required
     c.model.architecture = "qwen2.5-3b"  # the checkpoint's shapes (plan.py); base and instruct share them
@@ -26,7 +48,10 @@ def get_config(arg: str = "instruct"):
     c.grpo.questions_per_step = 512    # data.train_batch_size
     c.rollout.group_size = 5           # actor_rollout_ref.rollout.n_agent
     c.grpo.mini_batch = 256            # actor.ppo_mini_batch_size (trajectories)
-    c.grpo.micro_batch = 8             # actor.ppo_micro_batch_size per GPU (global rows here)
+    # rows a forward/backward, global here (veRL's actor.ppo_micro_batch_size=8 is per GPU): one
+    # trajectory per device, since data x fsdp must divide it (else replicated: geometry.py); 8 on
+    # 8 GPUs, so agg="micro_token_mean" reproduces veRL's micro-batch pieces there
+    c.grpo.micro_batch = devices
     c.grpo.epochs = 1                  # actor.ppo_epochs
     c.grpo.clip_eps = 0.2              # actor.clip_ratio
     c.grpo.kl_estimator = "k3"         # actor.kl_loss_type=low_var_kl, clamped to [-10, 10]
@@ -51,5 +76,6 @@ def get_config(arg: str = "instruct"):
     c.grpo.steps_per_round = 50        # [choice] METHOD §3.6
     c.train.rounds = 20                # 20 x 50 = 1000 GRPO steps
     c.mesh.fsdp = -1                   # FSDP over all devices; set tensor=2 for TP
+    c.ofsd.micro_batch = devices       # students a forward/backward: one per device (4 left 8 GPUs replicated)
     c.retrieval.kind = "scann"         # e5-base-v2 over wiki-18; bm25 as the sparse option
     return c

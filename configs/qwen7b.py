@@ -3,12 +3,15 @@ import os
 
 from searche1_jax.config import load_config_file
 
-VARIANTS = ("instruct", "base")  # the string args get_config takes
+VARIANTS = ("instruct", "base")  # the string args get_config takes: VARIANT[,SLICE] as configs/qwen3b.py
+SLICES = ("8xh100", "16xh100", "v4-32", "v5e-64")  # the hardware configs/qwen3b.py sizes micro-batches for
 
 
 def get_config(arg: str = "instruct"):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/qwen7b.py variants are {VARIANTS}, got {arg!r}")
+    variant, _, slice_ = arg.partition(",")
+    if variant not in VARIANTS or (slice_ and slice_ not in SLICES):
+        raise ValueError(f"configs/qwen7b.py takes VARIANT[,SLICE]: variants {VARIANTS}, slices {SLICES}; "
+                         f"got {arg!r}")
     # the 3B config's Search-R1 recipe, line by line with its sources (configs/qwen3b.py)
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "qwen3b.py") + f":{arg}")
     c.model.architecture = "qwen2.5-7b"  # the checkpoint's shapes (plan.py); base and instruct share them

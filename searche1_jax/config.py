@@ -73,6 +73,11 @@ def base() -> ml_collections.ConfigDict:
     c.retrieval.corpus = ""        # corpus jsonl: kind=bm25 builds its index from it when `index` is empty
     c.retrieval.url = ""           # Search-R1-compatible service for kind=http
     c.retrieval.topk = 3           # Search-R1: top-3
+    # kind=http only: seconds one request attempt may take (the whole reply), seconds one search
+    # (a batch of queries, retries and backoff included) may take, queries sent per request
+    c.retrieval.timeout = 30.0
+    c.retrieval.deadline = 60.0
+    c.retrieval.max_queries = 256  # the service's --max-queries default: larger batches go as several requests
 
     c.rollout = ml_collections.ConfigDict()
     c.rollout.group_size = 5       # G (METHOD §2)

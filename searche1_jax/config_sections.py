@@ -161,6 +161,9 @@ class RetrievalSection(_Section):
     corpus: corpus jsonl, read only by kind=bm25 when `index` is empty (BM25 is built in memory).
     url: the service, kind=http only.
     topk: passages per search (Search-R1: 3).
+    timeout, deadline, max_queries (kind=http): seconds one request attempt may take (> 0), seconds
+        one search call may take with its retries (>= timeout), queries per request (>= 1; a
+        larger batch goes as several requests: the service caps queries a request).
     """
     SECTION: ClassVar[str] = "retrieval"
     kind: str
@@ -168,10 +171,17 @@ class RetrievalSection(_Section):
     corpus: str
     url: str
     topk: int
+    timeout: float
+    deadline: float
+    max_queries: int
 
     def __post_init__(self):
         _one_of("retrieval", "kind", self.kind, RETRIEVAL_KINDS)
         _at_least("retrieval", "topk", self.topk, 1)
+        _positive("retrieval", "timeout", self.timeout)
+        _at_least("retrieval", "deadline", self.deadline, self.timeout,
+                  " (config.retrieval.timeout: one search includes at least one attempt)")
+        _at_least("retrieval", "max_queries", self.max_queries, 1)
         if self.url and self.kind != "http":
             raise ValueError(f"config.retrieval.url is read only by kind='http' (kind is {self.kind!r}): "
                              "clear it or set config.retrieval.kind='http'")

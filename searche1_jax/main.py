@@ -87,6 +87,7 @@ def main(argv):
     from searche1_jax.train.checkpoint import check_workdir
     from searche1_jax.retrieval.client import RetrieverDownError
     from searche1_jax.train.data_check import InvalidDataError
+    from searche1_jax.train.geometry import GeometryError
     from searche1_jax.train.loop import Trainer
     from searche1_jax.train.preemption import Preempted
     from searche1_jax.train.setup import Experiment
@@ -95,12 +96,13 @@ def main(argv):
         config = from_config_dict(FLAGS.config)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    from searche1_jax.train.paths import workdir_path
     check_workdir(FLAGS.workdir)
     print(f"searche1_jax: {jax.device_count()} devices ({jax.devices()[0].platform}), "
-          f"workdir {os.path.abspath(FLAGS.workdir)}", flush=True)
+          f"workdir {workdir_path(FLAGS.workdir)}", flush=True)  # a gs:// URI stays one
     try:
         exp = Experiment(config)
-    except (InvalidDataError, RetrieverDownError) as e:  # each names the file:line or URL and the fix
+    except (InvalidDataError, RetrieverDownError, GeometryError) as e:  # each names the file:line, URL or field
         raise SystemExit(f"error: {e}") from None
     try:
         state = Trainer(exp, FLAGS.workdir).run()
@@ -109,27 +111,32 @@ def main(argv):
               f"{p.state.meta['phase']}); rerun the same command to resume", flush=True)
         return 0
     print(f"done: {state.step} GRPO steps, {state.meta['round']} rounds; metrics in "
-          f"{os.path.join(FLAGS.workdir, 'metrics.jsonl')}", flush=True)
+          f"{workdir_path(FLAGS.workdir) / 'metrics.jsonl'}", flush=True)
     if jax.process_index() == 0:
         summarize(FLAGS.workdir)
 
 
 def summarize(workdir: str) -> None:
-    """Print the run's dev EM at each evaluation and write its curves (metrics.png)."""
+    """Print the run's dev EM at each evaluation and write its curves (metrics.png; local
+    directories and bucket URIs alike)."""
+    import tempfile
+
     from searche1_jax.plot import plot, read_jsonl
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    from searche1_jax.train.paths import workdir_path
+    root = workdir_path(workdir)
+    if not (root / "metrics.jsonl").exists():
         return
-    rows = read_jsonl(path)
+    rows = read_jsonl(str(root / "metrics.jsonl"))
     evals = [r for r in rows if r.get("phase") == "eval" and "dev_em" in r]
     if evals:
         print("dev EM (greedy, 95% CI): " + " -> ".join(
             f"{r['label']} {r['dev_em']:.3f} ({r['dev_em_lo']:.3f}-{r['dev_em_hi']:.3f})" for r in evals), flush=True)
     try:
-        png = os.path.join(workdir, "metrics.png")
-        plot(rows, png)
-        pages = os.path.join(workdir, "trajectories", "index.html")
-        print(f"curves: {png}" + (f"; trajectories: {pages}" if os.path.exists(pages) else ""), flush=True)
+        png, pages = root / "metrics.png", root / "trajectories" / "index.html"
+        with tempfile.TemporaryDirectory() as tmp:  # matplotlib writes local files: copied where the run lives
+            plot(rows, os.path.join(tmp, "metrics.png"))
+            png.write_bytes(open(os.path.join(tmp, "metrics.png"), "rb").read())
+        print(f"curves: {png}" + (f"; trajectories: {pages}" if pages.exists() else ""), flush=True)
     except ValueError:  # nothing plottable yet
         pass
 

@@ -16,8 +16,10 @@ DEFAULT = ("dev_em", "sft_loss", "reward", "em", "entropy", "kl_ref", "clip_frac
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The rows of a JSONL file (a local path or a bucket URI, through etils.epath)."""
+    from etils import epath
     rows = []
-    with open(path) as f:
+    with epath.Path(path).open("r") as f:
         for i, line in enumerate(f, 1):
             if line.strip():
                 try:

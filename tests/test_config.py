@@ -237,6 +237,9 @@ NUMERIC_OUT_OF_DOMAIN = {
     "mesh.tensor": (0, r"config.mesh.tensor must be >= 1 or -1"),
     "data.seed": (-1, r"config.data.seed must be >= 0, got -1"),
     "retrieval.topk": (0, r"config.retrieval.topk must be >= 1"),
+    "retrieval.timeout": (0.0, r"config.retrieval.timeout must be > 0"),
+    "retrieval.deadline": (10.0, r"config.retrieval.deadline must be >= 30.0"),
+    "retrieval.max_queries": (0, r"config.retrieval.max_queries must be >= 1"),
     "rollout.group_size": (1, r"config.rollout.group_size must be >= 2"),
     "rollout.temperature": (0.0, r"config.rollout.temperature must be > 0"),
     "rollout.top_p": (0.0, r"config.rollout.top_p must be in \(0, 1\]"),
@@ -310,3 +313,13 @@ def test_data_on_invalid_is_refuse_or_skip():
     cd.data.on_invalid = "warn"
     with pytest.raises(ValueError, match=r"config.data.on_invalid must be one of 'refuse', 'skip'; got 'warn'"):
         C.from_config_dict(cd)
+
+
+def test_the_retrievers_timeout_deadline_and_request_size_come_from_the_config():
+    from searche1_jax.retrieval.factory import build_retriever
+    cd = C.base()
+    cd.retrieval.kind, cd.retrieval.url = "http", "http://127.0.0.1:9"
+    cd.retrieval.timeout, cd.retrieval.deadline, cd.retrieval.max_queries = 5.0, 12.5, 64
+    cd.data.train = "x.jsonl"
+    client = build_retriever(C.from_config_dict(cd).retrieval)  # no request is made
+    assert (client.timeout, client.deadline, client.max_queries) == (5.0, 12.5, 64)

@@ -77,7 +77,7 @@ def build_retriever(r, *, encoder=None):
     query encoder a dense index's manifest names."""
     kind = r.kind
     if kind == "http":
-        return _http_client(r)
+        return _http_client(r, timeout=r.timeout, deadline=r.deadline, max_queries=r.max_queries)
     if kind not in KINDS:
         raise ValueError(f"config.retrieval.kind must be one of {(*KINDS, 'http')}, got {kind!r}")
     if kind == "bm25" and not r.index:

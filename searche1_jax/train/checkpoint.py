@@ -1,7 +1,11 @@
-"""Orbax checkpoints of the whole train state: params, optimiser, reference, rng, step, and the
-JSON meta (round, phase, data-iterator position). Asynchronous, atomic (orbax writes to a
-temporary directory and renames), keep-last-k; `restore_latest` makes a restarted run resume,
-`restore_latest_params` reads the policy's parameters alone (evaluation, export).
+"""Orbax checkpoints of the train state: params, optimiser state, rng, step, and the JSON meta
+(round, phase, data-iterator position, the reference's fingerprint). The reference policy is not
+in them (`reference.py`: rebuilt from the initial model, or saved once beside them), so a
+checkpoint is params + optimiser state + small meta. Asynchronous, atomic (orbax writes to a
+temporary directory and renames), keep-last-k; `restore_latest` makes a restarted run resume onto
+abstract targets (nothing allocated before the read), `restore_latest_params` reads the policy's
+parameters alone (evaluation, export). Checkpoints written before (format 1, the reference inside
+each) still restore; the next save writes their reference once and drops it from the checkpoint.
 """
 from __future__ import annotations
 
@@ -11,20 +15,27 @@ import logging
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from searche1_jax.train.paths import workdir_path
+from searche1_jax.train.placement import abstract
+from searche1_jax.train.reference import INITIAL, KINDS, SAVED, ReferenceStore, check_fingerprint, fingerprint
 from searche1_jax.train.state import TrainState, flatten, unflatten
+
+FORMAT = 2  # 1: the reference params inside every checkpoint; 2: never (reference.py)
 
 
 def check_workdir(workdir: str) -> None:
-    """Fail early, naming the directory, if a run cannot write its checkpoints and metrics."""
-    path = os.path.abspath(workdir)
+    """Fail early, naming the directory, if a run cannot write its checkpoints and metrics
+    (a local directory or a bucket URI: `paths.py`)."""
+    path = workdir_path(workdir)
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_probe_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
     except OSError as e:
         raise ValueError(f"workdir {path} is not a writable directory ({e.strerror or e}); "
                          f"pass --workdir=DIR with a directory you can write to") from None
@@ -73,19 +84,24 @@ def _quiet_failed_reads():
 def _set_aside(path: str) -> str:
     """Rename a broken save to PATH.broken (PATH.broken-2, ... if taken); the new path."""
     target, k = f"{path}.broken", 1
-    while os.path.exists(target):
+    while epath.Path(target).exists():
         k += 1
         target = f"{path}.broken-{k}"
-    os.rename(path, target)
+    epath.Path(path).rename(target)
     return target
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, meta_hook=None):
-        """meta_hook: () -> dict, more meta recorded with every save (the trainer's metrics row count)."""
-        self.directory = os.path.abspath(directory)
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, meta_hook=None,
+                 reference_dir: str | None = None):
+        """meta_hook: () -> dict, more meta recorded with every save (the trainer's metrics row count).
+        reference_dir: where a "saved" reference is written once (default: `reference` beside
+        `directory`, i.e. WORKDIR/reference for WORKDIR/checkpoints)."""
+        self.directory = str(workdir_path(directory))  # a gs:// URI stays one
         self.meta_hook = meta_hook
-        os.makedirs(self.directory, exist_ok=True)
+        self.reference = ReferenceStore(reference_dir or workdir_path(directory).parent / "reference")
+        self._fingerprinted = (None, None)  # (reference params object, its fingerprint)
+        epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -97,7 +113,17 @@ class Checkpointer:
         latest = self.manager.latest_step()
         index = 0 if latest is None else latest + 1
         meta = dict(state.meta, **(self.meta_hook() if self.meta_hook else {}),
-                    param_shapes=param_shapes(state.params), has_ref=state.ref_params is not None)
+                    param_shapes=param_shapes(state.params), has_ref=state.ref_params is not None,
+                    format=FORMAT)
+        if state.ref_params is not None:
+            kind = meta.setdefault("reference", SAVED)
+            if kind not in KINDS:
+                raise ValueError(f"TrainState.meta['reference'] must be one of {KINDS}, got {kind!r}")
+            if self._fingerprinted[0] is not state.ref_params:
+                self._fingerprinted = (state.ref_params, fingerprint(state.ref_params))
+            meta["reference_fingerprint"] = self._fingerprinted[1]
+            if kind == SAVED:  # once, complete before any checkpoint refers to it
+                self.reference.ensure_written(state.ref_params)
         return self.manager.save(index, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state.arrays()), meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -145,25 +171,60 @@ class Checkpointer:
                              f"restore a backup there or start afresh with a new --workdir")
         return None
 
-    def _read_state(self, step: int, like: TrainState) -> TrainState:
+    def _read_state(self, step: int, like: TrainState, initial_reference) -> TrainState:
         meta = self._checked_meta(step, like.params)
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like.arrays())
-        # a warm start has no reference yet (its result becomes the reference): restore what was saved
-        target["ref_params"] = target["params"] if meta.pop("has_ref", True) else {}
+        fmt, has_ref = meta.pop("format", 1), meta.pop("has_ref", True)
+        saved_fingerprint = meta.pop("reference_fingerprint", None)
+        params = abstract(flatten(like.params))
+        target = {"params": params, "opt_state": abstract(like.opt_state),
+                  # format 1 held the reference in every checkpoint (none yet in a warm start's)
+                  "ref_params": params if (has_ref and fmt == 1) else {},
+                  "rng": ocp.utils.to_shape_dtype_struct(np.asarray(jax.random.key_data(like.rng))),
+                  "step": ocp.utils.to_shape_dtype_struct(np.asarray(0, np.int32))}
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         except Exception as e:  # noqa: BLE001
             raise CheckpointUnreadable(step, e) from None
         arrays = out["state"]
-        return TrainState(params=unflatten(arrays["params"]), opt_state=arrays["opt_state"],
-                          ref_params=unflatten(arrays["ref_params"]) if arrays["ref_params"] else None,
-                          step=int(arrays["step"]), rng=jax.random.wrap_key_data(arrays["rng"]),
-                          meta=meta)
+        ref = None
+        if has_ref and fmt == 1:
+            ref = unflatten(arrays["ref_params"])
+            meta["reference"] = SAVED  # written once by the next save, then never again
+        elif has_ref:
+            ref = self._reference(meta.get("reference"), like.params, initial_reference, saved_fingerprint)
+        return TrainState(params=unflatten(arrays["params"]), opt_state=arrays["opt_state"], ref_params=ref,
+                          step=int(arrays["step"]), rng=jax.random.wrap_key_data(arrays["rng"]), meta=meta)
 
-    def restore_latest(self, like: TrainState) -> TrainState | None:
+    def _reference(self, kind: str, like_params, initial_reference, saved_fingerprint) -> dict:
+        """The reference a format-2 checkpoint names: the initial model or the saved-once copy,
+        checked against the fingerprint the checkpoint recorded."""
+        if kind == INITIAL:
+            if initial_reference is None:
+                raise ValueError(f"the checkpoints in {self.directory} use the initial model as their reference "
+                                 f"policy: pass initial_reference (the Experiment's initial_params)")
+            ref = initial_reference()
+            where = "the initial model rebuilt from config.model (checkpoint, or preset and train.seed)"
+            fix = ("use the config.model.checkpoint (or preset and seed) this run started from, "
+                   "or a new --workdir")
+        elif kind == SAVED:
+            ref, where = self.reference.read(like_params), f"the reference policy in {self.reference.path}"
+            fix = "restore that directory from this run's backup, or start afresh with a new --workdir"
+        else:
+            raise ValueError(f"checkpoint meta in {self.directory} names reference kind {kind!r}, "
+                             f"not one of {KINDS}: it was written by another version of searche1_jax")
+        if saved_fingerprint is not None:
+            check_fingerprint(saved_fingerprint, ref, where, fix)
+        self._fingerprinted = (ref, saved_fingerprint)
+        return ref
+
+    def restore_latest(self, like: TrainState, initial_reference=None) -> TrainState | None:
         """Restore the newest intact checkpoint onto the structure and shardings of `like`; None
-        if there is none. Unreadable newer ones are named and set aside (`_newest_intact`)."""
-        state = self._newest_intact(lambda step: self._read_state(step, like), set_aside=True)
+        if there is none. `like`'s params and optimiser state may be abstract (ShapeDtypeStructs
+        with shardings: `Experiment.abstract_state`), and should be: nothing is allocated before
+        the read. initial_reference: () -> the initial params, the reference of a run without a
+        warm start (`Experiment.initial_params`). Unreadable newer checkpoints are named and set
+        aside (`_newest_intact`)."""
+        state = self._newest_intact(lambda step: self._read_state(step, like, initial_reference), set_aside=True)
         self.manager.reload()  # the step list without the saves set aside: the next save follows the restored one
         return state
 

@@ -33,7 +33,9 @@ from searche1_jax.hostmem import release
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
+from searche1_jax.train.paths import atomic_write_text, workdir_path
 from searche1_jax.train.preemption import Preempted, Preemption
+from searche1_jax.train.reference import SAVED
 from searche1_jax.train.rollouts import advantages, greedy_em, grpo_arrays, roll_out, rollout_metrics
 from searche1_jax.train.setup import Experiment
 from searche1_jax.train.state import TrainState
@@ -74,14 +76,13 @@ def write_dev_answers(path: str, examples, em, trajs) -> None:
     """One JSON row per dev question (id, golds, the policy's answer, EM, searches, sampled tokens):
     what the summary row averages, so two evals of the same questions can be compared pairwise
     (benchmarks/learning.py) and a researcher can read the answers. Written atomically."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for ex, e, t in zip(examples, em, trajs, strict=True):
-            f.write(json.dumps({"id": ex.id, "golden_answers": list(ex.golden_answers), "answer": t.answer,
-                                "em": float(e), "searches": t.num_searches, "sampled_tokens": t.num_sampled,
-                                "finish_reason": t.finish_reason}) + "\n")
-    os.replace(tmp, path)
+    path = workdir_path(path)  # a gs:// workdir stays a URI (paths.py)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(
+        json.dumps({"id": ex.id, "golden_answers": list(ex.golden_answers), "answer": t.answer,
+                    "em": float(e), "searches": t.num_searches, "sampled_tokens": t.num_sampled,
+                    "finish_reason": t.finish_reason}) + "\n"
+        for ex, e, t in zip(examples, em, trajs, strict=True)))
 
 
 def needs_teacher_copy(teacher: str, epochs: int, rows: int, mini_batch: int) -> bool:
@@ -266,10 +267,11 @@ class Trainer:
             if (s + 1) % c.checkpoint.every_steps == 0 and s + 1 < c.sft.steps:
                 self.ckpt.save(state)
             self.stop_if_preempted(state)
-        # RL starts here: the warm-started policy is the reference, with a fresh optimiser state
+        # RL starts here: the warm-started policy is the reference (saved once, with the next
+        # checkpoint: reference.py), with a fresh optimiser state
         ref = jax.tree.map(jnp.copy, params)
         return TrainState(params, exp.steps.init(params, exp.hyper(0)), ref, state.step, state.rng,
-                          dict(state.meta, phase="grpo"))
+                          dict(state.meta, phase="grpo", reference=SAVED))
 
     def dev_eval(self, state: TrainState, label: str) -> list[dict]:
         """Greedy EM of each member on the first config.sft.eval_dev dev questions (phase "eval")."""
@@ -346,9 +348,14 @@ class Trainer:
               f"{[round(r['ofsd_loss'], 4) for r in rows_out]}", flush=True)
         return new
 
-    def run(self) -> TrainState:
-        c, exp = self.c, self.exp
-        state = self.ckpt.restore_latest(exp.initial_state()) if self.ckpt.latest_step() is not None else None
+    def start(self) -> TrainState:
+        """The newest intact checkpoint, restored onto `Experiment.abstract_state` (nothing the
+        size of the model allocated to describe it), or the initial state of a fresh run."""
+        exp = self.exp
+        state = None
+        if self.ckpt.latest_step() is not None:
+            state = self.ckpt.restore_latest(exp.abstract_state(), initial_reference=exp.initial_params)
+            exp.release_initial_params()  # held now only if it is the restored run's reference
         if state is None:
             state = exp.initial_state()
             self.metrics.resume(0, 0)  # rows of a run killed before its first checkpoint are redone
@@ -357,6 +364,11 @@ class Trainer:
             exp.train_data.set_state(dict(state.meta["data"], process_index=jax.process_index()))
             print(f"resumed from step {state.step} (round {state.meta['round']}, {state.meta['phase']})", flush=True)
             self.metrics.resume(state.meta.get("metrics_rows"), state.step)
+        return state
+
+    def run(self) -> TrainState:
+        c = self.c
+        state = self.start()
         self.preemption.install()
         self.progress = Progress(self.total_grpo)
         def evaluate(state, label):  # once per run: the labels done are kept in the checkpoint meta

@@ -12,12 +12,13 @@ written after its checkpoint) can show twice there, never in the JSONL.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import jax
 import numpy as np
+
+from searche1_jax.train.paths import append_text, atomic_write_text, workdir_path
 
 
 def _scalar(v):
@@ -38,32 +39,30 @@ def _tb_writer(logdir: str, purge_step: int | None = None):
     return SummaryWriter(logdir, purge_step=purge_step)
 
 
-def truncate_rows(path: str, rows: int) -> int:
-    """Keep the first `rows` complete lines of a JSONL file (atomically); the number dropped,
-    a partial last line (a kill mid-write) included. A missing or shorter file is left alone."""
-    if not os.path.exists(path):
+def truncate_rows(path, rows: int) -> int:
+    """Keep the first `rows` complete lines of a JSONL file (atomically; a local path or a URI);
+    the number dropped, a partial last line (a kill mid-write) included. A missing or shorter
+    file is left alone."""
+    path = workdir_path(path)
+    if not path.exists():
         return 0
-    with open(path, "rb") as f:
-        lines = f.readlines()
-    complete = [x for x in lines if x.endswith(b"\n")]
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    complete = [x for x in lines if x.endswith("\n")]
     if len(lines) <= rows and len(complete) == len(lines):
         return 0
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.writelines(complete[:rows])
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(complete[:rows]))
     return len(lines) - min(rows, len(complete))
 
 
 class MetricsWriter:
     def __init__(self, workdir: str, *, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.tb_dir = os.path.join(workdir, "tb")
+        self.path = workdir_path(workdir) / "metrics.jsonl"  # a gs:// workdir stays a URI (paths.py)
+        self.tb_dir = str(workdir_path(workdir) / "tb")
         self.rows = 0  # rows written by this run and the ones it resumed (every process counts)
         self._tb = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            workdir_path(workdir).mkdir(parents=True, exist_ok=True)
             if tensorboard:
                 self._tb = _tb_writer(self.tb_dir)
 
@@ -89,8 +88,7 @@ class MetricsWriter:
                **{k: _scalar(v) for k, v in metrics.items()}}
         self.rows += 1
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_text(self.path, json.dumps(row) + "\n")
             if self._tb is not None:
                 for k, v in row.items():
                     if isinstance(v, float):

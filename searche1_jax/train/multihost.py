@@ -9,10 +9,12 @@ With one process every helper is the identity (or a plain `np.asarray`).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from searche1_jax.model.sharding import DEFAULT_RULES, make_mesh, named_sharding
 
@@ -76,16 +78,29 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh | None, row_axis: int = 0
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def resharder(sharding: NamedSharding):
+    """The one jitted identity that lays an array out as `sharding` (cached: a jax.jit made per
+    call compiles again on every call, hundreds of times a step with the log-prob chunks)."""
+    return jax.jit(lambda a: a, out_shardings=sharding)
+
+
 def to_local(x: jax.Array, mesh: Mesh | None, row_axis: int = 0, rules=DEFAULT_RULES) -> np.ndarray:
     """This process's rows of a global array (the rows `to_global` took from it); one process: all."""
     if mesh is None or not is_multi_process():
         return np.asarray(x)
     names = (None,) * row_axis + ("batch",) + (None,) * (x.ndim - row_axis - 1)
-    x = jax.jit(lambda a: a, out_shardings=named_sharding(names, x.shape, mesh, rules))(x)
+    x = resharder(named_sharding(names, x.shape, mesh, rules))(x)
     blocks = {}
     for shard in x.addressable_shards:
         blocks.setdefault(shard.index[row_axis].start or 0, np.asarray(shard.data))
     return np.concatenate([blocks[s] for s in sorted(blocks)], axis=row_axis)
+
+
+@functools.lru_cache(maxsize=None)
+def caster(dtype: str):
+    """The one jitted cast of a params tree to `dtype` (cached, as `resharder`)."""
+    return jax.jit(lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree))
 
 
 def rollout_replica(params: dict, cfg):
@@ -100,7 +115,7 @@ def rollout_replica(params: dict, cfg):
     from searche1_jax.model.create import model_from_arrays
     from searche1_jax.train.state import flatten
     flat = flatten(params)
-    cast = jax.jit(lambda t: jax.tree.map(lambda a: a.astype(cfg.dtype), t))(flat)
+    cast = caster(str(cfg.dtype))(flat)
     host = multihost_utils.process_allgather(cast, tiled=True)
     local = jax.local_devices()
     mesh = make_mesh({"fsdp": -1}, devices=local) if len(local) > 1 else None

@@ -22,7 +22,10 @@ from searche1_jax.retrieval.factory import build_retriever, check_service
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
+from searche1_jax.train.geometry import check_geometry
 from searche1_jax.train.layout import Population, SingleRun, member_mesh
+from searche1_jax.train.placement import abstract
+from searche1_jax.train.reference import INITIAL
 from searche1_jax.train.state import Binder, TrainState, params_of
 from searche1_jax.train.steps import HYPER_FIELDS, StepConfig, hyper_of, lr_at, make_steps
 
@@ -95,6 +98,10 @@ class Experiment:
         self.configs = configs
         self.config = c = configs[0]  # shared fields are read from member 0
         self.n = len(configs)
+        model_mesh = make_mesh(dict(c.mesh)) if (len(jax.devices()) > 1 and not population) else None
+        if need_train_data and not population:  # every global batch size against mesh and processes, first
+            check_geometry(c, dict(model_mesh.shape) if model_mesh is not None else {"data": 1, "fsdp": 1, "tensor": 1},
+                           jax.process_count())
 
         self.train_data = train_examples = None  # read first: a malformed line fails before model loading
         if need_train_data:
@@ -111,7 +118,6 @@ class Experiment:
 
         if c.retrieval.kind == "http":  # a service that is down is found now, not at the first search
             check_service(c.retrieval)
-        model_mesh = make_mesh(dict(c.mesh)) if (len(jax.devices()) > 1 and not population) else None
         rules = c.logical_axis_rules
         self.mesh = model_mesh
         overrides = dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
@@ -146,6 +152,7 @@ class Experiment:
 
         self.layout = Population(self.n, member_mesh(self.n, devices)) if population else SingleRun(model_mesh, rules)
         self._init_params = self.layout.stack(member_params)
+        self.abstract_params = abstract(self._init_params)  # shapes, dtypes, shardings: restore targets
         del member_params
 
         self.retriever = build_retriever(c.retrieval)
@@ -192,13 +199,43 @@ class Experiment:
         """The model member i's rollouts sample from."""
         return self.layout.policy_params(params, i, self.binder, self.model_cfg)
 
+    def initial_params(self):
+        """The params the run starts from (loaded or seeded at construction): a run without a
+        warm start restores its reference policy as these (`reference.py`: "initial")."""
+        if self._init_params is None:
+            raise ValueError("the initial params were released (initial_state() hands them to the "
+                             "train state, whose steps donate them): build a new Experiment")
+        return self._init_params
+
+    def release_initial_params(self) -> None:
+        """Drop the Experiment's handle on the initial params (a resumed run that does not use
+        them as its reference frees them)."""
+        self._init_params = None
+
+    def _start(self) -> tuple[jax.Array, dict]:
+        """The initial rng [N] (member keys) and meta of a run."""
+        rng = np.stack([jax.random.key_data(jax.random.key(mc.train.seed)) for mc in self.configs])
+        meta = {"round": 0, "phase": "sft" if self.config.sft.enabled else "grpo", "round_step": 0,
+                "sft_step": 0, "data": self.train_data.get_state() if self.train_data else {}}
+        if not self.config.sft.enabled:
+            meta["reference"] = INITIAL  # rebuilt from config.model at a restart, never written
+        return jax.random.wrap_key_data(rng), meta
+
     def initial_state(self) -> TrainState:
-        params = self._init_params
+        """The state a fresh run starts from. Once per Experiment: it takes the initial params,
+        which the first update donates. AdamW's state is created sharded like the params."""
+        params = self.initial_params()
         opt_state = self.steps.init(params, self.hyper(0))
         # with a warm start the reference is its result (made at its end): no copy held before
         ref = None if self.config.sft.enabled else jax.tree.map(lambda x: x.copy(), params)
-        rng = np.stack([jax.random.key_data(jax.random.key(mc.train.seed)) for mc in self.configs])
-        return TrainState(params, opt_state, ref, 0, jax.random.wrap_key_data(rng),
-                          {"round": 0, "phase": "sft" if self.config.sft.enabled else "grpo", "round_step": 0,
-                           "sft_step": 0,
-                           "data": self.train_data.get_state() if self.train_data else {}})
+        self.release_initial_params()
+        rng, meta = self._start()
+        return TrainState(params, opt_state, ref, 0, rng, meta)
+
+    def abstract_state(self) -> TrainState:
+        """initial_state()'s params and optimiser state as ShapeDtypeStructs with their shardings
+        (its small rng and meta as they are): the target a checkpoint is restored onto. Nothing
+        the size of the model is allocated."""
+        rng, meta = self._start()
+        opt_state = self.steps.abstract_opt_state(self.abstract_params, self.hyper(0))
+        return TrainState(self.abstract_params, opt_state, None, 0, rng, meta)

@@ -58,7 +58,9 @@ class TrainState:
     meta: dict
 
     def arrays(self) -> dict:
-        return {"params": flatten(self.params), "opt_state": self.opt_state,
-                "ref_params": flatten(self.ref_params) if self.ref_params is not None else {},
+        """What a checkpoint's `state` item holds. Never the reference policy (`reference.py`:
+        rebuilt from the initial model, or saved once); "ref_params" stays, empty, so the tree
+        keeps the layout of checkpoints written before (which held it)."""
+        return {"params": flatten(self.params), "opt_state": self.opt_state, "ref_params": {},
                 # host numpy, not single-device jax arrays: orbax refuses those with several processes
                 "rng": np.asarray(jax.random.key_data(self.rng)), "step": np.asarray(self.step, np.int32)}

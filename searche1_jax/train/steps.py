@@ -38,6 +38,7 @@ from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.rl.grpo import aggregate_count, grpo_loss
 from searche1_jax.rl.logprobs import token_logps_and_entropy
 from searche1_jax.rl.ofsd import fused_forward_kl
+from searche1_jax.train.placement import PlacedInit, abstract
 from searche1_jax.train.state import Binder
 
 # member hyper-parameter -> the config field it is read from
@@ -258,7 +259,14 @@ class Steps:
     ofsd: Callable
     ofsd_live: Callable  # ofsd(params, opt_state, batch, hyper[, active]) with params as their own teacher
     sft: Callable
-    init: Callable
+    init: Callable  # a single run's is a `PlacedInit`: m and v born with their parameters' shardings
+
+    def abstract_opt_state(self, params, hyper):
+        """The optimiser state `init(params, hyper)` would create, as ShapeDtypeStructs placed
+        where it would live (params may be abstract too): a restore target, nothing allocated."""
+        if isinstance(self.init, PlacedInit):
+            return self.init.abstract(params, hyper)
+        return abstract(jax.eval_shape(self.init, params, hyper))
 
     def compile_count(self) -> int:
         """Compiled executables of the train steps (flat across steps once buckets are warm)."""
@@ -281,7 +289,7 @@ def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mes
         return Steps(logps=jax.jit(fns["logps"]), grpo=jax.jit(fns["grpo"], donate_argnums=(0, 1)),
                      ofsd=jax.jit(lambda p, s, t, b, h: ofsd(p, s, t, b, h), donate_argnums=(0, 1)),
                      ofsd_live=jax.jit(lambda p, s, b, h: ofsd(p, s, p, b, h), donate_argnums=(0, 1)),
-                     sft=jax.jit(fns["sft"], donate_argnums=(0, 1)), init=jax.jit(fns["init"]))
+                     sft=jax.jit(fns["sft"], donate_argnums=(0, 1)), init=PlacedInit(fns["init"], adamw))
 
     def on_members(fn, donate=()):
         def per_device(*args):  # this device's block of members: every leaf [k, ...]

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import os
 import re
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +24,7 @@ import numpy as np
 from searche1_jax.rl.ofsd import render_context
 from searche1_jax.rollout import protocol as P
 from searche1_jax.train.distill import sibling_record
+from searche1_jax.train.paths import atomic_write_text, workdir_path
 
 PAGES_DIR = "trajectories"
 PASSAGE_CHARS = 600     # characters of a retrieved passage shown (folded): pages stay small
@@ -282,37 +281,24 @@ _TITLE = re.compile(r"<title>(.*?)</title>", re.DOTALL)
 _PAGE = re.compile(r"(step_\d+|ofsd_round_\d+)\.html")
 
 
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".html")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a page is for anyone who may read the run
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_page(workdir: str, name: str, page: str) -> str:
-    """Write WORKDIR/trajectories/NAME atomically (a temp file, then os.replace); its path."""
-    folder = os.path.join(workdir, PAGES_DIR)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name)
-    _atomic_write(path, page)
-    return path
+    """Write WORKDIR/trajectories/NAME atomically (a temp file, then a rename; a local
+    directory or a bucket URI: `paths.py`); its path."""
+    folder = workdir_path(workdir) / PAGES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / name, page)
+    return str(folder / name)
 
 
 def write_index(workdir: str) -> str:
     """(Re)write WORKDIR/trajectories/index.html atomically: a link to every page there, GRPO
     steps then OFSD rounds in order, each under its page's title."""
-    folder = os.path.join(workdir, PAGES_DIR)
-    os.makedirs(folder, exist_ok=True)
-    names = sorted(n for n in os.listdir(folder) if _PAGE.fullmatch(n))
+    folder = workdir_path(workdir) / PAGES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in folder.iterdir() if _PAGE.fullmatch(p.name))
     items = {"step": [], "ofsd": []}
     for n in names:
-        with open(os.path.join(folder, n), encoding="utf-8") as f:
+        with (folder / n).open("r") as f:
             m = _TITLE.search(f.read(4096))
         title = html.unescape(m.group(1)) if m else n
         items["step" if n.startswith("step_") else "ofsd"].append(f'<li><a href="{_e(n)}">{_e(title)}</a></li>')
@@ -320,6 +306,5 @@ def write_index(workdir: str) -> str:
             f"<h2>GRPO steps</h2><ul>{''.join(items['step']) or '<li>none yet</li>'}</ul>\n"
             f"<h2>OFSD rounds</h2><ul>{''.join(items['ofsd']) or '<li>none yet</li>'}</ul>\n")
     page = _page("Trajectories", body, index_link=False)
-    path = os.path.join(folder, "index.html")
-    _atomic_write(path, page)
-    return path
+    atomic_write_text(folder / "index.html", page)
+    return str(folder / "index.html")

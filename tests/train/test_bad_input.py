@@ -14,13 +14,20 @@ from searche1_jax.train.checkpoint import Checkpointer, check_workdir
 from searche1_jax.train.state import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# a CLI run of configs/tiny.py on one device (on the tests' 8 fake ones its micro-batch 4 would
+# be replicated compute, which the run refuses at startup: train/geometry.py)
+ONE_DEVICE = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 
 def tiny_config():
+    """configs/tiny.py with micro-batches the tests' 8 fake devices divide (geometry.py refuses
+    replicated compute): 8 trajectories a forward/backward, 8 OFSD students an update."""
     spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs", "tiny.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    c = module.get_config()
+    c.grpo.micro_batch, c.ofsd.mini_batch, c.ofsd.micro_batch = 8, 8, 8
+    return c
 
 
 def state_with(d_model):
@@ -84,7 +91,7 @@ def test_a_retrieval_service_that_is_down_stops_the_run_before_the_model_is_buil
     out = subprocess.run([sys.executable, "-m", "searche1_jax.main", f"--config={ROOT}/configs/tiny.py",
                           f"--workdir={tmp_path}", "--config.retrieval.kind=http", "--config.retrieval.corpus=",
                           f"--config.retrieval.url=http://127.0.0.1:{port}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ONE_DEVICE)
     assert out.returncode != 0
     assert f"error: retriever at http://127.0.0.1:{port} is down" in out.stderr
     assert "python -m searche1_jax.retrieval.serve --index DIR" in out.stderr and "Traceback" not in out.stderr

@@ -11,10 +11,18 @@ from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.state import TrainState
 
 
-def state(ref: bool, phase: str, scale: float = 1.0) -> TrainState:
-    params = {"w": jnp.arange(6.0).reshape(2, 3) * scale, "b": {0: jnp.ones(3) * scale}}
+def tree(scale: float) -> dict:
+    return {"w": jnp.arange(6.0).reshape(2, 3) * scale, "b": {0: jnp.ones(3) * scale}}
+
+
+REF = jax.tree.map(lambda x: x + 100.0, tree(1.0))  # a run's reference is fixed once it exists
+
+
+def state(ref: bool, phase: str, scale: float = 1.0, reference=None) -> TrainState:
+    params = tree(scale)
     opt = {"mu": jax.tree.map(jnp.zeros_like, params)}
-    return TrainState(params, opt, jax.tree.map(lambda x: x + 100.0, params) if ref else None, 3,
+    reference = reference if reference is not None else jax.tree.map(lambda x: x + 100.0, params)
+    return TrainState(params, opt, reference if ref else None, 3,
                       jax.random.key(7), {"round": 0, "phase": phase, "round_step": 0, "sft_step": 2, "data": {}})
 
 
@@ -55,7 +63,7 @@ def empty_meta(save_dir):
 def saved(tmp_path, n, keep=3):
     ck = Checkpointer(str(tmp_path / "c"), keep=keep, async_save=False)
     for s in range(1, n + 1):
-        ck.save(state(ref=True, phase="grpo", scale=float(s)), force=True)
+        ck.save(state(ref=True, phase="grpo", scale=float(s), reference=REF), force=True)
     ck.close()
     return str(tmp_path / "c")
 
@@ -75,7 +83,7 @@ def test_a_broken_latest_checkpoint_falls_back_to_the_newest_intact_one_and_is_k
     assert sorted(os.listdir(f"{d}/2.broken")) == before  # moved aside whole, never deleted
     # later saves follow the restored one; keep-last-k never reaches the broken one
     for s in (4, 5, 6, 7):
-        ck.save(state(ref=True, phase="grpo", scale=float(s)), force=True)
+        ck.save(state(ref=True, phase="grpo", scale=float(s), reference=REF), force=True)
     ck.close()
     assert os.path.isdir(f"{d}/2.broken") and ck.manager.all_steps() == [3, 4, 5]
     ck = Checkpointer(d, keep=3, async_save=False)

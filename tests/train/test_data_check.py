@@ -77,12 +77,12 @@ def test_skip_drops_the_long_questions_and_logs_their_count(tmp_path, tok, capsy
 def test_a_cli_run_with_a_too_long_question_exits_with_one_line_naming_it(tmp_path):
     import subprocess
     import sys
-    from tests.train.test_bad_input import ROOT
+    from tests.train.test_bad_input import ONE_DEVICE, ROOT
     path = tmp_path / "train.jsonl"
     write(path, ["who wrote hamlet?", LONG])
     out = subprocess.run([sys.executable, "-m", "searche1_jax.main", f"--config={ROOT}/configs/tiny.py",
                           f"--workdir={tmp_path / 'run'}", f"--config.data.train={path}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ONE_DEVICE)
     assert out.returncode != 0
     assert f"error: 1 of 2 training questions in {path}" in out.stderr and f"{path}:2: prompt of" in out.stderr
     assert "Traceback" not in out.stderr

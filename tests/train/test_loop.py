@@ -70,8 +70,13 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert meta_a["data"] == meta_b["data"]
     for k in a["params"]:
         np.testing.assert_allclose(np.asarray(b["params"][k]), np.asarray(a["params"][k]), atol=1e-6, err_msg=k)
-    # and training did something
-    assert any(not np.array_equal(np.asarray(a["params"][k]), np.asarray(a["ref_params"][k])) for k in a["params"])
+    # the reference is the initial model, rebuilt at the restart, never written into a checkpoint
+    assert meta_a["reference"] == meta_b["reference"] == "initial" and a["ref_params"] == b["ref_params"] == {}
+    assert meta_a["reference_fingerprint"] == meta_b["reference_fingerprint"]
+    assert not os.path.exists(os.path.join(ref_dir, "reference"))
+    # and training did something: the final params are not the reference (per-parameter sums)
+    final = {k: [float(np.abs(v).sum()), float(np.square(v.astype(np.float64)).sum())] for k, v in a["params"].items()}
+    assert any(not np.allclose(final[k], meta_a["reference_fingerprint"][k], rtol=1e-5) for k in final)
 
 
 def test_uneven_batch_geometry_is_refused(tmp_path):
@@ -109,8 +114,13 @@ def test_warm_start_then_rl_with_dev_evals(tmp_path):
             assert r["dev_n"] == 4 and r["dev_em_lo"] <= r["dev_em"] <= r["dev_em_hi"]
     tree, meta = final_arrays(workdir)
     assert meta["phase"] == "grpo" and meta["sft_step"] == 3 and meta["evals"] == ["base", "warm_start", "final"]
-    for k in tree["params"]:  # the reference is the warm-started policy
-        np.testing.assert_array_equal(np.asarray(tree["params"][k]), np.asarray(tree["ref_params"][k]), err_msg=k)
+    # the reference is the warm-started policy, saved once beside the checkpoints, never in them
+    assert meta["reference"] == "saved" and tree["ref_params"] == {}
+    import orbax.checkpoint as ocp
+    ref = ocp.StandardCheckpointer().restore(os.path.join(workdir, "reference"))
+    assert sorted(ref) == sorted(tree["params"])
+    for k in tree["params"]:
+        np.testing.assert_array_equal(np.asarray(tree["params"][k]), np.asarray(ref[k]), err_msg=k)
     again = run_main(workdir, extra)
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out[-3000:]

@@ -1,0 +1,90 @@
+"""The GRPO reference policy across restarts, never rewritten into every checkpoint.
+
+`TrainState.meta["reference"]` says where a restarted run gets it back:
+  "initial": the model the run started from (no warm start): rebuilt at restore from the base
+      checkpoint (or seeded init) the Experiment loads anyway; nothing is written for it.
+  "saved" (the default for any other reference, e.g. the warm start's result): written once to
+      its own directory (WORKDIR/reference) the first time a checkpoint needs it, read back at
+      restore.
+Each checkpoint's meta holds the reference's fingerprint (per parameter, float32 sum of |x| and of
+x²), so a reference rebuilt from another base checkpoint, or a reference directory of another run,
+is refused by name instead of silently changing the KL term of every later update.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from searche1_jax.train.placement import abstract
+from searche1_jax.train.state import flatten, unflatten
+
+INITIAL, SAVED = "initial", "saved"
+KINDS = (INITIAL, SAVED)
+# float32 sums of up to ~1e9 terms in another reduction order (another mesh) agree to ~1e-6
+FINGERPRINT_RTOL = 1e-4
+
+
+@jax.jit
+def _stats(flat: dict) -> dict:
+    return {k: jnp.stack([jnp.abs(v.astype(jnp.float32)).sum(), jnp.square(v.astype(jnp.float32)).sum()])
+            for k, v in flat.items()}
+
+
+def fingerprint(params: dict) -> dict[str, list[float]]:
+    """{"a.0.b": [sum |x|, sum x²]} of a (nested, possibly sharded) params dict, as JSON floats."""
+    return {k: [float(s) for s in np.asarray(v)] for k, v in _stats(flatten(params)).items()}
+
+
+def check_fingerprint(saved: dict, params: dict, what: str, fix: str) -> None:
+    """Refuse `params` (the reference rebuilt or read back) unless it is the one the checkpoint
+    recorded: same parameter names and sums within FINGERPRINT_RTOL."""
+    got = fingerprint(params)
+    if sorted(saved) != sorted(got):
+        raise ValueError(f"{what} has other parameters than the reference this run trained against "
+                         f"({len(got)} vs {len(saved)}): {fix}")
+    for k in sorted(saved):
+        if not np.allclose(got[k], saved[k], rtol=FINGERPRINT_RTOL, atol=0.0):
+            raise ValueError(f"{what} is not the reference this run trained against: parameter {k} has "
+                             f"sum|x|, sum x^2 = {got[k]} here, {saved[k]} in the checkpoint; {fix}")
+
+
+class ReferenceStore:
+    """The saved-once reference: an orbax tree of the flattened params in `directory`."""
+
+    def __init__(self, directory):
+        self.path = epath.Path(directory)
+        self._written = None  # the params object last written or read: not written again
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def ensure_written(self, params: dict) -> None:
+        """Write `params` unless this very object was written (or read) by this store. Blocks
+        until the files are complete, so no checkpoint refers to a half-written reference."""
+        if self._written is params:
+            return
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(self.path, flatten(params), force=True)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        self._written = params
+
+    def read(self, like_params: dict) -> dict:
+        """The saved reference, placed as `like_params` (abstract or concrete) are."""
+        if not self.exists():
+            raise ValueError(f"the checkpoint's reference policy was saved in {self.path}, which is missing: "
+                             f"restore that directory from a backup, or start afresh with a new --workdir")
+        checkpointer = ocp.StandardCheckpointer()
+        try:
+            params = unflatten(checkpointer.restore(self.path, abstract(flatten(like_params))))
+        except Exception as e:  # noqa: BLE001  (orbax raises many kinds for a broken directory)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"the reference policy in {self.path} is unreadable ({type(e).__name__}: {first}): "
+                             f"restore it from a backup, or start afresh with a new --workdir") from None
+        finally:
+            checkpointer.close()
+        self._written = params
+        return params
