@@ -68,9 +68,10 @@ def eval_row(line):
 
 
 @pytest.fixture
-def data():
+def data(monkeypatch):
     from searche1_jax.data.qa import read_examples
     from searche1_jax.train.setup import Experiment
+    monkeypatch.setattr("searche1_jax.train.setup.make_mesh", lambda shape: None)  # one device
     c = get_config()
     golds = {ex.question: ex.golden_answers[0] for ex in read_examples(c.data.train)}
     first_two = [ex.question for ex in Experiment(c).train_data.next_batch(2)]
