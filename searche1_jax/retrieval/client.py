@@ -11,6 +11,8 @@ included. Failures, each naming the URL and what to do:
 - HTTP 4xx (bad input, a limit): RetrieverRequestError, a ValueError, at once;
 - a reply that is not JSON, or not one list of passages per query: RetrieverError, at once
   (the agent pairs result lists with queries: a short reply would drop trajectories' observations).
+Documents may be Search-R1 dense ({"id", "contents"}) or Search-R1 BM25 ({"title", "text",
+"contents"}, no id): see `passage_of`.
 Batches larger than `max_queries` go as several requests (the server caps queries per request).
 """
 from __future__ import annotations
@@ -25,6 +27,24 @@ from urllib.parse import urlparse
 
 from searche1_jax.retrieval.corpus import split_contents
 from searche1_jax.retrieval.index import Passage
+
+
+def passage_of(item: dict) -> Passage:
+    """One `{"document": doc, "score": s}` of a reply -> Passage. Search-R1's dense server sends
+    the corpus row, doc = {"id", "contents"}; its BM25 server sends doc = {"title", "text",
+    "contents"} and no id (Passage.id is then ""). Like Search-R1's agent, the title and text
+    come from `contents` (first line, rest); title + text serve only where contents is missing."""
+    doc = item["document"]
+    if not isinstance(doc, dict):
+        raise TypeError(f"document must be an object, got {type(doc).__name__}")
+    if "contents" in doc:
+        title, text = split_contents(doc["contents"])
+    else:
+        title, text = doc["title"], doc["text"]
+        if not isinstance(title, str) or not isinstance(text, str):
+            raise TypeError("title and text must be strings")
+    pid = doc.get("id")
+    return Passage("" if pid is None else str(pid), title, text, float(item["score"]))
 
 
 class RetrieverError(RuntimeError):
@@ -173,13 +193,12 @@ class RetrievalClient:
             hits = []
             for j, item in enumerate(row):
                 try:
-                    doc = item["document"]
-                    title, text = split_contents(doc["contents"])
-                    hits.append(Passage(str(doc["id"]), title, text, float(item["score"])))
+                    hits.append(passage_of(item))
                 except (KeyError, TypeError, ValueError, AttributeError) as e:
                     raise RetrieverError(
                         f"retriever at {self.url}: result {i}, passage {j} is not "
-                        f'{{"document": {{"id": .., "contents": ..}}, "score": ..}} ({type(e).__name__}: {e}): '
-                        f"{str(item)[:120]}") from None
+                        f'{{"document": {{"id": .., "contents": ..}}, "score": ..}} (Search-R1 dense) nor '
+                        f'{{"document": {{"title": .., "text": .., "contents": ..}}, "score": ..}} (Search-R1 BM25) '
+                        f"({type(e).__name__}: {e}): {str(item)[:120]}") from None
             out.append(hits)
         return out

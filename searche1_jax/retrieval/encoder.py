@@ -1,6 +1,6 @@
 """Dense text encoder: HF tokenizer.json + BERT in Flax, e5-style prefixes, mean pooling, L2.
 
-    enc = Encoder.from_pretrained("/models/e5-base-v2", prefixes="e5")   # "query: " / "passage: "
+    enc = Encoder.from_pretrained("/models/e5-base-v2")   # prefixes "auto": e5 -> "query: " / "passage: "
     q = enc.encode_queries(["who wrote hamlet"])       # [1, 768] f32, unit norm
     p = enc.encode_passages(corpus.texts(range(100)))  # [100, 768]
 
@@ -19,12 +19,10 @@ import numpy as np
 from flax import nnx
 
 from searche1_jax.model.weight_map import check_complete, hf_to_flax
+from searche1_jax.retrieval.prefixes import PREFIXES, resolve_prefixes  # noqa: F401
 from searche1_jax.retrieval.bert import BERT_IGNORE, BERT_RULES, BertConfig, BertModel, mean_pool_normalize
 from searche1_jax.shapes import next_pow2
 
-# (query prefix, passage prefix) presets. e5 models were trained with these prefixes (e5 paper,
-# Search-R1's retriever); sentence-transformers models such as all-MiniLM-L6-v2 use none.
-PREFIXES = {"e5": ("query: ", "passage: "), "none": ("", "")}
 MIN_BUCKET = 16
 
 
@@ -99,16 +97,13 @@ class Encoder:
         self._forward = forward
 
     @classmethod
-    def from_pretrained(cls, directory: str, *, prefixes: str | tuple[str, str] = "none",
+    def from_pretrained(cls, directory: str, *, prefixes: str | tuple[str, str] = "auto",
                         max_length: int | None = None, batch_size: int = 32, dtype: str = "float32") -> "Encoder":
-        """Load weights, tokenizer.json and (if present) sentence-transformers' max_seq_length."""
+        """Load weights, tokenizer.json and (if present) sentence-transformers' max_seq_length.
+        `prefixes`: see `resolve_prefixes` ("auto": named by the checkpoint, `detect_prefixes`)."""
         from tokenizers import Tokenizer
 
-        if isinstance(prefixes, str):
-            if prefixes not in PREFIXES:
-                raise ValueError(f"prefixes must be one of {sorted(PREFIXES)} or a (query, passage) pair, "
-                                 f"got {prefixes!r}")
-            prefixes = PREFIXES[prefixes]
+        prefixes = resolve_prefixes(prefixes, directory)
         tok_path = os.path.join(directory, "tokenizer.json")
         if not os.path.exists(tok_path):
             raise FileNotFoundError(f"{tok_path} not found: the encoder needs a HF fast-tokenizer file")
