@@ -13,7 +13,9 @@ included. Failures, each naming the URL and what to do:
   (the agent pairs result lists with queries: a short reply would drop trajectories' observations).
 Documents may be Search-R1 dense ({"id", "contents"}) or Search-R1 BM25 ({"title", "text",
 "contents"}, no id): see `passage_of`.
-Batches larger than `max_queries` go as several requests (the server caps queries per request).
+Batches larger than `max_queries` go as several requests (the server caps queries per request),
+`parallel` of them in flight at once (a 2,560-query rollout burst: the server searches one
+sub-batch while the next is sent and the previous one's reply is parsed); results keep query order.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 from urllib.parse import urlparse
 
@@ -81,10 +84,12 @@ def _check_url(url: str) -> str:
 
 class RetrievalClient:
     def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
-                 deadline: float = 60.0, max_queries: int = 256):
-        if retries < 0 or timeout <= 0 or backoff < 0 or deadline <= 0 or max_queries < 1:
-            raise ValueError(f"need timeout > 0, retries >= 0, backoff >= 0, deadline > 0, max_queries >= 1; "
-                             f"got {timeout}, {retries}, {backoff}, {deadline}, {max_queries}")
+                 deadline: float = 60.0, max_queries: int = 256, parallel: int = 4):
+        if retries < 0 or timeout <= 0 or backoff < 0 or deadline <= 0 or max_queries < 1 or parallel < 1:
+            raise ValueError(f"need timeout > 0, retries >= 0, backoff >= 0, deadline > 0, max_queries >= 1, "
+                             f"parallel >= 1; got {timeout}, {retries}, {backoff}, {deadline}, {max_queries}, "
+                             f"{parallel}")
+        self.parallel = parallel
         self.url = _check_url(url)
         u = urlparse(self.url)
         self._https, self._host, self._port, self._base = u.scheme == "https", u.hostname, u.port, u.path
@@ -171,12 +176,22 @@ class RetrievalClient:
         """One list of at most k passages per query (empty where the index matched nothing)."""
         queries = list(queries)
         until = time.monotonic() + self.deadline
-        out = []
-        for i in range(0, len(queries), self.max_queries):
-            chunk = queries[i:i + self.max_queries]
+        chunks = [queries[i:i + self.max_queries] for i in range(0, len(queries), self.max_queries)]
+
+        def one(chunk):
             body = self._request("/retrieve", {"queries": chunk, "topk": k, "return_scores": True}, until=until)
-            out += self._passages(body, chunk, k)
-        return out
+            return self._passages(body, chunk, k)
+
+        if len(chunks) <= 1 or self.parallel == 1:
+            return [row for chunk in chunks for row in one(chunk)]
+        with ThreadPoolExecutor(min(self.parallel, len(chunks)), thread_name_prefix="retrieval-client") as ex:
+            futures = [ex.submit(one, chunk) for chunk in chunks]
+            try:
+                return [row for f in futures for row in f.result()]
+            except BaseException:
+                for f in futures:  # the first failure is the answer: send nothing more
+                    f.cancel()
+                raise
 
     def _passages(self, body: dict, queries: list[str], k: int) -> list[list[Passage]]:
         rows = body.get("result")
