@@ -30,6 +30,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--faiss-index", default=None, help="import vectors from a faiss IndexFlatIP file")
     ap.add_argument("--shards", default=None, help="directory for resumable embedding shards")
+    ap.add_argument("--shard-size", type=int, default=8192,
+                    help="passages a shard: peak memory holds one shard's texts and vectors (a scann build "
+                         "trains on a sample of the shards, then adds them one at a time)")
     args = ap.parse_args(argv)
 
     if (args.encoder == "bm25") != (args.index == "bm25"):
@@ -58,7 +61,7 @@ def main(argv=None) -> None:
                          f"{args.encoder} makes {encoder.dim}-d ones")
     index = build_index(args.out, kind=args.index, corpus=corpus, encoder=encoder,
                         encoder_path=None if args.index == "bm25" else args.encoder,
-                        embeddings=embeddings, shards_dir=args.shards)
+                        embeddings=embeddings, shards_dir=args.shards, shard_size=args.shard_size)
     print(f"built {index.kind} index of {index.num_passages} passages in {args.out} "
           f"({time.time() - t0:.1f} s)", file=sys.stderr)
 
