@@ -126,3 +126,59 @@ def add_parser(sub) -> None:
                    help="output folder: the vectors' resumable shards are cached here")
     r.add_argument("--shard-size", type=int, default=2048)
     r.add_argument("--passages", type=int, default=None, help="judge only the first N (already encoded)")
+
+
+SEARCH_R1_N = 21_015_324
+
+
+def project(args) -> list[dict]:
+    """Streamed ScaNN build at d=768 on synthetic clustered vectors: training time on the sample,
+    add rate, bytes a vector on disk and peak RSS, then the same projected to Search-R1's corpus
+    (21,015,324 x 768; its flat fp32 e5 index is 64.6 GB)."""
+    import resource
+
+    from benchmarks.retrieval import dir_bytes, mixture
+    from searche1_jax.retrieval.scann_index import ScannIndex
+
+    n, d, shard = args.n, 768, args.shard_size
+    x, _ = mixture(n, d, 1000, 0.5, 0)
+    sample = x[np.random.default_rng(1).choice(n, min(n, args.sample), replace=False)]
+    params = {"num_leaves": args.leaves, "num_leaves_to_search": max(1, args.leaves // 10),
+              "reorder_dtype": "int8", "dims_per_block": args.dims_per_block}
+    t0 = time.perf_counter()
+    adds = []
+
+    def shards():
+        for s in range(0, n, shard):
+            t = time.perf_counter()
+            yield x[s:s + shard]
+            adds.append(time.perf_counter() - t)  # the time until the next shard is asked for
+    idx = ScannIndex.build_streamed(shards(), sample, n, **params)
+    total = time.perf_counter() - t0
+    add_s = sum(adds)
+    with tempfile.TemporaryDirectory() as tmp:
+        idx.save(tmp)
+        nbytes = dir_bytes(tmp)
+    per_vec = nbytes / n
+    rate = n / add_s
+    row = {"what": "streamed ScaNN build, synthetic", "n": n, "d": d, "shard": shard, "sample": len(sample),
+           **params, "train_s": round(total - add_s, 1), "add_vectors_per_s": round(rate),
+           "bytes_per_vector": round(per_vec, 1), "bytes/flat": round(per_vec / (4 * d), 3),
+           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+           "cpu": cpu_name(), "load_avg": os.getloadavg()}
+    proj = {"what": f"projection to {SEARCH_R1_N:,} x {d}", "index_gb": round(SEARCH_R1_N * per_vec / 1e9, 1),
+            "flat_fp32_gb": round(SEARCH_R1_N * d * 4 / 1e9, 1),
+            "add_hours_on_this_machine": round(SEARCH_R1_N / rate / 3600, 2),
+            "peak_rss_gb_build": round((SEARCH_R1_N * per_vec + len(sample) * d * 4 + 2 * shard * d * 4) / 1e9, 1)}
+    for r in (row, proj):
+        print(json.dumps(r), flush=True)
+    return [row, proj]
+
+
+def add_project_parser(sub) -> None:
+    p = sub.add_parser("project", help="streamed ScaNN build rates at d=768, projected to 21M passages")
+    p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--shard-size", type=int, default=50_000)
+    p.add_argument("--sample", type=int, default=50_000)
+    p.add_argument("--leaves", type=int, default=450)
+    p.add_argument("--dims-per-block", type=int, default=4)
