@@ -14,8 +14,10 @@ included. Failures, each naming the URL and what to do:
 Documents may be Search-R1 dense ({"id", "contents"}) or Search-R1 BM25 ({"title", "text",
 "contents"}, no id): see `passage_of`.
 Batches larger than `max_queries` go as several requests (the server caps queries per request),
-`parallel` of them in flight at once (a 2,560-query rollout burst: the server searches one
-sub-batch while the next is sent and the previous one's reply is parsed); results keep query order.
+`parallel` of them in flight at once; results keep query order. The default is 1 (one after
+another): on the 2 shared cores measured (benchmarks/serve_burst.py, RESULTS.md) 4 in flight was
+3.1 s vs 3.6 s in one run and 3.2 s vs 2.3 s in another for a 2,560-query BM25 burst; try more on a
+server with cores to spare.
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def _check_url(url: str) -> str:
 
 class RetrievalClient:
     def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
-                 deadline: float = 60.0, max_queries: int = 256, parallel: int = 4):
+                 deadline: float = 60.0, max_queries: int = 256, parallel: int = 1):
         if retries < 0 or timeout <= 0 or backoff < 0 or deadline <= 0 or max_queries < 1 or parallel < 1:
             raise ValueError(f"need timeout > 0, retries >= 0, backoff >= 0, deadline > 0, max_queries >= 1, "
                              f"parallel >= 1; got {timeout}, {retries}, {backoff}, {deadline}, {max_queries}, "
