@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/retrieval.py corpus                            # the shared corpus
     .venv/bin/python benchmarks/retrieval.py quantizers --source synthetic     # code precision vs recall
     .venv/bin/python benchmarks/retrieval.py quantizers --source minilm        # same, real embeddings
+    .venv/bin/python benchmarks/retrieval.py real      # ScaNN vs exact, MiniLM vectors (retrieval_real.py)
+    .venv/bin/python benchmarks/retrieval.py project   # streamed build rates -> 21M x 768 projection
 
 Synthetic vectors are a Gaussian mixture (unit-normalised), not uniform noise: on uniformly random
 vectors neighbours are barely closer than everything else and every ANN index looks broken
@@ -16,10 +18,13 @@ import argparse
 import gc
 import json
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def dir_bytes(path: str) -> int:
@@ -296,13 +301,17 @@ def main():
     c.add_argument("--corpus", default="/work/shared/data/corpus/wiki_small.jsonl")
     c.add_argument("--questions", default="/work/shared/data/train/multihop.val.jsonl")
     c.add_argument("--encode", type=int, default=24537, help="passages to encode with MiniLM")
-    for p in (s, c, qz):
+    from benchmarks.retrieval_real import add_parser, add_project_parser, project, real
+    add_parser(sub)
+    add_project_parser(sub)
+    for p in (s, c, qz, sub.choices["real"], sub.choices["project"]):
         p.add_argument("--json", default=None, help="append result rows to this jsonl file")
         p.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up (best is kept)")
     args = ap.parse_args()
     global REPEAT
     REPEAT = args.repeat
-    rows = {"synthetic": synthetic, "corpus": corpus_bench, "quantizers": quantizers}[args.what](args)
+    rows = {"synthetic": synthetic, "corpus": corpus_bench, "quantizers": quantizers, "real": real,
+            "project": project}[args.what](args)
     if args.json:
         with open(args.json, "a") as f:
             for r in rows:

@@ -59,8 +59,13 @@ class BM25Index(Index):
         live = [i for i, q in enumerate(known) if q]
         self.empty_queries += len(queries) - len(live)
         if live:
-            r, s = self.retriever.retrieve([known[i] for i in live], k=k, show_progress=False, n_threads=1)
-            rows[live], scores[live] = np.asarray(r, np.int64), np.asarray(s, np.float32)
+            # the same tokens twice in one batch (GRPO siblings often send the same query) are
+            # scored once: bm25s scores every passage of the corpus per query
+            first: dict[tuple, int] = {}
+            slot = [first.setdefault(tuple(sorted(known[i])), len(first)) for i in live]
+            unique = [list(key) for key in first]
+            r, s = self.retriever.retrieve(unique, k=k, show_progress=False, n_threads=1)
+            rows[live], scores[live] = np.asarray(r, np.int64)[slot], np.asarray(s, np.float32)[slot]
             # fewer than k passages hold a query word: bm25s fills the top k with score-0 rows;
             # pyserini (Search-R1) returns only the hits
             rows[scores <= 0] = -1

@@ -130,6 +130,28 @@ class Corpus:
         pid, contents = self.record(row)
         return (pid, *split_contents(contents))
 
+    def passages(self, rows) -> dict[int, tuple[str, str, str]]:
+        """{row: (id, title, text)} for many rows at once: each distinct row read once and all of
+        them parsed by one json.loads of a JSON array (one C call instead of one a row: a
+        2,560-query burst at top-3 materialises 7,680 passages)."""
+        uniq = sorted({int(r) for r in rows})
+        if not uniq:
+            return {}
+        raws = [self.raw(r) for r in uniq]
+        try:
+            recs = json.loads(b"[" + b",".join(raws) + b"]")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            recs = None  # a bad line: find and name it below
+        out = {}
+        for i, r in enumerate(uniq):
+            rec = recs[i] if recs is not None else None
+            if not (isinstance(rec, dict) and isinstance(rec.get("contents"), str) and "id" in rec):
+                pid, contents = _parse_line(raws[i], self.path, -1)  # raises naming the problem
+            else:
+                pid, contents = str(rec["id"]), rec["contents"]
+            out[r] = (pid, *split_contents(contents))
+        return out
+
     def texts(self, rows) -> list[str]:
         """The `contents` strings of rows: what Search-R1 encodes (title line, newline, text)."""
         return [self.record(int(r))[1] for r in rows]

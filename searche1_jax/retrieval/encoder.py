@@ -1,11 +1,12 @@
 """Dense text encoder: HF tokenizer.json + BERT in Flax, e5-style prefixes, mean pooling, L2.
 
-    enc = Encoder.from_pretrained("/models/e5-base-v2", prefixes="e5")   # "query: " / "passage: "
+    enc = Encoder.from_pretrained("/models/e5-base-v2")   # prefixes "auto": e5 -> "query: " / "passage: "
     q = enc.encode_queries(["who wrote hamlet"])       # [1, 768] f32, unit norm
     p = enc.encode_passages(corpus.texts(range(100)))  # [100, 768]
 
-Batches are padded to power-of-two lengths (>= 16) and to a fixed batch size, so one encoder
-compiles at most log2(max_length / 16) + 1 times (`num_compilations` counts them).
+Batches are padded to widths 2^j or 1.5 * 2^j (>= 16) and to a power-of-two number of rows (at
+most batch_size), so one encoder compiles at most (2 log2(max_length / 16) + 1) x (log2(batch_size)
++ 1) shapes (`num_compilations` counts them); a full stream of texts uses the batch_size row count.
 """
 from __future__ import annotations
 
@@ -19,19 +20,29 @@ import numpy as np
 from flax import nnx
 
 from searche1_jax.model.weight_map import check_complete, hf_to_flax
+from searche1_jax.retrieval.prefixes import PREFIXES, resolve_prefixes  # noqa: F401
 from searche1_jax.retrieval.bert import BERT_IGNORE, BERT_RULES, BertConfig, BertModel, mean_pool_normalize
 from searche1_jax.shapes import next_pow2
 
-# (query prefix, passage prefix) presets. e5 models were trained with these prefixes (e5 paper,
-# Search-R1's retriever); sentence-transformers models such as all-MiniLM-L6-v2 use none.
-PREFIXES = {"e5": ("query: ", "passage: "), "none": ("", "")}
 MIN_BUCKET = 16
 
 
-def pow2_padded_length(n: int, max_length: int) -> int:
-    """The padded token width of a batch whose longest text has n tokens: the smallest power of
-    two >= n (at least MIN_BUCKET), capped at max_length. Few widths -> few compiles."""
-    return min(next_pow2(n, MIN_BUCKET), max_length)
+def padded_length(n: int, max_length: int) -> int:
+    """The padded token width of a batch whose longest text has n tokens: the smallest width of the
+    form 2^j or 1.5 * 2^j (16, 24, 32, 48, 64, 96, 128, 192, 256, ...) that is >= n, capped at
+    max_length. Two widths an octave: at most 1.5x padding (power-of-two widths alone waste up to
+    2x: a 150-token passage ran at width 256, now 192; a 20-token query at 32, now 24), and two
+    compiles an octave."""
+    p = next_pow2(n, MIN_BUCKET)
+    width = p * 3 // 4 if p > MIN_BUCKET and p * 3 // 4 >= n else p
+    return min(width, max_length)
+
+
+def padded_rows(n: int, batch_size: int) -> int:
+    """Rows a batch of n texts is padded to: the next power of two, capped at batch_size. A served
+    single query ran as a full batch of 32 rows before (32x the compute: 286 ms p50 on the loaded
+    2 cores, issue 22); now it runs as 1 row, at the cost of a few more compiled shapes."""
+    return min(next_pow2(n, 1), batch_size)
 
 
 def _flat_state(model: nnx.Module) -> dict[str, nnx.Variable]:
@@ -99,16 +110,13 @@ class Encoder:
         self._forward = forward
 
     @classmethod
-    def from_pretrained(cls, directory: str, *, prefixes: str | tuple[str, str] = "none",
+    def from_pretrained(cls, directory: str, *, prefixes: str | tuple[str, str] = "auto",
                         max_length: int | None = None, batch_size: int = 32, dtype: str = "float32") -> "Encoder":
-        """Load weights, tokenizer.json and (if present) sentence-transformers' max_seq_length."""
+        """Load weights, tokenizer.json and (if present) sentence-transformers' max_seq_length.
+        `prefixes`: see `resolve_prefixes` ("auto": named by the checkpoint, `detect_prefixes`)."""
         from tokenizers import Tokenizer
 
-        if isinstance(prefixes, str):
-            if prefixes not in PREFIXES:
-                raise ValueError(f"prefixes must be one of {sorted(PREFIXES)} or a (query, passage) pair, "
-                                 f"got {prefixes!r}")
-            prefixes = PREFIXES[prefixes]
+        prefixes = resolve_prefixes(prefixes, directory)
         tok_path = os.path.join(directory, "tokenizer.json")
         if not os.path.exists(tok_path):
             raise FileNotFoundError(f"{tok_path} not found: the encoder needs a HF fast-tokenizer file")
@@ -138,10 +146,10 @@ class Encoder:
         ids = self.tokenize([prefix + t for t in texts])
         order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a bucket
         out = np.zeros((len(ids), self.dim), np.float32)
-        bs = self.batch_size
-        for s in range(0, len(order), bs):
-            rows = order[s:s + bs]
-            t = pow2_padded_length(max(len(ids[r]) for r in rows), self.max_length)
+        for s in range(0, len(order), self.batch_size):
+            rows = order[s:s + self.batch_size]
+            t = padded_length(max(len(ids[r]) for r in rows), self.max_length)
+            bs = padded_rows(len(rows), self.batch_size)
             batch = np.zeros((bs, t), np.int32)
             mask = np.zeros((bs, t), np.int32)
             for j, r in enumerate(rows):

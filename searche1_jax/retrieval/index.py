@@ -66,16 +66,9 @@ class Index:
             raise ValueError(f"this {self.kind} index has no corpus attached; use search_vectors or "
                              f"pass corpus=Corpus(path)")
         scores, rows = self._search_rows(list(queries), int(k))
-        out = []
-        for srow, rrow in zip(scores, rows):
-            hits = []
-            for s, r in zip(srow, rrow):
-                if r < 0:
-                    continue
-                pid, title, text = self.corpus.passage(int(r))
-                hits.append(Passage(pid, title, text, float(s)))
-            out.append(hits)
-        return out
+        docs = self.corpus.passages(rows[rows >= 0].tolist())
+        return [[Passage(*docs[r], s) for s, r in zip(srow.tolist(), rrow.tolist()) if r >= 0]
+                for srow, rrow in zip(scores, rows)]
 
 
 class DenseIndex(Index):

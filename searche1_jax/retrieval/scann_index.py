@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -67,15 +68,53 @@ class ScannIndex(DenseIndex):
 
     @classmethod
     def build(cls, embeddings: np.ndarray, corpus=None, encoder=None, **overrides) -> "ScannIndex":
-        import scann
-
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or len(emb) == 0:
             raise ValueError(f"embeddings must be a non-empty [N, d] array, got shape {list(emb.shape)}")
-        params = {**default_params(len(emb)), **overrides}
+        params = cls._params(len(emb), overrides)
+        return cls(cls._searcher(emb, params), len(emb), emb.shape[1], params, corpus, encoder)
+
+    @classmethod
+    def build_streamed(cls, shards, sample: np.ndarray, num_vectors: int, corpus=None, encoder=None,
+                       progress: bool = False, **overrides) -> "ScannIndex":
+        """Train the tree and the AH codebooks on `sample` [S, d], then add `shards` (an iterable
+        of [m, d] arrays in corpus row order, e.g. memory-mapped shard files) one at a time: peak
+        memory is the index plus one shard plus the sample, never all N fp32 vectors (issue 22).
+        Searches return corpus rows: the sample's own points are removed before the shards go in."""
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if sample.ndim != 2 or len(sample) == 0:
+            raise ValueError(f"sample must be a non-empty [S, d] array, got shape {list(sample.shape)}")
+        params = cls._params(num_vectors, {**overrides, "training_sample_size": len(sample)})
+        searcher = cls._searcher(sample, params)
+        cpp = searcher.searcher
+        cpp.delete(list(range(len(sample) - 1, -1, -1)))  # from the end: no index moves
+        added = 0
+        for shard in shards:
+            x = np.ascontiguousarray(shard, dtype=np.float32)
+            if x.ndim != 2 or x.shape[1] != sample.shape[1]:
+                raise ValueError(f"shard {added}..: expected [m, {sample.shape[1]}] vectors, got {list(x.shape)}")
+            cpp.upsert([None] * len(x), x, 4096)  # None: a new point, appended at index size()
+            added += len(x)
+            if progress:
+                print(f"\rScaNN: added {added}/{num_vectors} vectors", end="", file=sys.stderr, flush=True)
+        if progress:
+            print(file=sys.stderr)
+        if added != num_vectors or cpp.size() != num_vectors:
+            raise ValueError(f"the shards held {added} vectors (index size {cpp.size()}), expected {num_vectors}")
+        return cls(searcher, num_vectors, sample.shape[1], params, corpus, encoder)
+
+    @staticmethod
+    def _params(n: int, overrides: dict) -> dict:
+        params = {**default_params(n), **overrides}
         unknown = set(params) - set(default_params(1))
         if unknown:
             raise ValueError(f"unknown ScaNN parameters {sorted(unknown)}; known: {sorted(default_params(1))}")
+        return params
+
+    @staticmethod
+    def _searcher(emb: np.ndarray, params: dict):
+        import scann
+
         builder = scann.scann_ops_pybind.builder(emb, 10, "dot_product")
         if params["num_leaves"] > 1:
             builder = builder.tree(num_leaves=params["num_leaves"],
@@ -90,8 +129,7 @@ class ScannIndex(DenseIndex):
                                  f"got {params['reorder_dtype']!r}")
             rt = getattr(_reorder_enum(), _REORDER_TYPES[params["reorder_dtype"]])
             builder = builder.reorder(params["reorder"], quantize=rt)
-        searcher = builder.build()
-        return cls(searcher, len(emb), emb.shape[1], params, corpus, encoder)
+        return builder.build()
 
     def search_vectors(self, queries: np.ndarray, k: int,
                        leaves_to_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:

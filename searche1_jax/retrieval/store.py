@@ -24,7 +24,7 @@ CORPUS_OFFSETS = "corpus.offsets.npy"
 
 def build_index(out_dir: str, *, kind: str, corpus: Corpus, encoder=None, encoder_path: str | None = None,
                 embeddings: np.ndarray | None = None, shards_dir: str | None = None,
-                scann_params: dict | None = None, progress: bool = True) -> Index:
+                scann_params: dict | None = None, progress: bool = True, shard_size: int = 8192) -> Index:
     """Build, save and return an index. Dense kinds take `embeddings` (e.g. from a faiss file)
     or compute them with `encoder` into resumable shards (`shards_dir`, default out_dir/shards)."""
     if kind not in KINDS:
@@ -35,19 +35,24 @@ def build_index(out_dir: str, *, kind: str, corpus: Corpus, encoder=None, encode
         from searche1_jax.retrieval.bm25 import BM25Index
         index = BM25Index.build(corpus)
     else:
-        if embeddings is None:
-            if encoder is None:
-                raise ValueError(f"a {kind} index needs an encoder (or precomputed embeddings)")
+        if embeddings is None and encoder is None:
+            raise ValueError(f"a {kind} index needs an encoder (or precomputed embeddings)")
+        if embeddings is None and kind == "scann":  # bounded memory: one shard at a time (issue 22)
+            index = _scann_streamed(corpus, encoder, shards_dir or os.path.join(out_dir, "shards"),
+                                    scann_params or {}, shard_size, progress)
+        elif embeddings is None:
             from searche1_jax.retrieval.embed import encode_corpus
             embeddings = encode_corpus(encoder, corpus, shards_dir or os.path.join(out_dir, "shards"),
-                                       progress=progress)
-        if len(embeddings) != len(corpus):
+                                       shard_size=shard_size, progress=progress)
+        if embeddings is not None and len(embeddings) != len(corpus):
             raise ValueError(f"{len(embeddings)} embeddings for a corpus of {len(corpus)} passages")
         if encoder is not None:
             enc_meta = {**encoder.describe(), "path": os.path.abspath(encoder_path) if encoder_path else None}
         if kind == "exact":
             from searche1_jax.retrieval.exact import ExactIndex
             index = ExactIndex(embeddings, corpus, encoder)
+        elif embeddings is None:
+            params = index.params
         else:
             from searche1_jax.retrieval.scann_index import ScannIndex
             index = ScannIndex.build(embeddings, corpus, encoder, **(scann_params or {}))
@@ -62,6 +67,19 @@ def build_index(out_dir: str, *, kind: str, corpus: Corpus, encoder=None, encode
         json.dump(manifest, f, indent=1)
     os.replace(tmp, os.path.join(out_dir, MANIFEST))
     return index
+
+
+def _scann_streamed(corpus, encoder, shards_dir: str, params: dict, shard_size: int, progress: bool):
+    """Encode into resumable shards, train ScaNN on a sample of them, add them one at a time."""
+    from searche1_jax.retrieval.embed import encode_shards, sample_rows
+    from searche1_jax.retrieval.scann_index import ScannIndex, default_params
+
+    paths = encode_shards(encoder, corpus, shards_dir, shard_size=shard_size, progress=progress)
+    size = params.get("training_sample_size", default_params(len(corpus))["training_sample_size"])
+    sample = sample_rows(paths, size)
+    shards = (np.load(p, mmap_mode="r") for p in paths)
+    return ScannIndex.build_streamed(shards, sample, len(corpus), corpus, encoder, progress=progress,
+                                     **{k: v for k, v in params.items() if k != "training_sample_size"})
 
 
 def read_manifest(directory: str) -> dict:

@@ -86,3 +86,23 @@ def test_bm25_returns_only_passages_that_hold_a_query_word(tmp_path):
     hits = BM25Index.build(Corpus(str(path))).search(["zebulon", "granite river"], 3)
     assert [sorted(p.id for p in h) for h in hits] == [["0", "1"], ["0", "2"]]
     assert all(p.score > 0 for h in hits for p in h)
+
+
+def test_a_burst_with_repeated_queries_equals_bm25s_query_by_query(bm25):
+    """Repeated queries are scored once (issue 22); every row must still be what bm25s.retrieve
+    gives that query alone (the oracle), in order, repeats and an empty query included."""
+    import numpy as np
+
+    from searche1_jax.retrieval.bm25 import _tokenize
+
+    qs = ["Evan Morris lobbyist", "the", "fort in Oman", "Evan Morris lobbyist", "Oman fort in"]
+    scores, rows = bm25._search_rows(qs, 4)
+    for i, q in enumerate(qs):
+        toks = [t for t in _tokenize([q], return_ids=False)[0] if t in bm25.retriever.vocab_dict]
+        if not toks:
+            assert (rows[i] == -1).all()
+            continue
+        r, s = bm25.retriever.retrieve([toks], k=4, show_progress=False)
+        np.testing.assert_allclose(scores[i], s[0], rtol=1e-6)
+        assert rows[i].tolist() == r[0].tolist()
+    assert rows[2].tolist() == rows[4].tolist()  # same words in another order: one search

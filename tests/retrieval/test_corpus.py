@@ -72,3 +72,25 @@ def test_line_without_contents_is_reported(tmp_path):
 def test_missing_corpus_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="wiki-18 jsonl"):
         Corpus(str(tmp_path / "nope.jsonl"))
+
+
+def test_many_passages_at_once_match_plain_json_reading(small_corpus_path):
+    with open(small_corpus_path) as f:
+        want = [json.loads(line) for line in f]
+    c = Corpus(small_corpus_path)
+    rows = [5, 0, 299, 5, 17]
+    got = c.passages(rows)
+    assert sorted(got) == [0, 5, 17, 299]
+    for r in rows:
+        assert got[r] == (want[r]["id"], *split_contents(want[r]["contents"])) == c.passage(r)
+    assert c.passages([]) == {}
+
+
+def test_a_bad_line_among_many_is_named(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"id": "0", "contents": "\\"A\\"\\nx"}\n{"id": "1", "contents": "\\"B\\"\\ny"}\n')
+    c = Corpus(str(p))
+    with open(p, "w") as f:  # same byte lengths, second line broken after the offsets were taken
+        f.write('{"id": "0", "contents": "\\"A\\"\\nx"}\n{"id": "1", "kontents": "\\"B\\"\\ny"}\n')
+    with pytest.raises(CorpusFormatError, match="needs keys 'id' and 'contents'"):
+        c.passages([0, 1])

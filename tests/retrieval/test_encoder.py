@@ -4,7 +4,7 @@ import pytest
 
 from searche1_jax.model.weight_map import flax_to_hf, hf_to_flax
 from searche1_jax.retrieval.bert import BERT_IGNORE, BERT_RULES
-from searche1_jax.retrieval.encoder import Encoder, pow2_padded_length
+from searche1_jax.retrieval.encoder import Encoder, padded_length, padded_rows
 
 TEXTS = ["who wrote hamlet?", "x",
          # > 128 tokens: truncation
@@ -58,9 +58,17 @@ def test_length_buckets_bound_compilations_and_order_is_kept(tiny_bert_dir):
     all_at_once = enc.encode(texts)
     one_by_one = np.concatenate([enc.encode([t]) for t in texts])
     np.testing.assert_allclose(all_at_once, one_by_one, atol=1e-5)
-    # lengths 3..121 tokens -> buckets 16, 32, 64, 128 only, one batch shape each
-    assert enc.num_compilations <= 4
-    assert [pow2_padded_length(n, 128) for n in (1, 16, 17, 100, 300)] == [16, 16, 32, 128, 128]
+    # lengths 3..121 tokens -> widths 16, 24, 32, 48, 64, 96, 128 at most; 17 texts in batches of 4
+    # (sorted by length: 4 full batches and 1 single row) and 17 single rows
+    lengths = sorted(len(ids) for ids in enc.tokenize(texts))
+    width = lambda n: min(w for w in (16, 24, 32, 48, 64, 96, 128) if w >= n)  # noqa: E731
+    shapes = {(1, width(n)) for n in lengths}
+    shapes |= {(min(4, len(lengths[s:s + 4])) if len(lengths[s:s + 4]) != 3 else 4, width(max(lengths[s:s + 4])))
+               for s in range(0, len(lengths), 4)}
+    assert enc.num_compilations == len(shapes)
+    assert [padded_rows(n, 32) for n in (1, 2, 3, 5, 32, 40)] == [1, 2, 4, 8, 32, 32]
+    assert [padded_length(n, 128) for n in (1, 16, 17, 24, 25, 33, 49, 97, 100, 300)] == \
+        [16, 16, 24, 24, 32, 48, 64, 128, 128, 128]
 
 
 def test_weight_table_round_trips_and_rejects_unknown_tensors(tiny_bert_dir):

@@ -315,3 +315,14 @@ def test_connections_over_the_cap_get_503_and_the_rest_are_served(served):
     server.server_close()
     batcher.close()
     thread.join(timeout=5)
+
+
+def test_client_sub_batches_in_parallel_keep_query_order(served):
+    index, _, url, batcher = served
+    queries = QUERIES * 3 + ["Genentech"]  # 13 queries -> 7 requests of <= 2, 3 in flight
+    before = batcher.batches_run
+    client = RetrievalClient(url, max_queries=2, parallel=3)
+    assert client.search(queries, 3) == index.search(queries, 3)
+    assert batcher.batches_run > before
+    with pytest.raises(ValueError, match="parallel >= 1"):
+        RetrievalClient(url, parallel=0)
