@@ -5,8 +5,11 @@ activations with `batch`, `length`, `embed`, ... A rules table maps each logical
 axes (`data`, `fsdp`, `tensor`). The table an experiment uses is `config.logical_axis_rules`
 (written out in `searche1_jax.config.base()` as `DEFAULT_RULES`); every function here takes it
 as `rules`, so changing the parallelism plan is editing that table. A mesh axis that does not
-divide a dimension is dropped for that dimension (e.g. 2 KV heads on tensor=4 replicate), so
-every preset shards on every mesh.
+divide a dimension is dropped for that dimension, so every preset shards on every mesh. Attention
+kernels carry their heads as an axis of their own (q [embed, heads, head_dim], k/v [embed,
+kv_heads, head_dim], o [heads, head_dim, embed]) and `head_dim` is never sharded: a device holds
+whole heads, and heads a mesh axis does not divide (2 KV heads on tensor=4) replicate over it, as
+MaxText's check that tensor parallelism never cuts a KV head.
 """
 from __future__ import annotations
 

@@ -13,10 +13,13 @@ Two entry points:
 """
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from searche1_jax.model.config import ModelConfig
@@ -61,29 +64,44 @@ def _param(rngs: nnx.Rngs, init, shape, dtype, axes) -> nnx.Param:
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel (+ bias); kernel [in, out] (HF stores [out, in]), or [out, in] when
-    `out_in` (only in a `Transformer.few_row_view`, for few-token decode steps)."""
+    """y = x @ kernel (+ bias) over the trailing `in_shape` axes of x, giving `out_shape` axes.
 
-    def __init__(self, d_in, d_out, axes, *, bias: bool, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.kernel = _param(rngs, nnx.initializers.normal(0.02), (d_in, d_out), cfg.param_dtype, axes)
-        self.bias = (_param(rngs, nnx.initializers.zeros, (d_out,), cfg.param_dtype, axes[1:])
+    kernel [*in_shape, *out_shape] (HF stores [out, in] flat), or [*out_shape, *in_shape] when
+    `out_in` (only in a `Transformer.few_row_view`, for few-token decode steps). Attention
+    kernels keep their heads axis (q [D, N, H], o [N, H, D], as Tunix's einsum layout), so a
+    sharding rule over `heads` splits whole heads and never cuts one; the product itself runs
+    on the flattened 2-D views, a free reshape of the kernel (heads are the major axis).
+    """
+
+    def __init__(self, in_shape, out_shape, axes, *, bias: bool, cfg: ModelConfig, rngs: nnx.Rngs):
+        in_shape, out_shape = _dims(in_shape), _dims(out_shape)
+        self.kernel = _param(rngs, nnx.initializers.normal(0.02), in_shape + out_shape, cfg.param_dtype, axes)
+        self.bias = (_param(rngs, nnx.initializers.zeros, out_shape, cfg.param_dtype, axes[len(in_shape):])
                      if bias else None)
+        self.n_in, self.n_out = len(in_shape), len(out_shape)
         self.dtype = jnp.dtype(cfg.dtype)
         self.out_in = False
 
     def __call__(self, x):
         # A 2-D [tokens, in] operand: XLA:CPU runs the backward's weight-gradient dot
         # (contracting the token axis) ~15% faster than over [B, T, in].
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+        lead = x.shape[:x.ndim - self.n_in]
+        x2 = x.reshape(math.prod(lead), -1).astype(self.dtype)
+        w = self.kernel[...].astype(self.dtype)
         if self.out_in:
-            y = _small_m_dot(x2, self.kernel[...].astype(self.dtype))
+            out_shape = w.shape[:self.n_out]
+            y = _small_m_dot(x2, w.reshape(math.prod(out_shape), -1))
         else:
-            y = x2 @ self.kernel[...].astype(self.dtype)
-        y = y.reshape(lead + (y.shape[-1],))
+            out_shape = w.shape[self.n_in:]
+            y = x2 @ w.reshape(x2.shape[-1], -1)
+        y = y.reshape(lead + out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+def _dims(shape) -> tuple[int, ...]:
+    return (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
 
 
 def _small_m_dot(x, w_t, preferred_element_type=None):
@@ -97,10 +115,12 @@ def _small_m_dot(x, w_t, preferred_element_type=None):
     return jax.lax.optimization_barrier(y_t).T
 
 
-@jax.jit
-def _transposed(ws: tuple) -> tuple:
-    """Each [a, b] -> [b, a], materialised: otherwise XLA folds the transposes back into the dots."""
-    return jax.lax.optimization_barrier(tuple(w.T for w in ws))
+@partial(jax.jit, static_argnums=1)
+def _transposed(ws: tuple, n_ins: tuple[int, ...]) -> tuple:
+    """Each kernel [*in, *out] (its first n_in axes the inputs) -> [*out, *in], materialised:
+    otherwise XLA folds the transposes back into the dots."""
+    return jax.lax.optimization_barrier(tuple(
+        w.transpose(tuple(range(n, w.ndim)) + tuple(range(n))) for w, n in zip(ws, n_ins)))
 
 
 class RMSNorm(nnx.Module):
@@ -169,25 +189,25 @@ def attend_causal(q, k, v, mask, block: int):
 
 
 class Attention(nnx.Module):
+    """q [D, N, H], k/v [D, K, H] and o [N, H, D] kernels: heads are an axis of their own."""
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = Linear(d, h * hd, ("embed", "heads"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
-        self.k_proj = Linear(d, k * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
-        self.v_proj = Linear(d, k * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
-        self.o_proj = Linear(h * hd, d, ("heads", "embed"), bias=False, cfg=cfg, rngs=rngs)
-        self.n_heads, self.n_kv_heads, self.head_dim = h, k, hd
+        kv_axes = ("embed", "kv_heads", "head_dim")
+        self.q_proj = Linear(d, (h, hd), ("embed", "heads", "head_dim"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.k_proj = Linear(d, (k, hd), kv_axes, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.v_proj = Linear(d, (k, hd), kv_axes, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.o_proj = Linear((h, hd), d, ("heads", "head_dim", "embed"), bias=False, cfg=cfg, rngs=rngs)
         self.theta = cfg.rope_theta
 
     def qkv(self, x, positions):
-        b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+        """x [B, T, D] -> q [B, T, N, H], k and v [B, T, K, H] (q and k roped)."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         return rope(q, positions, self.theta), rope(k, positions, self.theta), v
 
     def out(self, o):
-        b, t = o.shape[:2]
-        return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim))
+        """o [B, T, N, H] -> [B, T, D]."""
+        return self.o_proj(o)
 
 
 class MLP(nnx.Module):
@@ -332,9 +352,11 @@ class Transformer(nnx.Module):
         linears = [m for _, m in nnx.iter_modules(view) if isinstance(m, Linear)]
         untied = view.lm_head is not None
         rows = _transposed(tuple(m.kernel[...] for m in linears)
-                           + ((view.lm_head[...],) if untied else ()))
+                           + ((view.lm_head[...],) if untied else ()),
+                           tuple(m.n_in for m in linears) + ((1,) if untied else ()))
         for m, w in zip(linears, rows):
-            m.kernel = nnx.Param(w, logical_axes=m.kernel.get_metadata()["logical_axes"][::-1])
+            axes = m.kernel.get_metadata()["logical_axes"]
+            m.kernel = nnx.Param(w, logical_axes=axes[m.n_in:] + axes[:m.n_in])
             m.out_in = True
         if untied:
             view.lm_head = nnx.Param(rows[-1], logical_axes=("vocab", "embed"))
