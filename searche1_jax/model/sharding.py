@@ -13,6 +13,7 @@ MaxText's check that tensor parallelism never cuts a KV head.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -130,3 +131,21 @@ def constrain(x: jax.Array, names: Sequence[str | None], mesh: Mesh | None, rule
     if mesh is None:
         return x
     return jax.lax.with_sharding_constraint(x, named_sharding(names, x.shape, mesh, rules))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A mesh and its rules as the two calls code that imports no model needs (the chunked
+    losses of rl/, `rl.rows`): constrain an array by logical names, and count the device groups
+    an axis splits into. Hashable: it is a static argument of the jitted losses."""
+    mesh: Mesh
+    rules: tuple = DEFAULT_RULES
+
+    def constrain(self, x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+        return constrain(x, names, self.mesh, self.rules)
+
+    def groups(self, size: int, name: str) -> int:
+        """Ways an axis of `size` named `name` splits over the mesh (1: replicated)."""
+        entry = logical_to_spec((name,), (size,), self.mesh, self.rules)[0]
+        axes = () if entry is None else ((entry,) if isinstance(entry, str) else entry)
+        return int(np.prod([self.mesh.shape[a] for a in axes]))

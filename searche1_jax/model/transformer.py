@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from searche1_jax.model.config import ModelConfig
-from searche1_jax.model.sharding import DEFAULT_RULES, constrain
+from searche1_jax.model.sharding import DEFAULT_RULES, Layout, constrain
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
 
@@ -286,6 +286,12 @@ class Transformer(nnx.Module):
         self.head_out_in = False  # lm_head stored [V, d] (a `few_row_view`; a tied head is [V, d] already)
 
     # ---- pieces shared by both entry points ----
+    def layout(self) -> Layout | None:
+        """This model's mesh and rules for the chunked losses (`rl.rows`); None on one device."""
+        if self.mesh is None:
+            return None
+        return Layout(self.mesh, tuple((n, None if a is None else tuple(a)) for n, a in self.rules))
+
     def _head_rows(self) -> jax.Array:
         """The LM head as stored rows [V, d]: the embedding when tied, else the [V, d] copy."""
         return self.embed[...] if self.lm_head is None else self.lm_head[...]
