@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from searche1_jax.model.config import ModelConfig
+from searche1_jax.model.kv_cache import CACHE_K_AXES, CACHE_V_AXES, KVCache, init_cache
 from searche1_jax.model.sharding import DEFAULT_RULES, Layout, constrain
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
@@ -245,32 +245,6 @@ class Block(nnx.Module):
         return x + self.mlp(self.post_attn_norm(x)), k_cache, v_cache
 
 
-class KVCache(NamedTuple):
-    """Per-layer keys k [B, K, D, S] and values v [B, K, S, D], and each row's number of written
-    slots `length` [B].
-
-    Keys are stored transposed (slots last) and values slot-major, the layouts the two
-    attention dots read without copying. Only valid tokens are written, so slot index == RoPE
-    position for every row.
-    """
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
-    length: jax.Array
-
-    @property
-    def max_len(self) -> int:
-        return self.v[0].shape[2]
-
-
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    dtype = jnp.dtype(dtype or cfg.dtype)
-    k_shape = (batch, cfg.n_kv_heads, cfg.head_dim, max_len)
-    v_shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-    return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.n_layers)),
-                   tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.n_layers)),
-                   jnp.zeros((batch,), jnp.int32))
-
-
 class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, mesh=None, rules=DEFAULT_RULES):
         self.cfg = cfg
@@ -343,6 +317,10 @@ class Transformer(nnx.Module):
         return hidden if return_hidden else self.logits(hidden)
 
     # ---- cached forward ----
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """`init_cache` on this model's mesh and rules (sharded when the model is)."""
+        return init_cache(self.cfg, batch, max_len, dtype, mesh=self.mesh, rules=self.rules)
+
     def few_row_view(self) -> Transformer:
         """This model with its linear kernels and LM head stored [out, in], for decoding on CPU.
 
@@ -387,8 +365,9 @@ class Transformer(nnx.Module):
         ks, vs = [], []
         for i, block in enumerate(self.layers):
             x, k, v = block.extend(x, slots, mask, cache.k[i], cache.v[i], write_idx)
-            ks.append(k)
-            vs.append(v)
+            # the new cache keeps the old one's layout, so a donated cache is updated in place
+            ks.append(constrain(k, CACHE_K_AXES, self.mesh, self.rules))
+            vs.append(constrain(v, CACHE_V_AXES, self.mesh, self.rules))
         hidden = self.final_norm(x)
         new_cache = KVCache(tuple(ks), tuple(vs), cache.length + n_valid.astype(jnp.int32))
         if output == "hidden":
