@@ -323,7 +323,8 @@ class OFSDSection(_Section):
     temperature: > 0. epochs: passes per round. mini_batch: student trajectories per update;
     micro_batch: per forward/backward. lr: None (unset) = OFSD updates use the lr of the GRPO
     step they follow; set (> 0) = that lr for every OFSD update. logit_chunk: tokens a device
-    takes per scan step of the fused forward KL (positions within its rows, `rl/rows.py`). length_bucket: padding multiple.
+    takes per scan step of the fused forward KL (positions within its rows, `rl/rows.py`).
+    length_bucket: padding multiple.
     """
     SECTION: ClassVar[str] = "ofsd"
     enabled: bool
