@@ -256,7 +256,8 @@ class GRPOSection(_Section):
         micro_token_mean, the mean over its micro_batch-trajectory micro-batches of their
         token-means (veRL; micro_batch then plays veRL's per-GPU micro-batch).
     length_bucket: trajectory padding multiple.
-    logit_chunk: tokens per chunk of the LM head / log-softmax.
+    logit_chunk: tokens a device takes per scan step of the LM head / log-softmax (positions
+        within the rows it holds: the batch sharding is kept, `rl/rows.py`).
     skip_flat_groups: False (Search-R1): every trajectory enters the update. True: only the groups
         whose rewards differ (rl/grpo.py::has_spread); a flat group's advantages are all 0, so
         it adds only the KL and entropy terms and its tokens to the token-mean's denominator
@@ -337,8 +338,9 @@ class OFSDSection(_Section):
         equally efficient trajectories. teacher: one of OFSD_TEACHERS (snapshot = frozen θ_k).
     temperature: > 0. epochs: passes per round. mini_batch: student trajectories per update;
     micro_batch: per forward/backward. lr: None (unset) = OFSD updates use the lr of the GRPO
-    step they follow; set (> 0) = that lr for every OFSD update. logit_chunk: tokens per chunk
-    of the fused forward KL. length_bucket: padding multiple.
+    step they follow; set (> 0) = that lr for every OFSD update. logit_chunk: tokens a device
+    takes per scan step of the fused forward KL (positions within its rows, `rl/rows.py`).
+    length_bucket: padding multiple.
     """
     SECTION: ClassVar[str] = "ofsd"
     enabled: bool

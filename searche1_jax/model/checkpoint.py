@@ -18,7 +18,7 @@ from searche1_jax.model.config import ModelConfig
 from searche1_jax.model.create import flat_params, model_from_arrays
 from searche1_jax.model.sharding import DEFAULT_RULES
 from searche1_jax.model.weight_map import flax_to_hf, hf_to_flax
-from searche1_jax.model.weight_tables import HF_IGNORE, HF_RULES, gguf_rules
+from searche1_jax.model.weight_tables import HF_IGNORE, gguf_rules, hf_rules
 
 _FAMILIES = {"qwen2": "qwen2", "llama": "llama"}
 
@@ -105,7 +105,7 @@ def load_hf(directory: str, *, mesh=None, rules=DEFAULT_RULES, **overrides):
     tensors = read_safetensors(directory)
     if cfg.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # some exporters write the tied copy
-    arrays = hf_to_flax(tensors, HF_RULES, ignore=HF_IGNORE)
+    arrays = hf_to_flax(tensors, hf_rules(cfg), ignore=HF_IGNORE)
     return model_from_arrays(cfg, arrays, mesh=mesh, rules=rules, source=directory), cfg
 
 
@@ -116,7 +116,7 @@ def save_hf(model, directory: str, *, dtype: str | None = None) -> None:
     cfg: ModelConfig = model.cfg
     os.makedirs(directory, exist_ok=True)
     params = {k: np.asarray(v) for k, v in flat_params(model).items()}
-    tensors = flax_to_hf(params, HF_RULES)
+    tensors = flax_to_hf(params, hf_rules(cfg))
     if dtype is not None:
         import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
         tensors = {k: v.astype(dtype) for k, v in tensors.items()}

@@ -5,11 +5,15 @@ activations with `batch`, `length`, `embed`, ... A rules table maps each logical
 axes (`data`, `fsdp`, `tensor`). The table an experiment uses is `config.logical_axis_rules`
 (written out in `searche1_jax.config.base()` as `DEFAULT_RULES`); every function here takes it
 as `rules`, so changing the parallelism plan is editing that table. A mesh axis that does not
-divide a dimension is dropped for that dimension (e.g. 2 KV heads on tensor=4 replicate), so
-every preset shards on every mesh.
+divide a dimension is dropped for that dimension, so every preset shards on every mesh. Attention
+kernels carry their heads as an axis of their own (q [embed, heads, head_dim], k/v [embed,
+kv_heads, head_dim], o [heads, head_dim, embed]) and `head_dim` is never sharded: a device holds
+whole heads, and heads a mesh axis does not divide (2 KV heads on tensor=4) replicate over it, as
+MaxText's check that tensor parallelism never cuts a KV head.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -127,3 +131,21 @@ def constrain(x: jax.Array, names: Sequence[str | None], mesh: Mesh | None, rule
     if mesh is None:
         return x
     return jax.lax.with_sharding_constraint(x, named_sharding(names, x.shape, mesh, rules))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A mesh and its rules as the two calls code that imports no model needs (the chunked
+    losses of rl/, `rl.rows`): constrain an array by logical names, and count the device groups
+    an axis splits into. Hashable: it is a static argument of the jitted losses."""
+    mesh: Mesh
+    rules: tuple = DEFAULT_RULES
+
+    def constrain(self, x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+        return constrain(x, names, self.mesh, self.rules)
+
+    def groups(self, size: int, name: str) -> int:
+        """Ways an axis of `size` named `name` splits over the mesh (1: replicated)."""
+        entry = logical_to_spec((name,), (size,), self.mesh, self.rules)[0]
+        axes = () if entry is None else ((entry,) if isinstance(entry, str) else entry)
+        return int(np.prod([self.mesh.shape[a] for a in axes]))

@@ -13,14 +13,17 @@ Two entry points:
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from searche1_jax.model.config import ModelConfig
-from searche1_jax.model.sharding import DEFAULT_RULES, constrain
+from searche1_jax.model.kv_cache import CACHE_K_AXES, CACHE_V_AXES, KVCache, init_cache
+from searche1_jax.model.sharding import DEFAULT_RULES, Layout, constrain
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
 
@@ -61,29 +64,44 @@ def _param(rngs: nnx.Rngs, init, shape, dtype, axes) -> nnx.Param:
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel (+ bias); kernel [in, out] (HF stores [out, in]), or [out, in] when
-    `out_in` (only in a `Transformer.few_row_view`, for few-token decode steps)."""
+    """y = x @ kernel (+ bias) over the trailing `in_shape` axes of x, giving `out_shape` axes.
 
-    def __init__(self, d_in, d_out, axes, *, bias: bool, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.kernel = _param(rngs, nnx.initializers.normal(0.02), (d_in, d_out), cfg.param_dtype, axes)
-        self.bias = (_param(rngs, nnx.initializers.zeros, (d_out,), cfg.param_dtype, axes[1:])
+    kernel [*in_shape, *out_shape] (HF stores [out, in] flat), or [*out_shape, *in_shape] when
+    `out_in` (only in a `Transformer.few_row_view`, for few-token decode steps). Attention
+    kernels keep their heads axis (q [D, N, H], o [N, H, D], as Tunix's einsum layout), so a
+    sharding rule over `heads` splits whole heads and never cuts one; the product itself runs
+    on the flattened 2-D views, a free reshape of the kernel (heads are the major axis).
+    """
+
+    def __init__(self, in_shape, out_shape, axes, *, bias: bool, cfg: ModelConfig, rngs: nnx.Rngs):
+        in_shape, out_shape = _dims(in_shape), _dims(out_shape)
+        self.kernel = _param(rngs, nnx.initializers.normal(0.02), in_shape + out_shape, cfg.param_dtype, axes)
+        self.bias = (_param(rngs, nnx.initializers.zeros, out_shape, cfg.param_dtype, axes[len(in_shape):])
                      if bias else None)
+        self.n_in, self.n_out = len(in_shape), len(out_shape)
         self.dtype = jnp.dtype(cfg.dtype)
         self.out_in = False
 
     def __call__(self, x):
         # A 2-D [tokens, in] operand: XLA:CPU runs the backward's weight-gradient dot
         # (contracting the token axis) ~15% faster than over [B, T, in].
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+        lead = x.shape[:x.ndim - self.n_in]
+        x2 = x.reshape(math.prod(lead), -1).astype(self.dtype)
+        w = self.kernel[...].astype(self.dtype)
         if self.out_in:
-            y = _small_m_dot(x2, self.kernel[...].astype(self.dtype))
+            out_shape = w.shape[:self.n_out]
+            y = _small_m_dot(x2, w.reshape(math.prod(out_shape), -1))
         else:
-            y = x2 @ self.kernel[...].astype(self.dtype)
-        y = y.reshape(lead + (y.shape[-1],))
+            out_shape = w.shape[self.n_in:]
+            y = x2 @ w.reshape(x2.shape[-1], -1)
+        y = y.reshape(lead + out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+def _dims(shape) -> tuple[int, ...]:
+    return (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
 
 
 def _small_m_dot(x, w_t, preferred_element_type=None):
@@ -97,10 +115,12 @@ def _small_m_dot(x, w_t, preferred_element_type=None):
     return jax.lax.optimization_barrier(y_t).T
 
 
-@jax.jit
-def _transposed(ws: tuple) -> tuple:
-    """Each [a, b] -> [b, a], materialised: otherwise XLA folds the transposes back into the dots."""
-    return jax.lax.optimization_barrier(tuple(w.T for w in ws))
+@partial(jax.jit, static_argnums=1)
+def _transposed(ws: tuple, n_ins: tuple[int, ...]) -> tuple:
+    """Each kernel [*in, *out] (its first n_in axes the inputs) -> [*out, *in], materialised:
+    otherwise XLA folds the transposes back into the dots."""
+    return jax.lax.optimization_barrier(tuple(
+        w.transpose(tuple(range(n, w.ndim)) + tuple(range(n))) for w, n in zip(ws, n_ins)))
 
 
 class RMSNorm(nnx.Module):
@@ -169,25 +189,25 @@ def attend_causal(q, k, v, mask, block: int):
 
 
 class Attention(nnx.Module):
+    """q [D, N, H], k/v [D, K, H] and o [N, H, D] kernels: heads are an axis of their own."""
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = Linear(d, h * hd, ("embed", "heads"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
-        self.k_proj = Linear(d, k * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
-        self.v_proj = Linear(d, k * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
-        self.o_proj = Linear(h * hd, d, ("heads", "embed"), bias=False, cfg=cfg, rngs=rngs)
-        self.n_heads, self.n_kv_heads, self.head_dim = h, k, hd
+        kv_axes = ("embed", "kv_heads", "head_dim")
+        self.q_proj = Linear(d, (h, hd), ("embed", "heads", "head_dim"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.k_proj = Linear(d, (k, hd), kv_axes, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.v_proj = Linear(d, (k, hd), kv_axes, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.o_proj = Linear((h, hd), d, ("heads", "head_dim", "embed"), bias=False, cfg=cfg, rngs=rngs)
         self.theta = cfg.rope_theta
 
     def qkv(self, x, positions):
-        b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+        """x [B, T, D] -> q [B, T, N, H], k and v [B, T, K, H] (q and k roped)."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         return rope(q, positions, self.theta), rope(k, positions, self.theta), v
 
     def out(self, o):
-        b, t = o.shape[:2]
-        return self.o_proj(o.reshape(b, t, self.n_heads * self.head_dim))
+        """o [B, T, N, H] -> [B, T, D]."""
+        return self.o_proj(o)
 
 
 class MLP(nnx.Module):
@@ -225,32 +245,6 @@ class Block(nnx.Module):
         return x + self.mlp(self.post_attn_norm(x)), k_cache, v_cache
 
 
-class KVCache(NamedTuple):
-    """Per-layer keys k [B, K, D, S] and values v [B, K, S, D], and each row's number of written
-    slots `length` [B].
-
-    Keys are stored transposed (slots last) and values slot-major, the layouts the two
-    attention dots read without copying. Only valid tokens are written, so slot index == RoPE
-    position for every row.
-    """
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
-    length: jax.Array
-
-    @property
-    def max_len(self) -> int:
-        return self.v[0].shape[2]
-
-
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    dtype = jnp.dtype(dtype or cfg.dtype)
-    k_shape = (batch, cfg.n_kv_heads, cfg.head_dim, max_len)
-    v_shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-    return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.n_layers)),
-                   tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.n_layers)),
-                   jnp.zeros((batch,), jnp.int32))
-
-
 class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, mesh=None, rules=DEFAULT_RULES):
         self.cfg = cfg
@@ -266,6 +260,12 @@ class Transformer(nnx.Module):
         self.head_out_in = False  # lm_head stored [V, d] (a `few_row_view`; a tied head is [V, d] already)
 
     # ---- pieces shared by both entry points ----
+    def layout(self) -> Layout | None:
+        """This model's mesh and rules for the chunked losses (`rl.rows`); None on one device."""
+        if self.mesh is None:
+            return None
+        return Layout(self.mesh, tuple((n, None if a is None else tuple(a)) for n, a in self.rules))
+
     def _head_rows(self) -> jax.Array:
         """The LM head as stored rows [V, d]: the embedding when tied, else the [V, d] copy."""
         return self.embed[...] if self.lm_head is None else self.lm_head[...]
@@ -317,6 +317,10 @@ class Transformer(nnx.Module):
         return hidden if return_hidden else self.logits(hidden)
 
     # ---- cached forward ----
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """`init_cache` on this model's mesh and rules (sharded when the model is)."""
+        return init_cache(self.cfg, batch, max_len, dtype, mesh=self.mesh, rules=self.rules)
+
     def few_row_view(self) -> Transformer:
         """This model with its linear kernels and LM head stored [out, in], for decoding on CPU.
 
@@ -332,9 +336,11 @@ class Transformer(nnx.Module):
         linears = [m for _, m in nnx.iter_modules(view) if isinstance(m, Linear)]
         untied = view.lm_head is not None
         rows = _transposed(tuple(m.kernel[...] for m in linears)
-                           + ((view.lm_head[...],) if untied else ()))
+                           + ((view.lm_head[...],) if untied else ()),
+                           tuple(m.n_in for m in linears) + ((1,) if untied else ()))
         for m, w in zip(linears, rows):
-            m.kernel = nnx.Param(w, logical_axes=m.kernel.get_metadata()["logical_axes"][::-1])
+            axes = m.kernel.get_metadata()["logical_axes"]
+            m.kernel = nnx.Param(w, logical_axes=axes[m.n_in:] + axes[:m.n_in])
             m.out_in = True
         if untied:
             view.lm_head = nnx.Param(rows[-1], logical_axes=("vocab", "embed"))
@@ -359,8 +365,9 @@ class Transformer(nnx.Module):
         ks, vs = [], []
         for i, block in enumerate(self.layers):
             x, k, v = block.extend(x, slots, mask, cache.k[i], cache.v[i], write_idx)
-            ks.append(k)
-            vs.append(v)
+            # the new cache keeps the old one's layout, so a donated cache is updated in place
+            ks.append(constrain(k, CACHE_K_AXES, self.mesh, self.rules))
+            vs.append(constrain(v, CACHE_V_AXES, self.mesh, self.rules))
         hidden = self.final_norm(x)
         new_cache = KVCache(tuple(ks), tuple(vs), cache.length + n_valid.astype(jnp.int32))
         if output == "hidden":

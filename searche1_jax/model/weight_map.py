@@ -2,7 +2,7 @@
 
 A row is `Rule(hf, path, transform)`. `hf` and `path` are templates whose `{name}` fields
 match integers (layer indices), e.g.
-    Rule("model.layers.{i}.self_attn.q_proj.weight", "layers.{i}.attn.q_proj.kernel", TRANSPOSE)
+    Rule("model.layers.{i}.mlp.up_proj.weight", "layers.{i}.mlp.up_proj.kernel", TRANSPOSE)
 The same table drives import (HF -> Flax, `transform.to_flax`) and export (Flax -> HF,
 `transform.to_hf`), so a round trip is exact by construction and tested once per family.
 Adding a model family is adding rows.

@@ -200,7 +200,9 @@ class SearchAgent:
             trajs = [Trajectory(*self.prompt_ids(q)) for q in questions]
         longest = max(len(t.prompt_ids) for t in trajs)
         prompt_width = round_up(longest, cfg.prompt_bucket)
-        cache = init_cache(model.cfg, b, prompt_width + cfg.max_response_tokens)
+        width = prompt_width + cfg.max_response_tokens
+        # created sharded on the model's mesh (a Transformer's own init_cache), rows over data x fsdp
+        cache = model.init_cache(b, width) if hasattr(model, "init_cache") else init_cache(model.cfg, b, width)
         state = empty_state(cache, model.cfg.vocab_size, self.start)
         state = self._append(model, state, {i: t.prompt_ids for i, t in enumerate(trajs)}, b,
                              [len(t.prompt_ids) for t in trajs])

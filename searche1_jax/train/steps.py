@@ -180,7 +180,7 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         hidden = model(tokens, valid, return_hidden=True)
         out, _ = token_logps_and_entropy(_tempered(hidden[:, :-1], hyper["temperature"]), model.head(),
                                          tokens[:, 1:], chunk=cfg.grpo_chunk, temperature=1.0,
-                                         barrier=cfg.logit_barrier)
+                                         barrier=cfg.logit_barrier, layout=model.layout())
         return out
 
     def grpo_loss_fn(params, mb, hyper):
@@ -189,7 +189,7 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         targets, mask = _shift(mb)
         lp, entropy = token_logps_and_entropy(_tempered(hidden[:, :-1], hyper["temperature"]), model.head(),
                                               targets, chunk=cfg.grpo_chunk, temperature=1.0,
-                                              barrier=cfg.logit_barrier)
+                                              barrier=cfg.logit_barrier, layout=model.layout())
         loss, metrics = grpo_loss(lp, mb["old_logps"], mb["ref_logps"], mb["advantages"], mask, entropy,
                                   clip_eps=cfg.clip_eps, kl_coef=hyper["kl_coef"],
                                   kl_estimator=cfg.kl_estimator, entropy_coef=hyper["entropy_coef"],
@@ -210,13 +210,15 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         student, teacher = binder.bind(params), binder.bind(teacher_params)
         sh = student(mb["tokens"], mb["valid"], return_hidden=True)
         th = jax.lax.stop_gradient(teacher(mb["teacher_tokens"], mb["teacher_valid"], return_hidden=True))
-        gather = lambda h, idx: jnp.take_along_axis(h, idx[..., None], axis=1).reshape(-1, h.shape[-1])  # noqa: E731
-        mask = mb["kl_mask"].reshape(-1).astype(jnp.float32)
+        # [B, R, d]: the response positions of each row, rows kept apart (their batch sharding)
+        gather = lambda h, idx: jnp.take_along_axis(h, idx[..., None], axis=1)  # noqa: E731
+        mask = mb["kl_mask"].astype(jnp.float32)
         tau = hyper["ofsd_temperature"]
         loss = fused_forward_kl(_tempered(gather(sh, mb["student_idx"]), tau), student.head(),
                                 _tempered(gather(th, mb["teacher_idx"]), tau),
                                 jax.lax.stop_gradient(teacher.head()), None, mask,
-                                chunk=cfg.ofsd_chunk, temperature=1.0, barrier=cfg.logit_barrier)
+                                chunk=cfg.ofsd_chunk, temperature=1.0, barrier=cfg.logit_barrier,
+                                layout=student.layout())
         n = mask.sum()
         return loss * n, ({"kl": loss * n}, n, n)  # token-mean
 
@@ -234,7 +236,7 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         hidden = model(mb["tokens"], mb["valid"], return_hidden=True)
         targets, mask = _shift(mb)
         lp, _ = token_logps_and_entropy(hidden[:, :-1], model.head(), targets, chunk=cfg.grpo_chunk,
-                                        temperature=1.0, barrier=cfg.logit_barrier)
+                                        temperature=1.0, barrier=cfg.logit_barrier, layout=model.layout())
         n = mask.sum()
         return -(lp * mask).sum(), ({}, n, n)  # token-mean NLL of the policy's turns
 

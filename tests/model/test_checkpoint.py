@@ -10,7 +10,7 @@ from searche1_jax.model.checkpoint import load_gguf, load_hf, save_hf
 from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model, flat_params
 from searche1_jax.model.weight_map import flax_to_hf, hf_to_flax
-from searche1_jax.model.weight_tables import HF_RULES, gguf_rules
+from searche1_jax.model.weight_tables import gguf_rules, hf_rules
 
 from tests.model.hf_tiny import make_tiny_hf
 
@@ -44,7 +44,7 @@ def test_sharded_safetensors_index_loads(tmp_path):
 def test_weight_map_round_trip_is_exact_for_every_preset_layout():
     cfg = get_preset("tiny")
     params = {k: np.asarray(v) for k, v in flat_params(create_model(cfg)).items()}
-    back = hf_to_flax(flax_to_hf(params, HF_RULES), HF_RULES)
+    back = hf_to_flax(flax_to_hf(params, hf_rules(cfg)), hf_rules(cfg))
     assert set(back) == set(params)
     for k in params:
         np.testing.assert_array_equal(back[k], params[k])
