@@ -15,7 +15,7 @@ from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model
 from searche1_jax.model.tokenizer import Tokenizer
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
-from searche1_jax.rollout.engine import EngineStats, compiled_counts
+from searche1_jax.rollout.engine import EngineStats, compiled_counts, row_buckets
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
 from tests.rollout.test_agent import ScriptedRetriever
@@ -130,10 +130,10 @@ def test_packed_engine_gives_the_padded_engines_trajectories_smollm2(tok, greedy
 
 
 def test_compilations_stay_within_the_bucket_bound_and_a_repeat_compiles_nothing(tok):
-    """decode compiles once per (row bucket, window) and append once per (row bucket, width,
-    window): powers of two, so a rollout of B rows and S slots builds at most
-    (log2 B + 1) x (log2(S / 64) + 1) decode executables, whatever its rows do; running the
-    same rollout again builds none."""
+    """decode compiles once per (row bucket, window): `row_buckets(B)` sizes times power-of-two
+    windows from 64 to the S slots, so a rollout of B rows builds at most
+    len(row_buckets(B)) x (log2(S / 64) + 1) decode executables, whatever its rows do; running
+    the same rollout again builds none."""
     model = create_model(get_preset("tiny", vocab_size=tok.vocab_size), seed=5)
     policy = steer(model, tok, SAMPLED, 1.0)
     questions = [q for q in QUESTIONS for _ in range(4)]  # B = 16
@@ -143,7 +143,8 @@ def test_compilations_stay_within_the_bucket_bound_and_a_repeat_compiles_nothing
         agent.run(policy, questions, jax.random.key(seed), SamplingParams(temperature=1.0))
     stats = agent.take_stats()
     slots = 32 * math.ceil(max(len(agent.prompt_ids(q)[0]) for q in QUESTIONS) / 32) + 150
-    bound = (int(math.log2(16)) + 1) * (math.ceil(math.log2(slots / 64)) + 1)
+    bound = len(row_buckets(16)) * (math.ceil(math.log2(slots / 64)) + 1)
+    assert row_buckets(16) == [1, 2, 3, 4, 6, 8, 12, 16] and row_buckets(80)[-3:] == [48, 64, 80]
     assert stats.decode_compiles == compiled_counts()[0] - before[0] <= bound
     agent.run(policy, questions, jax.random.key(0), SamplingParams(temperature=1.0))
     again = agent.take_stats()
