@@ -127,7 +127,7 @@ class RowEngine:
             distinct: dict[tuple, int] = {}
             owner = np.asarray([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], np.int32)
             uniq = [list(p) for p in distinct]
-            toks, n = _padded(uniq, len(self._bucket(uniq)[0]), width)
+            toks, n = _padded(uniq, len(self._bucket(list(range(len(uniq))))[0]), width)
             self.state = prefill_shared(self.model, self.state, jnp.asarray(toks), jnp.asarray(n),
                                         jnp.asarray(owner), jnp.int32(self.start), window=window)
         else:

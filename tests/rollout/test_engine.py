@@ -37,6 +37,12 @@ class Steered(nnx.Module):
         logits, cache = self.model.extend(tokens, n_valid, cache)
         return logits * self.scale + self.bias[...], cache
 
+    def few_row_view(self):
+        """The same steering over the model's few-row view (the engine decodes small buckets so)."""
+        if self.model.head_out_in:
+            return self
+        return Steered(self.model.few_row_view(), np.asarray(self.bias[...]), self.scale)
+
 
 def steer(model, tok, weights: dict, scale: float) -> Steered:
     bias = np.full((tok.vocab_size,), -1e9, np.float32)
@@ -118,14 +124,17 @@ def test_packed_engine_gives_the_padded_engines_trajectories_tiny_model(tok, gre
 def test_packed_engine_gives_the_padded_engines_trajectories_smollm2(tok, greedy):
     from searche1_jax.model.checkpoint import load_gguf
     model, _ = load_gguf(smollm2_gguf_path())
+    # untrained, SmolLM2 writes the same few EOS-ended turns for every question: steered to the
+    # tags' pieces, its own preferences among them end rows at different turns
+    policy = steer(model, tok, SAMPLED, 1.0)
     sampling = SamplingParams(greedy=True) if greedy else SamplingParams(temperature=1.0)
     questions = QUESTIONS if greedy else [q for q in QUESTIONS[:3] for _ in range(3)]
-    out = run_both(tok, model, questions, jax.random.key(1), sampling, max_turns=2, max_turn_tokens=32,
+    out = run_both(tok, policy, questions, jax.random.key(1), sampling, max_turns=2, max_turn_tokens=32,
                    max_response_tokens=120)
     (padded, _, calls_pad), (packed, stats, calls_pack) = out["padded"], out["packed"]
     assert_same_trajectories(packed, padded)
     assert calls_pack == calls_pad
-    assert len({turns_of(t) for t in packed}) >= 2 or len({t.num_sampled for t in packed}) >= 2
+    assert len({turns_of(t) for t in packed}) >= 2
     assert stats.row_steps / stats.sampled_tokens < 2.0
 
 
