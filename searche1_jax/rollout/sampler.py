@@ -9,7 +9,8 @@ Working sets: `decode` and `append` may run on some rows of the state only (`row
 into a smaller batch and scattered back in the same call), so their cost follows the rows that
 take part; `prefill_shared` prefills each distinct prompt once and copies its cache to every row
 with that prompt. Sampling draws each row's i-th token of a call with fold_in(keys[row],
-offset[row] + i): a row samples the same tokens whichever batch it runs in.
+offset[row] + i) when the caller gives per-row keys: a row then samples the same tokens whichever
+batch it runs in.
 
 Status codes:
     RUNNING  still decoding
@@ -190,9 +191,10 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
            offset: jax.Array | None = None, exit_below: jax.Array | None = None):
     """Decode up to `max_new` tokens for the rows where `active` [B] is true.
 
-    key: one key (row b draws from fold_in(key, b)) or [B] keys, one per row; a row's i-th
-    token of the call is drawn with fold_in(its key, offset[b] + i) (offset: [B] int32, its
-    tokens sampled before this call in the same turn; default 0).
+    key: one key for the batch (split at every step: a row's draws depend on the batch), or [B]
+    keys, one per row: a row's i-th token of the call is then drawn with fold_in(its key,
+    offset[b] + i) (offset: [B] int32, its tokens sampled before this call in the same turn;
+    default 0), whatever batch it runs in (what the rollout engine uses).
     rows: None, or [B] int32 indices into `state`'s rows: the call gathers those rows (and the
     `window` slots), decodes them as a batch of B and writes them back (indices >= the state's
     rows: padding, inactive). active, keys, stop_enabled, budget, offset and the outputs are
@@ -224,7 +226,7 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
     full_state = state
     state = _working_set(state, rows, window)
     max_len = state.cache.max_len
-    keys = key if key.ndim == 1 else jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(b))
+    per_row = key.ndim == 1
     budget = jnp.full((b,), max_new, jnp.int32) if budget is None else budget
     offset = jnp.zeros((b,), jnp.int32) if offset is None else offset
     exit_below = jnp.int32(0) if exit_below is None else exit_below
@@ -235,13 +237,16 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
     status0 = jnp.where(state.cache.length >= max_len, BUDGET, status0)
 
     def cond(carry):
-        i, _, _, _, _, status, _ = carry
+        i, _, _, _, _, status, _, _ = carry
         return (i < max_new) & (jnp.sum(status == RUNNING) > exit_below)
 
     def body(carry):
-        i, st, toks, lps, n_new, status, hit = carry
+        i, st, toks, lps, n_new, status, hit, key = carry
         running = status == RUNNING
-        sub = jax.vmap(jax.random.fold_in)(keys, offset + n_new)
+        if per_row:
+            sub = jax.vmap(jax.random.fold_in)(key, offset + n_new)
+        else:
+            key, sub = jax.random.split(key)
         token, logp = sample(st.logits, sub, params)
         # every row writes at its own count of new tokens (rows stop at different steps)
         rows = jnp.arange(b)
@@ -260,11 +265,11 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
         status = jnp.where(running, new_status, status)
         hit = jnp.where(running & fired_enabled & ~is_eos, fired, hit)
         logits = jnp.where(running[:, None], logits, st.logits)
-        return i + 1, DecodeState(cache, logits, stop_state), toks, lps, n_new, status, hit
+        return i + 1, DecodeState(cache, logits, stop_state), toks, lps, n_new, status, hit, key
 
     zeros = jnp.zeros((b,), jnp.int32)
-    carry = (jnp.int32(0), state, tokens0, logps0, zeros, status0, zeros - 1)
-    steps, state, toks, lps, n_new, status, hit = jax.lax.while_loop(cond, body, carry)
+    carry = (jnp.int32(0), state, tokens0, logps0, zeros, status0, zeros - 1, key)
+    steps, state, toks, lps, n_new, status, hit, _ = jax.lax.while_loop(cond, body, carry)
     return DecodeOut(toks, lps, n_new, status, hit, steps), _put_back(full_state, state, rows)
 
 
