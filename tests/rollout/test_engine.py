@@ -81,7 +81,9 @@ def assert_same_trajectories(a, b):
         assert x.response_ids == y.response_ids
         assert x.loss_mask == y.loss_mask
         assert x.queries == y.queries and x.finish_reason == y.finish_reason and x.answer == y.answer
-        np.testing.assert_allclose(x.logps, y.logps, atol=1e-5)
+        # log-probs: the same up to fp32 summation order (other batch shapes, windows, kernels;
+        # SmolLM2 sampled: 1 of 106 differed by 1.7e-5)
+        np.testing.assert_allclose(x.logps, y.logps, rtol=1e-4, atol=1e-4)
 
 
 def turns_of(t) -> int:
