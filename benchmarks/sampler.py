@@ -10,14 +10,16 @@ checks the counts. Both timings include the prefill (ours: `append` of the promp
 transformers: the whole `generate` call). Compilation / warm-up is a separate, earlier call;
 then the two sides alternate call by call `--repeat` times and the medians are compared.
 
-`agent`: `SearchAgent.run` on 16 multi-hop questions of the shipped demo (BM25 over the demo
-corpus, the rollout budgets of `configs/demo.py`, temperature 1), once to compile, then a timed
-run with the same key, split into retrieval, host work and device work by the agent's
-optional `timings` dict.
+`agent`: `SearchAgent.run` on 16 multi-hop questions of the shipped demo, each G = 5 times
+(a GRPO rollout; BM25 over the demo corpus, the rollout budgets and sampling of
+`configs/demo.py`), with each rollout engine (`config.rollout.engine`: "packed" against the
+"padded" engine before issue 21): a warm-up run of each compiles and checks that both give the
+same trajectories, then the engines alternate call by call `--repeat` times on the same key;
+each run's counters (`EngineStats`) split its time into decode, append, retrieval and host.
 
     python benchmarks/sampler.py generate [--batch 16] [--new 256] [--repeat 3] [--only ours|torch]
                                           [--decode-kernels auto|on|off]
-    python benchmarks/sampler.py agent [--batch 16]
+    python benchmarks/sampler.py agent [--batch 16] [--group 5] [--repeat 3] [--engines packed,padded]
     python benchmarks/sampler.py profile   # per-step decode time vs batch and budget (ours)
 """
 import argparse
@@ -221,6 +223,9 @@ def cmd_profile(args):
 
 
 def cmd_agent(args):
+    """GRPO-shaped rollout: --batch questions x --group G rows, the demo's budgets, each engine of
+    --engines (config.rollout.engine) in turn on the same key: the same trajectories (checked),
+    timed alternately after a warm-up run of each."""
     import importlib.util
 
     from searche1_jax.retrieval.bm25 import BM25Index
@@ -239,44 +244,60 @@ def cmd_agent(args):
     build = time.perf_counter() - t
     stop = build_stop_automaton(list(STOP_STRINGS), token_bytes_from_tokenizer(tok.backend))
     r = c.rollout
-    agent = SearchAgent(tok, retriever, stop, AgentConfig(
+    engines = args.engines.split(",")
+    agents = {e: SearchAgent(tok, retriever, stop, AgentConfig(
         max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
         max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
-        max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket),
-        chat_template=r.chat_template)
+        max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket, engine=e),
+        chat_template=r.chat_template) for e in engines}
     with open(c.data.train) as f:
-        questions = [json.loads(line)["question"] for line, _ in zip(f, range(args.batch))]
+        distinct = [json.loads(line)["question"] for line, _ in zip(f, range(args.batch))]
+    questions = [q for q in distinct for _ in range(args.group)]  # question-major, as roll_out
     sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
     print(f"{load_line()}; BM25 over {retriever.num_passages} demo passages built in {build:.1f} s")
-    print(f"agent: {args.batch} questions, max_turns {r.max_turns}, {r.max_turn_tokens} tokens/turn, "
-          f"obs <= {r.max_obs_tokens}, response <= {r.max_response_tokens}, top-{c.retrieval.topk}, "
-          f"temperature {r.temperature}")
+    print(f"agent: {args.batch} questions x G = {args.group} = {len(questions)} rows, max_turns {r.max_turns}, "
+          f"{r.max_turn_tokens} tokens/turn, obs <= {r.max_obs_tokens}, response <= {r.max_response_tokens}, "
+          f"top-{c.retrieval.topk}, temperature {r.temperature}, top_p {r.top_p}", flush=True)
     key = jax.random.key(args.seed)
-    t = time.perf_counter()
-    agent.run(model, questions, key, sampling)
-    first = time.perf_counter() - t
-    agent.timings = {}
-    t = time.perf_counter()
-    trajs = agent.run(model, questions, key, sampling)
-    wall = time.perf_counter() - t
-    tm = agent.timings
-    sampled = sum(t.num_sampled for t in trajs)
-    searches = sum(t.num_searches for t in trajs)
-    print(f"  first run (compiles) {first:.1f} s; timed run {wall:.2f} s: {sampled} sampled tokens "
-          f"({sampled / wall:.1f} tok/s end to end), {searches} searches, {tm.get('decode_calls', 0)} decode "
-          f"calls, {tm.get('append_calls', 0)} appends  [{load_line()}]")
-    rows = [("retrieval (BM25 search)", tm.get("retrieval", 0.0)),
-            ("device: decode loop", tm.get("decode", 0.0)),
-            ("device: prefill + observation appends", tm.get("append", 0.0)),
-            ("host: prompt building + tokenising", tm.get("tokenise", 0.0))]
-    rows.append(("host: other python (bookkeeping, padding, transfers)", wall - sum(v for _, v in rows)))
-    print("  | share | seconds | what |")
-    for name, v in rows:
-        print(f"  | {100 * v / wall:5.1f}% | {v:6.2f} | {name} |")
+    trajs = {}
+    for e, agent in agents.items():
+        t = time.perf_counter()
+        trajs[e] = agent.run(model, questions, key, sampling)
+        st = agent.take_stats()
+        print(f"  warm-up {e}: {time.perf_counter() - t:.1f} s ({st.decode_compiles} decode + "
+              f"{st.append_compiles} append/prefill executables built)  [{load_line()}]", flush=True)
+    ref = trajs[engines[0]]
+    same = all((x.response_ids, x.loss_mask) == (y.response_ids, y.loss_mask)
+               for t2 in trajs.values() for x, y in zip(ref, t2))
+    print(f"  same trajectories (tokens, loss masks) from every engine: {same}")
+
+    def timed(e):
+        def fn():
+            t = time.perf_counter()
+            out = agents[e].run(model, questions, key, sampling)
+            print(f"    {e}: {time.perf_counter() - t:.1f} s  [{load_line()}]", flush=True)
+            return out
+        return fn
+    times, last = alternate({e: timed(e) for e in engines}, args.repeat)
+    med = {e: float(np.median(v)) for e, v in times.items()}
+    print("  | engine | median wall s | row-steps / sampled token | prefill tokens / question | decode s | "
+          "append s | retrieval s | host s | decode calls | appends | new executables |")
+    for e in engines:
+        st = agents[e].take_stats()
+        m, n = st.metrics(), args.repeat
+        print(f"  | {e} | {med[e]:.1f} | {m['row_steps_per_token']:.2f} | {m['prefill_tokens_per_question']:.0f} | "
+              f"{m['decode_s'] / n:.1f} | {m['append_s'] / n:.1f} | {m['retrieval_s'] / n:.2f} | "
+              f"{m['host_s'] / n:.2f} | "
+              f"{st.decode_calls // n} | {st.append_calls // n} | {st.decode_compiles + st.append_compiles} |")
+    sampled = sum(t.num_sampled for t in last[engines[0]])
     finish = {}
-    for t in trajs:
+    for t in last[engines[0]]:
         finish[t.finish_reason] = finish.get(t.finish_reason, 0) + 1
-    print(f"  finish reasons {finish}")
+    print(f"  {sampled} kept sampled tokens, {sum(t.num_searches for t in last[engines[0]])} searches, "
+          f"finish reasons {finish}")
+    if len(engines) == 2:
+        a, b = engines
+        print(f"  {b} / {a} wall (medians of {args.repeat}, alternating): {med[b] / med[a]:.2f}x")
 
 
 def main():
@@ -290,6 +311,8 @@ def main():
     ap.add_argument("--only", choices=("", "ours", "torch"), default="")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--group", type=int, default=5, help="agent: rows per question (GRPO's G)")
+    ap.add_argument("--engines", default="packed,padded", help="agent: config.rollout.engine values to compare")
     args = ap.parse_args()
     {"generate": cmd_generate, "agent": cmd_agent, "profile": cmd_profile}[args.what](args)
 

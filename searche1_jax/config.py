@@ -95,6 +95,8 @@ def base() -> ml_collections.ConfigDict:
     c.rollout.reward_text = "policy"  # answer = last <answer> the policy sampled (METHOD §1);
                                       # "search_r1" [compat]: qa_em.py over prompt + response
     c.rollout.max_rows = 0         # trajectories decoded at once, whole groups (0 = all): bounds memory
+    c.rollout.engine = "packed"    # one prefill per question, finished rows leave the batch (issue 21);
+                                   # "padded": every row computed to the end (same trajectories)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.steps_per_round = 50    # [choice] METHOD §3.6

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from searche1_jax.model.config import PRESETS
 from searche1_jax.model.sharding import MESH_AXES, check_rules
 from searche1_jax.rl.grpo import KL_ESTIMATORS
+from searche1_jax.rollout.engine import ENGINES
 from searche1_jax.rollout.protocol import CHAT_TEMPLATE_MODES, REWARD_TEXT_MODES
 
 
@@ -211,6 +212,8 @@ class RolloutSection(_Section):
     max_rows: the most trajectories one rollout call decodes at once (whole groups; >= 0, 0 = all
         at once): bounds the KV cache and the decode loop's memory. Also the greedy dev evals' batch
         (0: 16). Chunked rollouts draw each chunk's keys from fold_in(key, chunk).
+    engine: one of ENGINES (rollout/engine.py): "packed" prefills each distinct prompt once and
+        computes only live rows; "padded" computes every row to the end. Same trajectories.
     """
     SECTION: ClassVar[str] = "rollout"
     group_size: int
@@ -226,6 +229,7 @@ class RolloutSection(_Section):
     chat_template: str
     reward_text: str
     max_rows: int
+    engine: str
 
     def __post_init__(self):
         _at_least("rollout", "group_size", self.group_size, 2,
@@ -240,6 +244,7 @@ class RolloutSection(_Section):
         _one_of("rollout", "chat_template", self.chat_template, CHAT_TEMPLATE_MODES)
         _one_of("rollout", "reward_text", self.reward_text, REWARD_TEXT_MODES)
         _at_least("rollout", "max_rows", self.max_rows, 0, " (0 = every row in one call)")
+        _one_of("rollout", "engine", self.engine, ENGINES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The host-side multi-turn search agent (Search-R1 protocol, METHOD §1).
 
-All rows of a batch decode together. After each decode call, rows that paused on
+All rows of a batch decode a turn together (the device side, which rows a call computes and
+how prompts are shared, is `engine.py`'s). After each turn, rows that paused on
 `</search>` have their query parsed and retrieved in one batched call; the observation
 (`\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n`, at most 500 tokens) is appended
 to those rows only, and decoding resumes. A turn that ends with neither tag gets the
@@ -9,7 +10,6 @@ disabled. Sampled tokens have loss mask 1; observation and message tokens 0.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Callable, Protocol, Sequence
@@ -18,11 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from searche1_jax.model.speed import SpeedPolicy
-from searche1_jax.model.transformer import init_cache
 from searche1_jax.rollout import protocol as P
-from searche1_jax.rollout.sampler import (SamplingParams, append, decode, decode_window, empty_state,
-                                          rewind)
+from searche1_jax.rollout.engine import ENGINES, EngineStats, RowEngine, compiled_counts
+from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.shapes import round_up
 
 STOP_STRINGS = (P.SEARCH_CLOSE, P.ANSWER_CLOSE)
@@ -43,12 +41,16 @@ class AgentConfig:
     max_response_tokens: int = 4096  # whole trajectory after the prompt (sampled + observations)
     prompt_bucket: int = 64       # prompts are padded to a multiple of this (fewer compilations)
     reward_text: str = "policy"   # where `Trajectory.answer` is read from: P.REWARD_TEXT_MODES
+    engine: str = "packed"        # engine.ENGINES: "packed" (shared prefill, live rows only) or
+                                  # "padded" (the engine before issue 21; same trajectories)
 
     def __post_init__(self):
         for name in ("max_turns", "topk", "max_turn_tokens", "max_obs_tokens", "max_prompt_tokens",
                      "max_response_tokens", "prompt_bucket"):
             if getattr(self, name) < (0 if name == "max_turns" else 1):
                 raise ValueError(f"config.rollout.{name} must be >= 1, got {getattr(self, name)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"config.rollout.engine must be one of {ENGINES}, got {self.engine!r}")
         if self.reward_text not in P.REWARD_TEXT_MODES:
             raise ValueError(f"config.rollout.reward_text must be one of {P.REWARD_TEXT_MODES}, "
                              f"got {self.reward_text!r}")
@@ -60,7 +62,7 @@ class AgentConfig:
         return cls(max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
                    max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
                    max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket,
-                   reward_text=r.reward_text)
+                   reward_text=r.reward_text, engine=r.engine)
 
 
 @dataclasses.dataclass
@@ -136,15 +138,14 @@ class SearchAgent:
         self.eos = jnp.asarray(tokenizer.eos_ids, jnp.int32)
         self.prompt_text = prompt_renderer(tokenizer, chat_template)  # question -> prompt text
         self.invalid_ids = tokenizer.encode(P.INVALID_ACTION_MESSAGE)
-        # Optional profiling: set to {} and `run` adds seconds per phase (retrieval, decode,
-        # append, tokenise) and call counts into it. None (default) costs nothing; when set,
-        # appends are waited for so device time is not billed to the next decode.
-        self.timings: dict | None = None
+        # the counters of every `run` so far (engine.EngineStats): a caller that wants one
+        # step's figures swaps in a fresh one (`take_stats`)
+        self.stats = EngineStats()
 
-    def _timed(self, name: str):
-        if self.timings is None:
-            return contextlib.nullcontext()
-        return _Timer(self.timings, name)
+    def take_stats(self) -> EngineStats:
+        """The counters since the last call (and a fresh set for the next runs)."""
+        out, self.stats = self.stats, EngineStats()
+        return out
 
     def prompt_ids(self, question: str) -> tuple[list[int], int]:
         """(prompt token ids, index of the token where `Question:` starts).
@@ -172,79 +173,46 @@ class SearchAgent:
             return sampled, text
         return self.tok.encode(text), text
 
-    def _append(self, model, state, rows: dict[int, list[int]], batch: int, ends: list[int]):
-        """Append token lists to some rows (one extend call, padded to a bucket); ends: those
-        rows' cache lengths after the append."""
-        if not rows:
-            return state
-        width = max(len(v) for v in rows.values())
-        width = round_up(width, self.cfg.prompt_bucket)
-        toks = np.zeros((batch, width), np.int32)
-        n = np.zeros((batch,), np.int32)
-        for r, ids in rows.items():
-            toks[r, :len(ids)] = ids
-            n[r] = len(ids)
-        # attend only to the filled part of the cache: up to the appended rows' new ends
-        window = decode_window(ends, 0, state.cache.max_len)
-        with self._timed("append"):
-            state = append(model, state, jnp.asarray(toks), jnp.asarray(n), jnp.int32(self.start),
-                           window=window)
-            if self.timings is not None:
-                jax.block_until_ready(state)
-        return state
-
     def run(self, model, questions: Sequence[str], key: jax.Array,
             sampling: SamplingParams = SamplingParams()) -> list[Trajectory]:
+        """Trajectories of `questions` (rows; a question repeated G times is a GRPO group).
+        Row r's i-th token of turn t is drawn with fold_in(fold_in(fold_in(key, t), r), i)."""
         cfg, b = self.cfg, len(questions)
-        with self._timed("tokenise"):
-            trajs = [Trajectory(*self.prompt_ids(q)) for q in questions]
-        longest = max(len(t.prompt_ids) for t in trajs)
-        prompt_width = round_up(longest, cfg.prompt_bucket)
-        width = prompt_width + cfg.max_response_tokens
-        # created sharded on the model's mesh (a Transformer's own init_cache), rows over data x fsdp
-        cache = model.init_cache(b, width) if hasattr(model, "init_cache") else init_cache(model.cfg, b, width)
-        state = empty_state(cache, model.cfg.vocab_size, self.start)
-        state = self._append(model, state, {i: t.prompt_ids for i, t in enumerate(trajs)}, b,
-                             [len(t.prompt_ids) for t in trajs])
+        t_run, compiled = time.perf_counter(), compiled_counts()
+        stats = EngineStats()
+        trajs = [Trajectory(*self.prompt_ids(q)) for q in questions]
+        prompt_width = round_up(max(len(t.prompt_ids) for t in trajs), cfg.prompt_bucket)
+        engine = RowEngine(model, b, prompt_width + cfg.max_response_tokens, self.start, engine=cfg.engine,
+                           stats=stats)
+        engine.prefill([t.prompt_ids for t in trajs], cfg.prompt_bucket)
         room = lambda t: cfg.max_response_tokens - len(t.response_ids)  # noqa: E731
-        # the backend's decode fast path, chosen once for all turns ([out, in] weights on CPU)
-        speed = SpeedPolicy.for_backend(batch=b)
-        decoder = (model.few_row_view() if speed.few_row_kernels and hasattr(model, "few_row_view")
-                   else model)
+        # both closing tags end every turn; in the last one (searching disabled) a `</search>`
+        # ends the trajectory without retrieval (Search-R1, METHOD §1)
+        stop = dict(stop_table=self.table, stop_rank=self.rank, eos_ids=self.eos, n_stops=len(STOP_STRINGS))
 
         active = np.ones((b,), bool)
         for turn in range(cfg.max_turns + 1):
             searching = turn < cfg.max_turns
-            # both closing tags end every turn; in the last one (searching disabled) a `</search>`
-            # ends the trajectory without retrieval (Search-R1, METHOD §1)
-            enabled = np.ones((b, len(STOP_STRINGS)), bool)
-            key, sub = jax.random.split(key)
-            # attend only to the filled part of the cache (+ this turn): a power-of-two window
-            window = decode_window([len(trajs[r].prompt_ids) + len(trajs[r].response_ids)
-                                    for r in np.flatnonzero(active)], cfg.max_turn_tokens, cache.max_len)
-            with self._timed("decode"):
-                out, state = decode(decoder, state, jnp.asarray(active), sub, stop_table=self.table,
-                                    stop_rank=self.rank, stop_enabled=jnp.asarray(enabled),
-                                    eos_ids=self.eos, max_new=cfg.max_turn_tokens, params=sampling,
-                                    speed=speed, window=window)
-                toks, lps = np.asarray(out.tokens), np.asarray(out.logps)
-                n_new = np.asarray(out.n_new)
+            keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, turn), jnp.arange(b))
+            sampled = engine.decode_turn([int(r) for r in np.flatnonzero(active)], keys, cfg.max_turn_tokens,
+                                         sampling, stop)
             context: dict[int, list[int]] = {}   # row -> observation / message to append
             pending: dict[int, list[int]] = {}   # row -> kept turn tokens the cache lacks
             rewound: dict[int, int] = {}         # row -> cache length to rewind to first
             to_search: list[tuple[int, str]] = []
-            with self._timed("tokenise"):  # each turn as Search-R1 keeps it (cut, no EOS)
-                turns = {r: self._kept_turn(toks[r, :n_new[r]]) for r in np.flatnonzero(active)}
+            # each turn as Search-R1 keeps it (cut, no EOS)
+            turns = {r: self._kept_turn(sampled[r][0]) for r in np.flatnonzero(active)}
             for r in np.flatnonzero(active):
                 t = trajs[r]
                 ids, text = turns[r]
+                toks, lps = sampled[r]
                 before = len(t.prompt_ids) + len(t.response_ids)
                 take = min(len(ids), room(t))  # the trajectory is cut at the total budget
-                same = _common_prefix(ids[:take], toks[r, :n_new[r]])
-                if same < n_new[r]:  # the cache holds an EOS, glued text or another tokenisation:
+                same = _common_prefix(ids[:take], toks)
+                if same < len(toks):  # the cache holds an EOS, glued text or another tokenisation:
                     rewound[r] = before + same  # forget it; the kept rest goes in with the context
                     pending[r] = ids[same:take]
-                t.add(ids[:take], True, list(lps[r, :same]) + [float("nan")] * (take - same))
+                t.add(ids[:take], True, list(lps[:same]) + [float("nan")] * (take - same))
                 action = P.parse_action(text)
                 if take < len(ids):
                     t.finish_reason, active[r] = "length", False
@@ -260,12 +228,12 @@ class SearchAgent:
                     context[r] = self.invalid_ids  # Search-R1's invalid action
             if to_search:
                 rows, queries = [r for r, _ in to_search], [q for _, q in to_search]
-                with self._timed("retrieval"):
-                    results = self.retriever.search(queries, cfg.topk)
-                with self._timed("tokenise"):
-                    for r, q, passages in zip(rows, queries, results):
-                        trajs[r].queries.append(q)
-                        context[r] = self.tok.encode(P.format_observation(passages))[:cfg.max_obs_tokens]
+                t0 = time.perf_counter()
+                results = self.retriever.search(queries, cfg.topk)
+                stats.retrieval_s += time.perf_counter() - t0
+                for r, q, passages in zip(rows, queries, results):
+                    trajs[r].queries.append(q)
+                    context[r] = self.tok.encode(P.format_observation(passages))[:cfg.max_obs_tokens]
             appends = {}
             for r, ids in context.items():
                 ids = ids[:max(room(trajs[r]), 0)]
@@ -274,22 +242,20 @@ class SearchAgent:
                     trajs[r].finish_reason, active[r] = "length", False
                 else:
                     appends[r] = pending.get(r, []) + ids
-            if rewound:
-                lengths = np.asarray(state.cache.length).copy()
-                for r, n in rewound.items():
-                    lengths[r] = n
-                state = rewind(state, lengths)
-            state = self._append(model, state, appends, b,
-                                 [len(trajs[r].prompt_ids) + len(trajs[r].response_ids) for r in appends])
+            engine.rewind(rewound)
+            engine.append(appends, cfg.prompt_bucket)
             if not active.any():
                 break
-        with self._timed("tokenise"):
-            for t in trajs:
-                t.finish_reason = t.finish_reason or "max_turns"
-                t.response_text = self.tok.decode(t.response_ids)
-                t.policy_text = "\n".join(self.tok.decode(seg) for seg in t.sampled_segments())
-                t.answer = (P.extract_answer(t.policy_text) if cfg.reward_text == "policy" else
-                            P.extract_answer_search_r1(self.tok.decode(t.prompt_ids + t.response_ids)))
+        for t in trajs:
+            t.finish_reason = t.finish_reason or "max_turns"
+            t.response_text = self.tok.decode(t.response_ids)
+            t.policy_text = "\n".join(self.tok.decode(seg) for seg in t.sampled_segments())
+            t.answer = (P.extract_answer(t.policy_text) if cfg.reward_text == "policy" else
+                        P.extract_answer_search_r1(self.tok.decode(t.prompt_ids + t.response_ids)))
+        now = compiled_counts()
+        stats.decode_compiles, stats.append_compiles = now[0] - compiled[0], now[1] - compiled[1]
+        stats.wall_s = time.perf_counter() - t_run
+        self.stats.add(stats)
         return trajs
 
 
@@ -301,17 +267,3 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         n += 1
     return n
 
-
-class _Timer:
-    """Adds the wall time of a `with` block to timings[name] and counts it in timings[name + '_calls']."""
-
-    def __init__(self, timings: dict, name: str):
-        self.timings, self.name = timings, name
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc):
-        d = self.timings
-        d[self.name] = d.get(self.name, 0.0) + time.perf_counter() - self.t0
-        d[self.name + "_calls"] = d.get(self.name + "_calls", 0) + 1

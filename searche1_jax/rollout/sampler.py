@@ -5,6 +5,13 @@ status. The loop samples one token for every running row, appends it with `Trans
 (rows that are not running append nothing), steps the stop automaton, and ends when no row is
 running or the per-turn budget is spent. Compiles once per (batch, cache length, budget) shape.
 
+Working sets: `decode` and `append` may run on some rows of the state only (`rows`, gathered
+into a smaller batch and scattered back in the same call), so their cost follows the rows that
+take part; `prefill_shared` prefills each distinct prompt once and copies its cache to every row
+with that prompt. Sampling draws each row's i-th token of a call with fold_in(keys[row],
+offset[row] + i) when the caller gives per-row keys: a row then samples the same tokens whichever
+batch it runs in.
+
 Status codes:
     RUNNING  still decoding
     STOPPED  a stop string completed (which one: `stop_hit`)
@@ -58,8 +65,10 @@ class DecodeOut(NamedTuple):
     tokens: jax.Array      # [B, N] int32 sampled tokens (0 past n_new)
     logps: jax.Array       # [B, N] f32 log-prob of each sampled token under the sampling distribution
     n_new: jax.Array       # [B] int32 tokens sampled in this call
-    status: jax.Array      # [B] int32 STOPPED / EOS / BUDGET (never RUNNING after a call)
+    status: jax.Array      # [B] int32 STOPPED / EOS / BUDGET; RUNNING only for a row still
+                           # running when the call left early (`exit_below`)
     stop_hit: jax.Array    # [B] int32 index of the stop string that fired, -1 if none
+    steps: jax.Array       # [] int32 loop iterations run (each computes all B rows)
 
 
 def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
@@ -80,13 +89,20 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
 
 
 def sample(logits: jax.Array, key: jax.Array, params: SamplingParams):
-    """-> (token [B] int32, logp [B] f32) with logp under the filtered sampling distribution."""
+    """-> (token [B] int32, logp [B] f32) with logp under the filtered sampling distribution.
+
+    key: one key for the batch, or [B] keys, one per row (each row's draw then depends on its
+    own key only, not on the batch it runs in)."""
     if params.greedy:
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         logp = jax.nn.log_softmax(logits, axis=-1)
     else:
         filtered = filter_logits(logits, params)
-        token = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+        if key.ndim == 1:
+            token = jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, filtered)
+        else:
+            token = jax.random.categorical(key, filtered, axis=-1)
+        token = token.astype(jnp.int32)
         logp = jax.nn.log_softmax(filtered, axis=-1)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
@@ -112,6 +128,33 @@ def _cache_put_prefix(full: KVCache, part: KVCache) -> KVCache:
     return KVCache(tuple(put(f, p, (0,) * f.ndim) for f, p in zip(full.k, part.k)),
                    tuple(put(f, p, (0,) * f.ndim) for f, p in zip(full.v, part.v)),
                    part.length)
+
+
+def _working_set(state: DecodeState, rows: jax.Array | None, window: int | None) -> DecodeState:
+    """Rows `rows` [R] of `state` (None: all, in order; an index >= B gives a copy of the last
+    row, a padding row) and the cache's first `window` slots (None: all)."""
+    cache = state.cache
+    if window is not None and window < cache.max_len:
+        cache = _cache_prefix(cache, window)
+    if rows is None:
+        return state._replace(cache=cache)
+    take = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
+    return DecodeState(jax.tree.map(take, cache), take(state.logits), take(state.stop_state))
+
+
+def _put_back(full: DecodeState, part: DecodeState, rows: jax.Array | None) -> DecodeState:
+    """`full` with `part` (a `_working_set` of it) written back; padding rows (index >= B) are
+    dropped."""
+    if rows is None:
+        if part.cache.max_len < full.cache.max_len:
+            part = part._replace(cache=_cache_put_prefix(full.cache, part.cache))
+        return part
+    w = part.cache.max_len
+    put = lambda f, p: f.at[rows].set(p, mode="drop")  # noqa: E731
+    cache = KVCache(tuple(f.at[rows, ..., :w].set(p, mode="drop") for f, p in zip(full.cache.k, part.cache.k)),
+                    tuple(f.at[rows, :, :w].set(p, mode="drop") for f, p in zip(full.cache.v, part.cache.v)),
+                    put(full.cache.length, part.cache.length))
+    return DecodeState(cache, put(full.logits, part.logits), put(full.stop_state, part.stop_state))
 
 
 def _read_only_model_jit(*, static_argnames: tuple[str, ...] = ()):
@@ -143,8 +186,23 @@ def _read_only_model_jit(*, static_argnames: tuple[str, ...] = ()):
 def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
            stop_table: jax.Array, stop_rank: jax.Array, stop_enabled: jax.Array,
            eos_ids: jax.Array, max_new: int, params: SamplingParams,
-           speed: SpeedPolicy | None = None, window: int | None = None):
+           speed: SpeedPolicy | None = None, window: int | None = None,
+           rows: jax.Array | None = None, budget: jax.Array | None = None,
+           offset: jax.Array | None = None, exit_below: jax.Array | None = None):
     """Decode up to `max_new` tokens for the rows where `active` [B] is true.
+
+    key: one key for the batch (split at every step: a row's draws depend on the batch), or [B]
+    keys, one per row: a row's i-th token of the call is then drawn with fold_in(its key,
+    offset[b] + i) (offset: [B] int32, its tokens sampled before this call in the same turn;
+    default 0), whatever batch it runs in (what the rollout engine uses).
+    rows: None, or [B] int32 indices into `state`'s rows: the call gathers those rows (and the
+    `window` slots), decodes them as a batch of B and writes them back (indices >= the state's
+    rows: padding, inactive). active, keys, stop_enabled, budget, offset and the outputs are
+    then per working row.
+    budget: [B] int32 tokens each row may still sample (default max_new; each <= max_new).
+    exit_below: [] int32; the call returns as soon as at most this many rows are running
+    (default 0): those rows keep status RUNNING, and a later call with their offset and budget
+    continues them.
 
     stop_table [S, V] int32 and stop_rank [S, n_stops] int32 are the stop automaton
     (`stop.StopAutomaton`); stop_enabled [B, n_stops] bool says which stop strings pause each
@@ -165,24 +223,30 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
     # a policy without a few-row view (e.g. a scripted test policy) decodes as it is
     if speed.few_row_kernels and hasattr(model, "few_row_view"):
         model = model.few_row_view()
-    full_cache = state.cache
-    if window is not None and window < full_cache.max_len:
-        state = state._replace(cache=_cache_prefix(full_cache, window))
+    full_state = state
+    state = _working_set(state, rows, window)
     max_len = state.cache.max_len
+    per_row = key.ndim == 1
+    budget = jnp.full((b,), max_new, jnp.int32) if budget is None else budget
+    offset = jnp.zeros((b,), jnp.int32) if offset is None else offset
+    exit_below = jnp.int32(0) if exit_below is None else exit_below
     tokens0 = jnp.zeros((b, max_new), jnp.int32)
     logps0 = jnp.zeros((b, max_new), jnp.float32)
-    status0 = jnp.where(active, RUNNING, BUDGET).astype(jnp.int32)
+    status0 = jnp.where(active & (budget > 0), RUNNING, BUDGET).astype(jnp.int32)
     # a row with no room left cannot even start
     status0 = jnp.where(state.cache.length >= max_len, BUDGET, status0)
 
     def cond(carry):
         i, _, _, _, _, status, _, _ = carry
-        return (i < max_new) & jnp.any(status == RUNNING)
+        return (i < max_new) & (jnp.sum(status == RUNNING) > exit_below)
 
     def body(carry):
         i, st, toks, lps, n_new, status, hit, key = carry
-        key, sub = jax.random.split(key)
         running = status == RUNNING
+        if per_row:
+            sub = jax.vmap(jax.random.fold_in)(key, offset + n_new)
+        else:
+            key, sub = jax.random.split(key)
         token, logp = sample(st.logits, sub, params)
         # every row writes at its own count of new tokens (rows stop at different steps)
         rows = jnp.arange(b)
@@ -196,7 +260,8 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
         fired_enabled = fired >= 0
         is_eos = jnp.any(token[:, None] == eos_ids[None, :], axis=-1)
         new_status = jnp.where(is_eos, EOS, jnp.where(fired_enabled, STOPPED, RUNNING))
-        new_status = jnp.where((new_status == RUNNING) & (cache.length >= max_len), BUDGET, new_status)
+        out_of_room = (cache.length >= max_len) | (n_new >= budget)  # the cache or the turn's budget
+        new_status = jnp.where((new_status == RUNNING) & out_of_room, BUDGET, new_status)
         status = jnp.where(running, new_status, status)
         hit = jnp.where(running & fired_enabled & ~is_eos, fired, hit)
         logits = jnp.where(running[:, None], logits, st.logits)
@@ -204,34 +269,49 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
 
     zeros = jnp.zeros((b,), jnp.int32)
     carry = (jnp.int32(0), state, tokens0, logps0, zeros, status0, zeros - 1, key)
-    _, state, toks, lps, n_new, status, hit, _ = jax.lax.while_loop(cond, body, carry)
-    status = jnp.where(status == RUNNING, BUDGET, status)  # the per-turn budget ran out
-    if state.cache.max_len < full_cache.max_len:
-        state = state._replace(cache=_cache_put_prefix(full_cache, state.cache))
-    return DecodeOut(toks, lps, n_new, status, hit), state
+    steps, state, toks, lps, n_new, status, hit, _ = jax.lax.while_loop(cond, body, carry)
+    return DecodeOut(toks, lps, n_new, status, hit, steps), _put_back(full_state, state, rows)
 
 
 @_read_only_model_jit(static_argnames=("window",))
 def append(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Array, start_state: jax.Array,
-           *, window: int | None = None):
+           *, window: int | None = None, rows: jax.Array | None = None):
     """Append the first n_valid[b] of tokens[b] (prompt, observation, message) to each row.
 
     Rows with n_valid > 0 get fresh next-token logits and their stop automaton reset to
     `start_state` (stop strings are matched on generated text only, per turn); other rows
     are untouched. window: as in `decode`, attend to and write only the cache's first
     `window` slots (>= length + n_valid of the appended rows; tokens past it are dropped).
+    rows: as in `decode`, the state's rows that tokens [R, T] go to (only they are computed).
     Returns the new DecodeState.
     """
-    full_cache = state.cache
-    cache = full_cache
-    if window is not None and window < full_cache.max_len:
-        cache = _cache_prefix(full_cache, window)
-    logits, cache = model.extend(tokens, n_valid, cache)
-    if cache.max_len < full_cache.max_len:
-        cache = _cache_put_prefix(full_cache, cache)
+    work = _working_set(state, rows, window)
+    logits, cache = model.extend(tokens, n_valid, work.cache)
     touched = n_valid > 0
-    return DecodeState(cache, jnp.where(touched[:, None], logits, state.logits),
-                       jnp.where(touched, start_state, state.stop_state))
+    work = DecodeState(cache, jnp.where(touched[:, None], logits, work.logits),
+                       jnp.where(touched, start_state, work.stop_state))
+    return _put_back(state, work, rows)
+
+
+@_read_only_model_jit(static_argnames=("window",))
+def prefill_shared(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Array, owner: jax.Array,
+                   start_state: jax.Array, *, window: int | None = None):
+    """Prefill each distinct prompt once and give its cache to every row that has it.
+
+    state: empty (every row's length 0), B rows; tokens [U, T] / n_valid [U]: the distinct
+    prompts (right-padded; rows with n_valid 0 are padding); owner [B] int32: the prompt of each
+    row. Each row then holds exactly what `append` of its own prompt would give it (the same
+    keys, values and next-token logits; the stop automaton at `start_state`), for U prompts'
+    compute instead of B. window: as in `append`, the slots computed (>= the longest prompt).
+    """
+    u = tokens.shape[0]
+    fresh = jax.tree.map(lambda x: jnp.zeros((u,) + x.shape[1:], x.dtype),
+                         _working_set(state, None, window).cache)
+    logits, cache = model.extend(tokens, n_valid, fresh)
+    spread = lambda x: jnp.take(x, owner, axis=0)  # noqa: E731
+    shared = DecodeState(jax.tree.map(spread, cache), spread(logits),
+                         jnp.full(owner.shape, start_state, jnp.int32))
+    return _put_back(state, shared, None)
 
 
 def rewind(state: DecodeState, lengths) -> DecodeState:

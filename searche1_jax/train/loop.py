@@ -131,9 +131,16 @@ class Trainer:
                 for i, m in enumerate(per_member)]
 
     def _roll_out(self, params, examples, group_size: int, keys):
+        """Each member's groups; its rollout engine's counters (`EngineStats.metrics`, prefixed
+        `rollout_`) go to self.engine_metrics[i] for the step's metrics row."""
         exp = self.exp
-        return [roll_out(exp.agent, exp.policy(params, i), examples, group_size,
-                         self.layout.key(keys[i]), exp.sampling[i], self.c.rollout.max_rows) for i in range(exp.n)]
+        groups, self.engine_metrics = [], []
+        for i in range(exp.n):
+            exp.agent.take_stats()
+            groups.append(roll_out(exp.agent, exp.policy(params, i), examples, group_size,
+                                   self.layout.key(keys[i]), exp.sampling[i], self.c.rollout.max_rows))
+            self.engine_metrics.append({f"rollout_{k}": v for k, v in exp.agent.take_stats().metrics().items()})
+        return groups
 
     def _orders(self, key, rows: list[int]):
         """A fresh permutation of each member's rows, from its own key."""
@@ -173,7 +180,7 @@ class Trainer:
         dt = time.time() - t0
         rows_out = []
         for i in range(exp.n):
-            summary = rollout_metrics(groups[i])
+            summary = {**rollout_metrics(groups[i]), **self.engine_metrics[i]}
             for k in (step_metrics[0] if step_metrics else ()):
                 summary[k] = float(np.mean([lay.metric(m, k, i) for m in step_metrics]))
             tokens = float(per[i]["valid"].sum()) if per[i] is not None else 0.0
@@ -337,7 +344,8 @@ class Trainer:
         for i in range(exp.n):
             rows_out.append({"ofsd_groups_used": float(len({p.group for p in pairs[i]})),
                              "ofsd_students": float(len(pairs[i])),
-                             **{f"teacher_{k}": v for k, v in rollout_metrics(groups[i]).items()},
+                             **{f"teacher_{k}": v for k, v in
+                                {**rollout_metrics(groups[i]), **self.engine_metrics[i]}.items()},
                              "ofsd_loss": float(np.mean(losses[i])) if losses[i] else float("nan"),
                              "ofsd_updates": float(len(losses[i]))})
         meta = dict(state.meta, phase="grpo", round=state.meta["round"] + 1, round_step=0,

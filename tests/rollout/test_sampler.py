@@ -187,3 +187,73 @@ def test_decode_and_append_read_the_weights_without_copying_them(tiny):
     compiled = sampler.append.lower(model, st, jnp.ones((2, 4), jnp.int32), jnp.array([4, 3]), jnp.int32(0)).compile()
     assert compiled.memory_analysis().output_size_in_bytes <= state_bytes + 1024
     assert sum(w.nbytes for w in weights) > 2 * state_bytes  # the check would see a copy of them
+
+
+def _rows(tree, idx):
+    return [np.asarray(x)[idx] for x in jax.tree.leaves(tree)]
+
+
+def test_decode_of_gathered_rows_equals_decode_of_the_whole_batch(tiny):
+    """A decode on a working set (rows [3, 1] and a padding row) samples, for each row, what a
+    decode of the whole batch samples for it with the same per-row keys, writes those rows back
+    (cache, logits, stop state) and leaves the other rows as they were."""
+    _, model, cfg = tiny
+    rng = np.random.default_rng(5)
+    prompts = [list(rng.integers(0, cfg.vocab_size, n)) for n in (7, 3, 11, 5)]
+    st = prefill(model, prompts, 64)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(9), jnp.arange(4))
+    kw = dict(**NO_STOP, eos_ids=jnp.array([-1], jnp.int32), max_new=12,
+              params=SamplingParams(temperature=1.0, top_p=0.9), speed=SpeedPolicy())
+    full, st_full = decode(model, st, jnp.ones(4, bool), keys, stop_enabled=jnp.ones((4, 1), bool), **kw)
+    idx = np.array([3, 1, 4])  # 4: padding (out of range), inactive
+    part, st_part = decode(model, st, jnp.array([True, True, False]), keys[jnp.array([3, 1, 3])],
+                           stop_enabled=jnp.ones((3, 1), bool), rows=jnp.asarray(idx), window=32, **kw)
+    np.testing.assert_array_equal(np.asarray(part.tokens[:2]), np.asarray(full.tokens)[[3, 1]])
+    np.testing.assert_allclose(np.asarray(part.logps[:2]), np.asarray(full.logps)[[3, 1]], atol=1e-5)
+    assert int(part.n_new[2]) == 0 and int(part.steps) == 12
+    for a, b in zip(_rows(st_part, [3, 1]), _rows(st_full, [3, 1])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(_rows(st_part, [0, 2]), _rows(st, [0, 2])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_call_left_early_and_resumed_samples_what_one_call_samples(tiny):
+    """exit_below: the call returns once at most that many rows run (they stay RUNNING); a second
+    call with their offset and remaining budget continues each row's token stream exactly."""
+    _, model, cfg = tiny
+    prompts = [[1, 2, 3], [4, 5], [6], [7, 8]]
+    st = prefill(model, prompts, 48)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(2), jnp.arange(4))
+    kw = dict(**NO_STOP, stop_enabled=jnp.ones((4, 1), bool), eos_ids=jnp.array([-1], jnp.int32), max_new=10,
+              params=SamplingParams(temperature=1.0), speed=SpeedPolicy())
+    budget = jnp.array([3, 10, 6, 10], jnp.int32)  # rows 0 and 2 stop early (BUDGET)
+    one, _ = decode(model, st, jnp.ones(4, bool), keys, budget=budget, **kw)
+    assert list(np.asarray(one.n_new)) == [3, 10, 6, 10]
+    first, st1 = decode(model, st, jnp.ones(4, bool), keys, budget=budget, exit_below=jnp.int32(2), **kw)
+    assert list(np.asarray(first.n_new)) == [3, 6, 6, 6] and int(first.steps) == 6
+    assert list(np.asarray(first.status)) == [BUDGET, 0, BUDGET, 0]  # 0: RUNNING
+    done = first.n_new
+    second, _ = decode(model, st1, jnp.array([False, True, False, True]), keys, budget=budget - done,
+                       offset=done, **kw)
+    for r in (1, 3):
+        got = np.concatenate([np.asarray(first.tokens[r, :6]), np.asarray(second.tokens[r, :4])])
+        np.testing.assert_array_equal(got, np.asarray(one.tokens[r]))
+        got = np.concatenate([np.asarray(first.logps[r, :6]), np.asarray(second.logps[r, :4])])
+        np.testing.assert_allclose(got, np.asarray(one.logps[r]), atol=1e-5)
+
+
+def test_prefill_shared_equals_appending_each_rows_prompt(tiny):
+    """Rows with the same prompt share one prefill: every row ends up with what `append` of its
+    own prompt gives it (keys, values, length, next-token logits)."""
+    _, model, cfg = tiny
+    a, b = [5, 6, 7, 8, 9], [10, 11]
+    prompts = [a, a, b, a, b]
+    ref = prefill(model, prompts, 40)
+    empty = empty_state(init_cache(model.cfg, 5, 40), model.cfg.vocab_size)
+    toks = jnp.asarray([a, b + [0, 0, 0], [0] * 5, [0] * 5], jnp.int32)  # 2 distinct + 2 padding rows
+    shared = sampler.prefill_shared(model, empty, toks, jnp.array([5, 2, 0, 0], jnp.int32),
+                                    jnp.array([0, 0, 1, 0, 1], jnp.int32), jnp.int32(0), window=16)
+    np.testing.assert_array_equal(np.asarray(shared.cache.length), [5, 5, 2, 5, 2])
+    np.testing.assert_allclose(np.asarray(shared.logits), np.asarray(ref.logits), atol=1e-5)
+    for x, y in zip(shared.cache.k + shared.cache.v, ref.cache.k + ref.cache.v):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)

@@ -41,7 +41,9 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     rows = [json.loads(line) for line in open(os.path.join(ref_dir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if r["phase"] == "grpo"] == [1, 2, 3]
     assert [r["phase"] for r in rows][-1] == "ofsd"
-    for key in ("reward", "entropy", "clip_frac", "kl_ref", "response_length", "searches", "tokens_per_s"):
+    for key in ("reward", "entropy", "clip_frac", "kl_ref", "response_length", "searches", "tokens_per_s",
+                "rollout_row_steps_per_token", "rollout_prefill_tokens_per_question", "rollout_decode_compiles",
+                "rollout_decode_s", "rollout_host_s"):
         assert key in rows[0], key
     # mini_batch counts trajectories (Search-R1's ppo_mini_batch_size): 2 questions x G=2 = 4
     # trajectories a step / mini-batch 2 = 2 updates a step, each at the step's lr (no warm-up:
