@@ -98,7 +98,7 @@ def test_packed_engine_gives_the_padded_engines_trajectories_tiny_model(tok, gre
     model = create_model(get_preset("tiny", vocab_size=tok.vocab_size), seed=3)
     if greedy:  # the random model's own preferences pick among the pieces: its matrices scaled
         # up 8x, so that they depend on the context (at init scale it writes " x" forever)
-        nnx.update(model, jax.tree.map(lambda x: x * 8.0 if x.ndim == 2 else x, nnx.state(model, nnx.Param)))
+        nnx.update(model, jax.tree.map(lambda x: x * 8.0 if x.ndim >= 2 else x, nnx.state(model, nnx.Param)))
         policy, sampling, questions = steer(model, tok, {p: 1.0 for p in SAMPLED}, 1.0), \
             SamplingParams(greedy=True), QUESTIONS * 2
     else:  # GRPO groups: each question G = 3 times
