@@ -69,6 +69,12 @@ def emit(row: dict, out: list) -> None:
     print(json.dumps(row), flush=True)
 
 
+def emit_clients(kind: str, port: int, args, burst, out) -> None:
+    """One row per --clients count: latency with that many concurrent clients, 1 query a request."""
+    for c in args.clients:
+        emit({"what": f"{kind} concurrent clients, 1 query a request", **load(port, c, args.requests, burst, c)}, out)
+
+
 def bm25_part(args, burst, out, tmp):
     from searche1_jax.retrieval.bm25 import _tokenize
     from searche1_jax.retrieval.client import RetrievalClient
@@ -99,9 +105,7 @@ def bm25_part(args, burst, out, tmp):
                    args.rounds)
         emit({"what": f"BM25 burst of {len(burst)} end to end (client -> server -> client)",
               "max_batch": args.max_batch, "max_queries": par.max_queries, **t}, out)
-        for c in args.clients:
-            emit({"what": "BM25 concurrent clients, 1 query a request", **load(port, c, args.requests, burst, c)},
-                 out)
+        emit_clients("BM25", port, args, burst, out)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -165,9 +169,7 @@ def dense_part(args, burst, out, tmp):
         par = RetrievalClient(f"http://127.0.0.1:{port}", parallel=args.parallel, timeout=args.timeout)
         t = rounds({"http end to end": lambda: par.search(burst, 3)}, args.rounds)
         emit({"what": f"dense (MiniLM + ScaNN) burst of {len(burst)} end to end", **t}, out)
-        for c in args.clients:
-            emit({"what": "dense concurrent clients, 1 query a request", **load(port, c, args.requests, burst, c)},
-                 out)
+        emit_clients("dense", port, args, burst, out)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from searche1_jax.data.loader import epoch_order
-from searche1_jax.rl.grpo import check_unique_group_ids, has_spread
 from searche1_jax.hostmem import release
+from searche1_jax.rl.grpo import check_unique_group_ids, has_spread
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress

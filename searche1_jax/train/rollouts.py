@@ -9,7 +9,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from searche1_jax.rl.grpo import group_advantages
+from searche1_jax.rl.grpo import group_advantages, has_spread
 from searche1_jax.rl.rewards import em_rewards
 from searche1_jax.rollout.agent import SearchAgent, Trajectory
 from searche1_jax.rollout.sampler import SamplingParams
@@ -100,5 +100,5 @@ def rollout_metrics(groups: list[Group]) -> dict[str, float]:
         "answered": float(np.mean([t.finish_reason == "answer" for t in trajs])),
         "solved_groups": float(np.mean([g.rewards.max() > 0 for g in groups])),
         # groups whose rewards differ: the only ones with non-zero advantages (GRPO's signal)
-        "mixed_groups": float(np.mean([g.rewards.max() > g.rewards.min() for g in groups])),
+        "mixed_groups": float(np.mean(has_spread([g.rewards for g in groups]))),
     }
