@@ -99,7 +99,15 @@ def read_rows(workdir: str) -> list[dict]:
 
 def branch(warm: str, workdir: str) -> None:
     """Start an arm from the warm start: its checkpoints (the last is the warm-started policy,
-    phase grpo) and its metrics rows (base / warm-start evals, the warm-start losses)."""
+    phase grpo), the reference policy the warm start saved once beside them (`reference/`, which
+    its checkpoints name), and its metrics rows (base / warm-start evals, the warm-start losses)."""
+    ref = os.path.join(warm, "reference")
+    if os.path.isdir(ref) and not os.path.exists(os.path.join(workdir, "reference")):
+        os.makedirs(workdir, exist_ok=True)
+        part = os.path.join(workdir, "reference.partial")
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.copytree(ref, part)
+        os.rename(part, os.path.join(workdir, "reference"))
     if os.path.exists(os.path.join(workdir, "checkpoints")):
         return  # started before: the run resumes from its own checkpoints
     os.makedirs(workdir, exist_ok=True)
