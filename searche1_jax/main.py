@@ -89,6 +89,7 @@ def main(argv):
     from searche1_jax.train.data_check import InvalidDataError
     from searche1_jax.train.geometry import GeometryError
     from searche1_jax.train.loop import Trainer
+    from searche1_jax.train.multihost import ProcessFailed
     from searche1_jax.train.preemption import Preempted
     from searche1_jax.train.setup import Experiment
 
@@ -110,6 +111,8 @@ def main(argv):
         print(f"preempted: saved at GRPO step {p.state.step} (round {p.state.meta['round']}, "
               f"{p.state.meta['phase']}); rerun the same command to resume", flush=True)
         return 0
+    except ProcessFailed as e:  # every process raises this same error at the same point (multihost.py)
+        raise SystemExit(f"error: {e}") from None
     print(f"done: {state.step} GRPO steps, {state.meta['round']} rounds; metrics in "
           f"{workdir_path(FLAGS.workdir) / 'metrics.jsonl'}", flush=True)
     if jax.process_index() == 0:
