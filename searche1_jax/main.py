@@ -97,8 +97,10 @@ def main(argv):
         config = from_config_dict(FLAGS.config)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    from searche1_jax.train.compile_cache import cache_dir, use_compilation_cache
     from searche1_jax.train.paths import workdir_path
     check_workdir(FLAGS.workdir)
+    use_compilation_cache(cache_dir(config.train.compilation_cache_dir, FLAGS.workdir))  # before any jit
     print(f"searche1_jax: {jax.device_count()} devices ({jax.devices()[0].platform}), "
           f"workdir {workdir_path(FLAGS.workdir)}", flush=True)  # a gs:// URI stays one
     try:
