@@ -89,3 +89,17 @@ def test_rollout_failure_names_the_retriever_and_the_fix_only_for_retriever_erro
     assert text.startswith("RetrieverError: bad reply [retriever: config.retrieval.kind='bm25', index /data/c.jsonl]")
     assert "config.retrieval.timeout (30 s)" in text and "config.retrieval.deadline (60 s)" in text
     assert rollout_failure(r)(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_the_train_steps_compile_once_over_steps_across_two_processes(tmp_path):
+    """Four GRPO steps (global log-probs, then the update) with other rows of the same shapes:
+    Steps.compile_count() is the same after each, on a 2-process mesh. (Params placed as
+    P(None, None) came back from an update as P(): the second step compiled both steps again,
+    before `sharding.named_sharding` wrote specs as jit returns them.)"""
+    out = str(tmp_path / "out.json")
+    for status, log in run_pair("steps_worker.py", out):
+        assert status == 0, log[-3000:]
+    got = json.load(open(out))
+    assert got["loss_finite"]
+    counts = got["counts"]
+    assert counts[0] >= 2 and counts == [counts[0]] * 4, counts  # logps and grpo, compiled once each
