@@ -85,7 +85,7 @@ def main(argv):
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from searche1_jax.config import from_config_dict
     from searche1_jax.train.checkpoint import check_workdir
-    from searche1_jax.retrieval.client import RetrieverDownError
+    from searche1_jax.retrieval.client import RetrieverDownError, RetrieverError
     from searche1_jax.train.data_check import InvalidDataError
     from searche1_jax.train.geometry import GeometryError
     from searche1_jax.train.loop import Trainer
@@ -114,6 +114,8 @@ def main(argv):
               f"{p.state.meta['phase']}); rerun the same command to resume", flush=True)
         return 0
     except ProcessFailed as e:  # every process raises this same error at the same point (multihost.py)
+        if e.__context__ is not None and not isinstance(e.__context__, RetrieverError):
+            raise  # this process's own unexpected error: its traceback says where it came from
         raise SystemExit(f"error: {e}") from None
     print(f"done: {state.step} GRPO steps, {state.meta['round']} rounds; metrics in "
           f"{workdir_path(FLAGS.workdir) / 'metrics.jsonl'}", flush=True)
