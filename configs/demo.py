@@ -55,6 +55,7 @@ def get_config(arg: str = ""):
     c.ofsd.logit_chunk = 128           # teacher and student [chunk, vocab] blocks (512: 2 x 100 MB)
     c.train.rounds = 1
     c.train.lr = 1e-6
+    c.train.compilation_cache_dir = ""  # one CPU run: a cache would fill the workdir with executables no run reads
     c.checkpoint.every_steps = 4
     c.checkpoint.async_save = False    # CPU: a save overlapping a rollout or a step adds its host memory
     return c

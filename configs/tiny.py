@@ -43,6 +43,7 @@ def get_config(arg: str = ""):
     c.ofsd.logit_chunk = 128
     c.train.rounds = 1
     c.train.lr = 1e-3
+    c.train.compilation_cache_dir = ""  # tests start many short runs in fresh workdirs: nothing to reuse
     c.checkpoint.every_steps = 1
     c.checkpoint.async_save = False
     c.log.tensorboard = False

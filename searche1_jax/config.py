@@ -148,6 +148,11 @@ def base() -> ml_collections.ConfigDict:
     c.train.grad_clip = 1.0
     c.train.warmup_ratio = 0.285
     c.train.seed = 0
+    # JAX's persistent compilation cache (train/compile_cache.py): a restarted or resumed run loads
+    # the executables it compiled before (the steps and every rollout bucket: minutes at 3B)
+    # instead of compiling them again. Relative: under the workdir (one cache per run, a bucket
+    # workdir included); absolute or a URI: shared by runs; "": off (the CPU configs' choice)
+    c.train.compilation_cache_dir = "xla_cache"
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 10

@@ -380,7 +380,9 @@ class TrainSection(_Section):
     """rounds: GRPO round + OFSD round pairs (0: the warm start only, with config.sft).
     lr: AdamW peak lr (>= 0). weight_decay: >= 0. grad_clip: global-norm clip (> 0).
     warmup_ratio: linear warm-up over ⌊ratio·S⌋ GRPO steps, in [0, 1]. seed (>= 0): initial params
-    of random presets and the rollout rng."""
+    of random presets and the rollout rng. compilation_cache_dir: JAX's persistent compilation
+    cache (`train/compile_cache.py`): a path relative to the workdir, an absolute path or URI, or
+    "" for none."""
     SECTION: ClassVar[str] = "train"
     rounds: int
     lr: float
@@ -388,6 +390,7 @@ class TrainSection(_Section):
     grad_clip: float
     warmup_ratio: float
     seed: int
+    compilation_cache_dir: str
 
     def __post_init__(self):
         _at_least("train", "rounds", self.rounds, 0)

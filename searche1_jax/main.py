@@ -85,10 +85,11 @@ def main(argv):
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from searche1_jax.config import from_config_dict
     from searche1_jax.train.checkpoint import check_workdir
-    from searche1_jax.retrieval.client import RetrieverDownError
+    from searche1_jax.retrieval.client import RetrieverDownError, RetrieverError
     from searche1_jax.train.data_check import InvalidDataError
     from searche1_jax.train.geometry import GeometryError
     from searche1_jax.train.loop import Trainer
+    from searche1_jax.train.multihost import ProcessFailed
     from searche1_jax.train.preemption import Preempted
     from searche1_jax.train.setup import Experiment
 
@@ -96,8 +97,10 @@ def main(argv):
         config = from_config_dict(FLAGS.config)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    from searche1_jax.train.compile_cache import cache_dir, use_compilation_cache
     from searche1_jax.train.paths import workdir_path
     check_workdir(FLAGS.workdir)
+    use_compilation_cache(cache_dir(config.train.compilation_cache_dir, FLAGS.workdir))  # before any jit
     print(f"searche1_jax: {jax.device_count()} devices ({jax.devices()[0].platform}), "
           f"workdir {workdir_path(FLAGS.workdir)}", flush=True)  # a gs:// URI stays one
     try:
@@ -110,6 +113,10 @@ def main(argv):
         print(f"preempted: saved at GRPO step {p.state.step} (round {p.state.meta['round']}, "
               f"{p.state.meta['phase']}); rerun the same command to resume", flush=True)
         return 0
+    except ProcessFailed as e:  # every process raises this same error at the same point (multihost.py)
+        if e.__context__ is not None and not isinstance(e.__context__, RetrieverError):
+            raise  # this process's own unexpected error: its traceback says where it came from
+        raise SystemExit(f"error: {e}") from None
     print(f"done: {state.step} GRPO steps, {state.meta['round']} rounds; metrics in "
           f"{workdir_path(FLAGS.workdir) / 'metrics.jsonl'}", flush=True)
     if jax.process_index() == 0:

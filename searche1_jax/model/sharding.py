@@ -122,8 +122,20 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None, me
     return P(*spec)
 
 
+def trimmed(spec: P) -> P:
+    """`spec` without its trailing None entries (the same layout). A jitted function returns its
+    arrays with specs in this form, and jit keys its executables on the spec as written: a
+    parameter placed as P("fsdp", None, None) and returned by an update as P("fsdp") made the
+    next update (and every log-prob pass) compile a second executable."""
+    entries = list(spec)
+    while entries and entries[-1] is None:
+        entries.pop()
+    return P(*entries)
+
+
 def named_sharding(names, shape, mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
+    """The sharding of a tensor whose dims carry logical `names`: `logical_to_spec`, `trimmed`."""
+    return NamedSharding(mesh, trimmed(logical_to_spec(names, shape, mesh, rules)))
 
 
 def constrain(x: jax.Array, names: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT_RULES):

@@ -16,6 +16,10 @@ out with its own params, rng and sampling params; the packed batches, old / refe
 log-probs and the PPO updates run as one call for all members. An OFSD round: each member's
 teacher snapshot rolls out and selects its own pairs; a member with fewer mini-batches than
 the others is inactive for the extra updates, so it sees exactly its own sequence of updates.
+
+Rollouts are host-driven and run on each process alone; each one ends in an agreement
+(`multihost.failures_agreed`): a process whose retriever failed does not leave the others
+waiting in the next collective, every process raises the same ProcessFailed naming it.
 """
 from __future__ import annotations
 
@@ -29,10 +33,12 @@ import numpy as np
 
 from searche1_jax.data.loader import epoch_order
 from searche1_jax.hostmem import release
+from searche1_jax.retrieval.client import RetrieverError
 from searche1_jax.rl.grpo import check_unique_group_ids, has_spread
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
+from searche1_jax.train.multihost import failures_agreed
 from searche1_jax.train.paths import atomic_write_text, workdir_path
 from searche1_jax.train.preemption import Preempted, Preemption
 from searche1_jax.train.reference import SAVED
@@ -83,6 +89,20 @@ def write_dev_answers(path: str, examples, em, trajs) -> None:
                     "em": float(e), "searches": t.num_searches, "sampled_tokens": t.num_sampled,
                     "finish_reason": t.finish_reason}) + "\n"
         for ex, e, t in zip(examples, em, trajs, strict=True)))
+
+
+def rollout_failure(r):
+    """The text a failed rollout sends every process (`multihost.failures_agreed`): the error, and
+    for a retriever's failure, which retriever (config.retrieval `r`) and what to do about it."""
+    def describe(e: Exception) -> str:
+        text = f"{type(e).__name__}: {e}"
+        if not isinstance(e, RetrieverError):
+            return text
+        where = f"url {r.url}" if r.kind == "http" else f"index {r.index or r.corpus}"
+        return (f"{text} [retriever: config.retrieval.kind={r.kind!r}, {where}]; if the server is slow, raise "
+                f"config.retrieval.timeout ({r.timeout:g} s) and config.retrieval.deadline ({r.deadline:g} s); "
+                f"else check the server and its log")
+    return describe
 
 
 def needs_teacher_copy(teacher: str, epochs: int, rows: int, mini_batch: int) -> bool:
@@ -137,8 +157,10 @@ class Trainer:
         groups, self.engine_metrics = [], []
         for i in range(exp.n):
             exp.agent.take_stats()
-            groups.append(roll_out(exp.agent, exp.policy(params, i), examples, group_size,
-                                   self.layout.key(keys[i]), exp.sampling[i], self.c.rollout.max_rows))
+            policy = exp.policy(params, i)  # a collective with several processes: outside the agreement
+            with failures_agreed("rollouts", rollout_failure(self.c.retrieval)):
+                groups.append(roll_out(exp.agent, policy, examples, group_size, self.layout.key(keys[i]),
+                                       exp.sampling[i], self.c.rollout.max_rows))
             self.engine_metrics.append({f"rollout_{k}": v for k, v in exp.agent.take_stats().metrics().items()})
         return groups
 
@@ -286,7 +308,9 @@ class Trainer:
         examples = exp.dev_examples  # read and checked with the training data (setup.py)
         rows_out = []
         for i in range(exp.n):
-            em, trajs = greedy_em(exp.agent, exp.policy(state.params, i), examples, batch=c.rollout.max_rows or 16)
+            policy = exp.policy(state.params, i)
+            with failures_agreed("dev eval rollouts", rollout_failure(c.retrieval)):
+                em, trajs = greedy_em(exp.agent, policy, examples, batch=c.rollout.max_rows or 16)
             rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs)})
             if jax.process_index() == 0:
                 name = f"{label}_member{i}" if exp.n > 1 else label

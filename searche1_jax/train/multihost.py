@@ -6,10 +6,17 @@ the train steps then see one global batch whose rows are the processes' rows sid
 (split over the mesh's data x fsdp axes). Jitted calls must have the same shapes everywhere,
 so lengths and row counts are agreed (the max over processes) before arrays are built.
 With one process every helper is the identity (or a plain `np.asarray`).
+
+A process that fails alone (its retriever timed out in a rollout) would leave the others
+waiting in their next collective until jax.distributed's heartbeat ends the job, each with an
+unrelated error. `failures_agreed` makes the end of a host-side phase a meeting point instead:
+every process learns there whether any failed, and all raise the same `ProcessFailed`.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -29,6 +36,49 @@ def per_process(n: int, field: str) -> int:
     if n % p:
         raise ValueError(f"{field} ({n}) must be a multiple of the number of processes ({p})")
     return n // p
+
+
+class ProcessFailed(RuntimeError):
+    """A process failed in a phase every process ends together; raised on every process with the
+    same message, which names the first failing process and its own error."""
+
+
+FAILURE_BYTES = 1024  # of the failing process's message that every process receives
+
+
+def agree_failure(message: str | None, where: str) -> None:
+    """Raise ProcessFailed on every process if any process passes a `message` (its failure).
+
+    A collective (one all-gather of FAILURE_BYTES + 1 bytes): every process calls it at the same
+    point, failed or not. The error names the lowest failing process and carries its message
+    (cut to FAILURE_BYTES of UTF-8), so every process raises the same text.
+    """
+    mine = np.zeros((FAILURE_BYTES + 1,), np.uint8)  # [0]: failed; then the message, 0-padded
+    if message is not None:
+        raw = message.encode()[:FAILURE_BYTES]
+        mine[0], mine[1:1 + len(raw)] = 1, np.frombuffer(raw, np.uint8)
+    rows = np.asarray(multihost_utils.process_allgather(mine)) if is_multi_process() else mine[None]
+    failed = [int(p) for p in np.flatnonzero(rows[:, 0])]
+    if not failed:
+        return
+    text = rows[failed[0], 1:].tobytes().rstrip(b"\0").decode("utf-8", "ignore")
+    also = f" (processes {failed} failed; the first one's error)" if len(failed) > 1 else ""
+    raise ProcessFailed(f"process {failed[0]} of {rows.shape[0]} failed during {where}{also}: {text}; "
+                        f"every process stops here")
+
+
+@contextlib.contextmanager
+def failures_agreed(where: str, describe: Callable[[Exception], str] = lambda e: f"{type(e).__name__}: {e}"
+                    ) -> Iterator[None]:
+    """Run a host-side phase (rollouts: no collective inside), then agree on failures: an
+    Exception in the block on any process becomes the same ProcessFailed on all of them (the
+    failing one chains its own error). `describe(e)` is the failure's text."""
+    try:
+        yield
+    except Exception as e:
+        agree_failure(describe(e), where)
+        raise  # unreachable: agree_failure raised
+    agree_failure(None, where)
 
 
 def agree_shapes(batch: dict[str, np.ndarray] | None, dtypes: dict[str, np.dtype],

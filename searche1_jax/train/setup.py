@@ -20,6 +20,7 @@ from searche1_jax.model.sharding import make_mesh
 from searche1_jax.model.tokenizer import Tokenizer
 from searche1_jax.retrieval.factory import build_retriever, check_service
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
+from searche1_jax.rollout.engine import compiled_counts
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
 from searche1_jax.train.geometry import check_geometry
@@ -190,7 +191,10 @@ class Experiment:
         return self.layout.hyper(hypers)
 
     def compile_count(self) -> int:
-        return self.steps.compile_count()
+        """Executables compiled so far: the train steps' and the rollouts' (decode, append and the
+        shared prefill of every rollout engine in this process: `engine.compiled_counts`). Flat
+        across steps once the shape buckets are warm (tests/train/test_compile_count.py)."""
+        return self.steps.compile_count() + sum(compiled_counts())
 
     def member_params(self, params, i: int):
         return self.layout.member(params, i)

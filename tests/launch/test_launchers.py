@@ -50,7 +50,7 @@ def test_tpu_pod_needs_name_and_zone():
 
 
 def test_slurm_dry_run_one_process_per_gpu():
-    out = run("slurm.sbatch", "--dry-run", "--", "--config=configs/qwen7b.py",
+    out = run("slurm.sbatch", "--dry-run", "--", "--config=configs/qwen7b.py", MODE="gpu",
               SLURM_JOB_NODELIST="gpu[007-008],gpu010", SLURM_NNODES="3", SLURM_GPUS_ON_NODE="8")
     lines = out.strip().splitlines()
     assert lines[0].startswith("srun --ntasks=24 --ntasks-per-node=8 --gpus-per-task=1 bash -c")
@@ -61,13 +61,30 @@ def test_slurm_dry_run_one_process_per_gpu():
         assert f"--process_id={i} " in line and line.endswith("--config=configs/qwen7b.py")
 
 
-def test_slurm_dry_run_one_process_per_node():
-    out = run("slurm.sbatch", "--dry-run", "--", "--config=configs/qwen3b.py", MODE="node",
-              SLURM_JOB_NODELIST="a1,a2", SLURM_NNODES="2", SLURM_GPUS_ON_NODE="8", PORT="4000")
-    lines = out.strip().splitlines()
+def test_slurm_dry_run_defaults_to_one_process_per_node():
+    env = {k: v for k, v in os.environ.items() if k not in ("MODE", "XLA_PYTHON_CLIENT_MEM_FRACTION")}
+    out = subprocess.run(["bash", os.path.join(ROOT, "launch", "slurm.sbatch"), "--dry-run", "--",
+                          "--config=configs/qwen3b.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=dict(env, SLURM_JOB_NODELIST="a1,a2", SLURM_NNODES="2", SLURM_GPUS_ON_NODE="8",
+                                  PORT="4000"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("srun --ntasks=2 --ntasks-per-node=1 --gpus-per-task=8")
     assert [f"--process_id={i}" in lines[1 + i] for i in range(2)] == [True, True]
     assert all("--coordinator=a1:4000 --num_processes=2" in line for line in lines[1:])
+
+
+def test_slurm_gives_jax_0_9_of_each_gpu_unless_the_environment_says_otherwise():
+    """JAX's default 75% preallocation is short of the train state plus the rollout's KV cache."""
+    for mode in ("node", "gpu"):
+        default = run("slurm.sbatch", "--dry-run", "--", "--config=configs/qwen3b.py", MODE=mode,
+                      XLA_PYTHON_CLIENT_MEM_FRACTION="")
+        lines = default.strip().splitlines()[1:]
+        assert lines and all(" && export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 && exec " in line for line in lines)
+    chosen = run("slurm.sbatch", "--dry-run", "--", "--config=configs/qwen3b.py", XLA_PYTHON_CLIENT_MEM_FRACTION="0.8")
+    assert all("export XLA_PYTHON_CLIENT_MEM_FRACTION=0.8 && exec " in line for line in chosen.splitlines()[1:])
+    source = open(os.path.join(ROOT, "launch", "slurm.sbatch")).read()
+    assert 'MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"' in source
 
 
 def test_local_multiprocess_dry_run():

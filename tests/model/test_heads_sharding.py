@@ -115,8 +115,8 @@ def test_kv_heads_replicate_on_a_tensor_axis_wider_than_their_count():
     mesh = make_mesh({"fsdp": 2, "tensor": 4})
     sharded = model_from_arrays(cfg, {k: np.asarray(v) for k, v in flat_params(model).items()}, mesh=mesh)
     specs = {k: v.sharding.spec for k, v in flat_params(sharded).items()}
-    assert specs["layers.0.attn.k_proj.kernel"] == P("fsdp", None, None)
-    assert specs["layers.0.attn.q_proj.kernel"] == P("fsdp", "tensor", None)
+    assert specs["layers.0.attn.k_proj.kernel"] == P("fsdp")  # = P("fsdp", None, None), trimmed as jit returns it
+    assert specs["layers.0.attn.q_proj.kernel"] == P("fsdp", "tensor")
     assert specs["layers.0.attn.o_proj.kernel"] == P("tensor", None, "fsdp")
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (4, 12)))
     np.testing.assert_allclose(np.asarray(jax.jit(lambda m, t: m(t))(sharded, tokens)),
