@@ -71,6 +71,7 @@ def base() -> ml_collections.ConfigDict:
     c.retrieval.kind = "bm25"      # bm25 | exact | scann | http
     c.retrieval.index = ""         # index directory (built by searche1_jax.retrieval.build)
     c.retrieval.corpus = ""        # corpus jsonl: kind=bm25 builds its index from it when `index` is empty
+    c.retrieval.bm25_backend = "numpy"  # numpy | numba | auto: in-process BM25 scorer (retrieval/bm25.py)
     c.retrieval.url = ""           # Search-R1-compatible service for kind=http
     c.retrieval.topk = 3           # Search-R1: top-3
     # kind=http only: seconds one request attempt may take (the whole reply), seconds one search

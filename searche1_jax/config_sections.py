@@ -165,6 +165,8 @@ class RetrievalSection(_Section):
     timeout, deadline, max_queries (kind=http): seconds one request attempt may take (> 0), seconds
         one search call may take with its retries (>= timeout), queries per request (>= 1; a
         larger batch goes as several requests: the service caps queries a request).
+    bm25_backend: BM25's scorer in this process (kind=bm25): numpy | numba (compiled, ~10x a burst,
+        a ~5-20 s compile per process) | auto (numba when installed).
     """
     SECTION: ClassVar[str] = "retrieval"
     kind: str
@@ -175,9 +177,11 @@ class RetrievalSection(_Section):
     timeout: float
     deadline: float
     max_queries: int
+    bm25_backend: str
 
     def __post_init__(self):
         _one_of("retrieval", "kind", self.kind, RETRIEVAL_KINDS)
+        _one_of("retrieval", "bm25_backend", self.bm25_backend, ("numpy", "numba", "auto"))
         _at_least("retrieval", "topk", self.topk, 1)
         _positive("retrieval", "timeout", self.timeout)
         _at_least("retrieval", "deadline", self.deadline, self.timeout,

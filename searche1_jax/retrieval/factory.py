@@ -24,7 +24,7 @@ def _encoder_arg(kind: str) -> str:
     return "bm25" if kind == "bm25" else "HF_ENCODER_DIR"
 
 
-def load_index_of_kind(directory: str, kind: str, *, encoder=None):
+def load_index_of_kind(directory: str, kind: str, *, encoder=None, bm25_backend: str = "numpy"):
     """Open the index at `directory`, which must hold a `kind` index (config.retrieval.index)."""
     try:
         manifest = read_manifest(directory)
@@ -37,7 +37,7 @@ def load_index_of_kind(directory: str, kind: str, *, encoder=None):
                          f"config.retrieval.kind is {kind!r}: set config.retrieval.kind="
                          f"{manifest['kind']!r}, or point config.retrieval.index at a {kind} index ("
                          + BUILD.format(encoder=_encoder_arg(kind), kind=kind) + ")")
-    return load_index(directory, encoder=encoder)
+    return load_index(directory, encoder=encoder, bm25_backend=bm25_backend)
 
 
 def _http_client(r, **kw):
@@ -87,8 +87,8 @@ def build_retriever(r, *, encoder=None):
                              + BUILD.format(encoder="bm25", kind="bm25") + ")")
         from searche1_jax.retrieval.bm25 import BM25Index
         from searche1_jax.retrieval.corpus import Corpus
-        return BM25Index.build(Corpus(r.corpus))
+        return BM25Index.build(Corpus(r.corpus), backend=r.bm25_backend)
     if not r.index:
         raise ValueError(f"config.retrieval.kind={kind!r} needs config.retrieval.index: a directory built by "
                          + BUILD.format(encoder=_encoder_arg(kind), kind=kind))
-    return load_index_of_kind(r.index, kind, encoder=encoder)
+    return load_index_of_kind(r.index, kind, encoder=encoder, bm25_backend=r.bm25_backend)

@@ -101,8 +101,9 @@ def read_manifest(directory: str) -> dict:
     return manifest
 
 
-def load_index(directory: str, *, encoder=None, corpus: Corpus | None = None) -> Index:
-    """Open a built index; `encoder`/`corpus` override what the manifest names."""
+def load_index(directory: str, *, encoder=None, corpus: Corpus | None = None, bm25_backend: str = "numpy") -> Index:
+    """Open a built index; `encoder`/`corpus` override what the manifest names; `bm25_backend`:
+    a BM25 index's scorer (bm25.py: numpy | numba | auto)."""
     m = read_manifest(directory)
     corpus = corpus or Corpus(m["corpus"], offsets_file=os.path.join(directory, CORPUS_OFFSETS))
     if len(corpus) != m["num_passages"]:
@@ -110,7 +111,7 @@ def load_index(directory: str, *, encoder=None, corpus: Corpus | None = None) ->
                          f"was built on {m['num_passages']}")
     if m["kind"] == "bm25":
         from searche1_jax.retrieval.bm25 import BM25Index
-        return BM25Index.load(directory, corpus)
+        return BM25Index.load(directory, corpus, backend=bm25_backend)
     if encoder is None and m.get("encoder") and m["encoder"].get("path"):
         from searche1_jax.retrieval.encoder import Encoder
         e = m["encoder"]
