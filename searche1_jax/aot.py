@@ -19,7 +19,7 @@ import os
 import re
 import time
 
-from searche1_jax.program_plan import PROGRAMS, ROLLOUT_PROGRAMS, ProgramShapes
+from searche1_jax.program_plan import PROGRAMS, ProgramShapes
 
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
 # the programs are compiled for their memory analysis, never run: LLVM's optimisation (after
@@ -195,8 +195,13 @@ class Programs:
                             stop_rank=_sds((states, len(STOP_STRINGS)), np.int32),
                             stop_enabled=_sds((b, len(STOP_STRINGS)), np.bool_), eos_ids=_sds((2,), np.int32),
                             max_new=s.max_new, params=params, speed=SpeedPolicy(), window=s.cache_len,
-                            rows=_sds((b,), np.int32), budget=_sds((b,), np.int32), offset=_sds((b,), np.int32),
+                            rows=self._rows(b), budget=_sds((b,), np.int32), offset=_sds((b,), np.int32),
                             exit_below=_sds((), np.int32))
+
+    def _rows(self, b: int):
+        """The working rows a call gathers: the "packed" engine names them, "padded" runs all."""
+        import numpy as np
+        return _sds((b,), np.int32) if self.c.rollout.engine == "packed" else None
 
     def _lower_append(self):
         import numpy as np
@@ -207,7 +212,7 @@ class Programs:
         b = s.rollout_rows
         return append.lower(model, self._state(mesh, rules, b), _sds((b, s.append_width), np.int32),
                             _sds((b,), np.int32), _sds((), np.int32), window=s.cache_len,
-                            rows=_sds((b,), np.int32))
+                            rows=self._rows(b))
 
     def _lower_prefill(self):
         import numpy as np
@@ -216,6 +221,10 @@ class Programs:
         model, mesh, rules = self._rollout_model()
         s = self.s
         b, u = s.rollout_rows, s.prefill_rows
+        if self.c.rollout.engine != "packed":  # "padded": every row appends its own prompt
+            from searche1_jax.rollout.sampler import append
+            return append.lower(model, self._state(mesh, rules, b), _sds((b, s.prompt_len), np.int32),
+                                _sds((b,), np.int32), _sds((), np.int32), window=s.prefill_window)
         return prefill_shared.lower(model, self._state(mesh, rules, b), _sds((u, s.prompt_len), np.int32),
                                     _sds((u,), np.int32), _sds((b,), np.int32), _sds((), np.int32),
                                     window=s.prefill_window)
@@ -228,8 +237,9 @@ def compile_programs(programs: Programs, names=PROGRAMS, log=None) -> dict[str, 
         t0 = time.perf_counter()
         compiled = programs.lower(name).compile()
         out[name] = dict(memory(compiled), compile_s=time.perf_counter() - t0)
-        if log:
-            log(f"  compiled {name} in {out[name]['compile_s']:.0f} s")
+        if log:  # the bytes too: a long run that dies later keeps what it measured
+            log(f"  compiled {name} in {out[name]['compile_s']:.0f} s: "
+                + ", ".join(f"{k} {v}" for k, v in out[name].items() if k != "compile_s"))
         del compiled
     return out
 
@@ -261,7 +271,8 @@ def aot_report(c, model_cfg, run, mesh_shape: dict[str, int], device: str, *, pr
     t0 = time.perf_counter()
     xla = compile_programs(Programs(c, model_cfg, mesh_shape, s), names, log)
     rows = verdicts(xla, estimate, s, dev)
-    return {"model": model_cfg, "device": device, "mesh": dict(mesh_shape), "processes": processes,
+    return {"model": model_cfg, "run": dataclasses.asdict(run), "device": device, "mesh": dict(mesh_shape),
+            "processes": processes,
             "shapes": dataclasses.asdict(s), "hbm_bytes": dev.hbm_bytes, "usable_bytes": dev.usable_bytes,
             "budget_bytes": dev.budget_bytes, "programs": rows, "fits": all(r["fits"] for r in rows.values()),
             "compile_s": time.perf_counter() - t0}
@@ -324,7 +335,3 @@ def markdown_aot(rep: dict, title: str = "", command: str = "") -> str:
                                                          "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(k, r)) + " |" for k, r in rep["programs"].items()]
     return "\n".join(lines + ["", f"**{head[2]}**"])
-
-
-__all__ = ["PROGRAMS", "ROLLOUT_PROGRAMS", "Programs", "aot_report", "compile_programs", "ensure_devices",
-           "format_aot", "markdown_aot", "memory", "verdicts"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 from searche1_jax.model.config import PRESETS, ModelConfig, get_preset
 from searche1_jax.rl.fused_kl_tiles import VOCAB_CHUNK
@@ -354,12 +355,13 @@ def main(argv):
         names = tuple(filter(None, f.programs.split(",")))
         rep = aot_report(c, model.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat),
                          run, mesh, f.device, processes=f.processes, privileged_tokens=f.privileged_tokens,
-                         names=names, log=None if f.json or f.markdown else print)
-        if f.json:
-            print(json.dumps({**rep, "model": dataclasses.asdict(rep["model"])}, indent=1))
+                         names=names, log=lambda line: print(line, file=sys.stderr, flush=True))
+        command = " ".join(["python -m searche1_jax.plan"] + argv_flags())
+        if f.json:  # scripts/aot_tables.py renders saved reports as markdown
+            print(json.dumps({**rep, "model": dataclasses.asdict(rep["model"]), "title": title, "command": command},
+                             indent=1))
         else:
-            print(markdown_aot(rep, title, " ".join(["python -m searche1_jax.plan"] + argv_flags()))
-                  if f.markdown else format_aot(rep, title))
+            print(markdown_aot(rep, title, command) if f.markdown else format_aot(rep, title))
         return
     p = plan(model, run, mesh, f.device, mfu=f.mfu, bw_util=f.bw_util)
     if f.json:
@@ -373,8 +375,7 @@ def main(argv):
 
 def argv_flags() -> list[str]:
     """This command's flags as typed (for a generated document to show the command)."""
-    import sys
-    return [a for a in sys.argv[1:] if a.startswith("--") and not a.startswith("--markdown")]
+    return [a for a in sys.argv[1:] if a.startswith("--") and a not in ("--markdown", "--json")]
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import dataclasses
 from searche1_jax.shapes import next_pow2, round_up
 
 PROGRAMS = ("grpo", "logps", "ofsd", "decode", "append", "prefill")
-ROLLOUT_PROGRAMS = ("decode", "append", "prefill")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +45,7 @@ class ProgramShapes:
     processes: int
     top_p: float
     top_k: int
+    packed: bool            # rollout.engine "packed" (calls gather their rows) or "padded"
 
 
 def row_bucket(n: int, n_rows: int) -> int:
@@ -88,7 +88,8 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
         append_width=round_up(c.rollout.max_obs_tokens, c.rollout.prompt_bucket),
         prefill_rows=row_bucket(max(chunk // group, 1), chunk),
         prefill_window=min(next_pow2(run.prompt_tokens, 64), prompt + run.max_response_tokens),
-        processes=processes, top_p=float(c.rollout.top_p), top_k=int(c.rollout.top_k))
+        processes=processes, top_p=float(c.rollout.top_p), top_k=int(c.rollout.top_k),
+        packed=c.rollout.engine == "packed")
 
 
 def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, dict[str, float]]:
@@ -107,6 +108,14 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     pb, cb = dtype_bytes(run.param_dtype), dtype_bytes(run.dtype)
     params = n * pb / shard
     adam = 2 * n * 4 / shard
+    # FSDP all-gathers each layer's weights (in the param dtype) where it is used; XLA:CPU's
+    # scheduler issues every layer's gather before the first layer runs (the unrolled layers do
+    # not depend on each other's weights), so the whole model is live at once: measured with
+    # --aot (docs/SCALING.md). GPU / TPU schedulers that bound memory may keep fewer layers.
+    gathered = n * pb / t if f * d_ > 1 else 0.0
+    # an update also keeps the compute-dtype copies of the weights its backward multiplies by
+    # (measured: the GRPO update's temp is 0.9x the estimate with them, 0.73x without)
+    compute_copy = n * cb / t
     host_split = batch_dev if s.processes > 1 else 1   # one process: numpy batches, replicated
 
     def forward(rows: int, seq: int) -> dict[str, float]:
@@ -127,11 +136,13 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     logits = run.grpo_chunk * v * 4 * 3 / t
     grads = 3 * n * pb / shard
     out["grpo"] = {"params": params, "adam": adam, "batch": batch, "grads_and_update": grads,
+                   "gathered_weights": gathered + compute_copy,
                    "activations": fw["saved"] + (fw["block"] if run.remat else 0.0), "logits_chunk": logits,
                    "resident": params}  # the reference params
     # ---- log-prob pass: forward only, one block live at a time, the hidden state and a chunk
     fw = forward(mb, T)
-    out["logps"] = {"params": params, "batch": mb * T * 5 / host_split, "activations": fw["block"] + 2 * fw["hidden"],
+    out["logps"] = {"params": params, "batch": mb * T * 5 / host_split, "gathered_weights": gathered,
+                    "activations": fw["block"] + 2 * fw["hidden"],
                     "logits_chunk": run.grpo_chunk * v * 4 * 2 / t,
                     "resident": adam + params}  # AdamW and the other of params / reference params
     # ---- OFSD update: + the frozen teacher (an argument) and its forward (stop-gradient: one
@@ -142,32 +153,40 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     vc = min(VOCAB_CHUNK, v)
     logits = (run.ofsd_chunk * v * 4 * 3 + d * vc * 4 + d * v * 4) / t
     out["ofsd"] = {"params": params, "adam": adam, "teacher": params, "batch": batch, "grads_and_update": grads,
+                   "gathered_weights": 2 * gathered + compute_copy,  # student and teacher
                    "activations": fw["saved"] + (fw["block"] if run.remat else 0.0) + tw["hidden"],
                    "logits_chunk": logits, "resident": params}
     # ---- rollout: the engine's calls on one chunk of rows
     r = s.rollout_devices
     if s.processes == 1:   # the params bound in place; the rest of the train state stays
-        weights, resident = params, adam + params
+        weights, resident, gathered = params, adam + params, gathered
     else:                  # a replica in the compute dtype on the process's devices
-        weights, resident = n * cb / r, 2 * params + adam
+        weights, resident, gathered = n * cb / r, 2 * params + adam, n * cb if r > 1 else 0.0
     rt = t if s.processes == 1 else 1   # the replica's mesh is FSDP over the process's devices
     kv = r * (rt if m.n_kv_heads % rt == 0 else 1)
     b, S = s.rollout_rows, s.cache_len
     cache = 2 * L * b * S * m.n_kv_heads * m.head_dim * cb / kv
     row_logits = b * v * 4 / r
     heads = r * (rt if m.n_heads % rt == 0 else 1)
-    # decode: the call gathers its rows into a working copy of the cache; top-p sorts [B, V]
-    out["decode"] = {"weights": weights, "cache": cache, "working_cache": cache, "row_logits": row_logits,
-                     "sampling": 6 * row_logits, "resident": resident}
-    # append: + the fp32 scores of the appended tokens against every slot
+    # decode: the packed engine gathers the call's rows into a working copy of the cache (as
+    # intended: sharded like the cache; see docs/SCALING.md for what XLA makes of it); top-p
+    # sorts [B, V]
+    # (measured with "padded", which gathers nothing: two copies of the cache besides the donated
+    # one, the loop's carry and the written cache; the same when the working set is the state)
+    working = 2 * cache
+    out["decode"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
+                     "row_logits": row_logits, "sampling": 6 * row_logits, "resident": resident}
+    # append: + the fp32 scores of the appended tokens against every slot, and their softmax
     w = s.append_width
-    out["append"] = {"weights": weights, "cache": cache, "working_cache": cache, "row_logits": row_logits,
-                     "scores": b * m.n_heads * w * S * 4 / heads, "resident": resident}
-    # prefill: the distinct prompts' own cache (window slots), spread to every row
-    u, W = s.prefill_rows, s.prefill_window
-    out["prefill"] = {"weights": weights, "cache": cache,
-                      "prompt_cache": 2 * L * (u + b) * W * m.n_kv_heads * m.head_dim * cb / kv,
-                      "row_logits": row_logits + u * v * 4 / r,
+    out["append"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
+                     "row_logits": row_logits, "scores": 2 * b * m.n_heads * w * S * 4 / heads,
+                     "resident": resident}
+    # prefill: the distinct prompts' own cache (window slots), spread to every row ("padded":
+    # every row appends its own prompt)
+    u, W = (s.prefill_rows, s.prefill_window) if s.packed else (b, s.prefill_window)
+    out["prefill"] = {"weights": weights, "gathered_weights": gathered, "cache": cache,
+                      "prompt_cache": 2 * L * (u + b if s.packed else b) * W * m.n_kv_heads * m.head_dim * cb / kv,
+                      "row_logits": row_logits + (u * v * 4 / r if s.packed else 0.0),
                       "scores": u * m.n_heads * s.prompt_len * W * 4 / heads, "resident": resident}
     for parts in out.values():
         parts["program"] = sum(x for k, x in parts.items() if k != "resident")
