@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from searche1_jax.shapes import next_pow2, round_up
+from searche1_jax.shapes import next_pow2, round_up, row_buckets
 
 PROGRAMS = ("grpo", "logps", "ofsd", "decode", "append", "prefill")
 
@@ -49,15 +49,8 @@ class ProgramShapes:
 
 
 def row_bucket(n: int, n_rows: int) -> int:
-    """The engine's row bucket that holds n of n_rows rows (rollout/engine.row_buckets: 1, 2, 3,
-    4, 6, 8, 12, ... then n_rows)."""
-    p = 1
-    while p < n_rows:
-        for b in (p, 3 * p // 2) if p >= 2 else (p,):
-            if n <= b < n_rows:
-                return b
-        p *= 2
-    return n_rows
+    """The engine's row bucket that holds n of n_rows rows (`shapes.row_buckets`)."""
+    return next(b for b in row_buckets(n_rows) if b >= n)
 
 
 def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_tokens: int = 128) -> ProgramShapes:
