@@ -91,7 +91,8 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     take but that stays on the device meanwhile, and the parts of "program"}}.
 
     m: ModelConfig; run: plan.RunShape; mesh: {"data", "fsdp", "tensor"} (the train mesh).
-    What each counts, and the formulas, are in docs/SCALING.md ("Per program").
+    What each counts is beside each formula; docs/SCALING.md ("What the compiler says") compares
+    them with XLA's bytes of the compiled programs.
     """
     from searche1_jax.plan import activation_bytes_per_token_layer, dtype_bytes
     from searche1_jax.rl.fused_kl_tiles import VOCAB_CHUNK
