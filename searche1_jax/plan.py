@@ -2,6 +2,10 @@
 
     python -m searche1_jax.plan --config=configs/qwen3b.py --mesh=fsdp:8,tensor:1 --device=h100
     python -m searche1_jax.plan --config=configs/qwen7b.py --mesh=fsdp:64 --device=v5e --fill=0.3
+    python -m searche1_jax.plan --config=configs/qwen3b.py --mesh=fsdp:8 --device=h100 --aot
+
+--aot compiles the real programs at the config's shapes on fake CPU devices and prints XLA's
+per-device bytes beside these estimates (`aot.py`, `program_plan.py`).
 
 Every number is an *estimate* from formulas (stated next to the code), never a measurement.
 Pure functions (`memory_plan`, `time_plan`, `plan`) return dicts of numbers; `format_plan` prints.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 from searche1_jax.model.config import PRESETS, ModelConfig, get_preset
 from searche1_jax.rl.fused_kl_tiles import VOCAB_CHUNK
@@ -29,15 +34,31 @@ class DeviceSpec:
     hbm_bw: float       # bytes/s
     hbm_bytes: float    # bytes of accelerator memory
     link_bw: float      # bytes/s one device can receive from its peers (all-gather estimate)
+    platform: str = "gpu"  # "gpu" | "tpu": how much of hbm_bytes JAX's allocator takes (MEM_FRACTION)
+
+    @property
+    def usable_bytes(self) -> float:
+        """The memory JAX's allocator works in: on GPU it preallocates XLA_PYTHON_CLIENT_MEM_FRACTION
+        (default 0.75) of HBM and never grows past it; on TPU all of HBM."""
+        return self.hbm_bytes * MEM_FRACTION[self.platform]
+
+    @property
+    def budget_bytes(self) -> float:
+        """What a program's buffers may take: HEADROOM of the usable memory (fragmentation, the
+        runtime's own buffers)."""
+        return HEADROOM * self.usable_bytes
 
 
 # Vendor spec sheets (dense bf16, no sparsity). link_bw: H100 NVLink4 900 GB/s bidirectional
 # -> 450 GB/s each way; TPU ICI per chip: v4 2400 Gbit/s, v5e 1600 Gbit/s.
 DEVICES = {
-    "h100": DeviceSpec("H100 SXM", 989e12, 3.35e12, 80e9, 450e9),
-    "v5e": DeviceSpec("TPU v5e chip", 197e12, 819e9, 16e9, 200e9),
-    "v4": DeviceSpec("TPU v4 chip", 275e12, 1.2e12, 32e9, 300e9),
+    "h100": DeviceSpec("H100 SXM", 989e12, 3.35e12, 80e9, 450e9, "gpu"),
+    "v5e": DeviceSpec("TPU v5e chip", 197e12, 819e9, 16e9, 200e9, "tpu"),
+    "v4": DeviceSpec("TPU v4 chip", 275e12, 1.2e12, 32e9, 300e9, "tpu"),
 }
+# JAX's GPU client preallocates this fraction of HBM (XLA_PYTHON_CLIENT_MEM_FRACTION's default)
+MEM_FRACTION = {"gpu": 0.75, "tpu": 1.0}
+HEADROOM = 0.9   # of the usable memory, a plan leaves 10% free
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -262,12 +283,13 @@ def plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], device: str, *, mf
         raise ValueError(f"--device must be one of {sorted(DEVICES)}, got {device!r}")
     dev = DEVICES[device]
     mem = memory_plan(m, run, mesh)
-    # rollout rows one call can hold in 90% of HBM (KV cache and extend scores grow with rows)
+    # rollout rows one call can hold in the budget (KV cache and extend scores grow with rows)
     per_row = (mem["kv_cache"] + mem["rollout_scores_transient"]) / run.rows
     resident = mem["peak_rollout"] - mem["kv_cache"] - mem["rollout_scores_transient"]
-    fit = max(int((0.9 * dev.hbm_bytes - resident) / per_row), 0)
+    fit = max(int((dev.budget_bytes - resident) / per_row), 0)
     return {"device": device, "mesh": dict(mesh), "mfu": mfu, "bw_util": bw_util,
-            "hbm_bytes": dev.hbm_bytes, "seq_len": run.seq_len, "cache_len": run.cache_len,
+            "hbm_bytes": dev.hbm_bytes, "budget_bytes": dev.budget_bytes, "seq_len": run.seq_len,
+            "cache_len": run.cache_len,
             "rollout_rows_that_fit": min(fit, run.rows), "memory": mem,
             "time": time_plan(m, run, mesh, dev, mfu=mfu, bw_util=bw_util)}
 
@@ -293,12 +315,14 @@ def format_plan(p: dict, title: str = "") -> str:
                        ("kv_cache", "rollout KV cache"), ("rollout_scores_transient", "rollout extend scores"),
                        ("peak_rollout", "PEAK rollout"), ("peak_train", "PEAK GRPO update"),
                        ("peak_ofsd", "PEAK OFSD update")):
-        flag = "  > HBM" if key.startswith("peak") and mem[key] > hbm else ""
+        flag = "  > budget" if key.startswith("peak") and mem[key] > p["budget_bytes"] else ""
         lines.append(f"    {label:26s}{_gb(mem[key])}{flag}")
     lines.append(f"    {'device HBM':26s}{_gb(hbm)}")
+    lines.append(f"    {'budget':26s}{_gb(p['budget_bytes'])}  ({HEADROOM:.0%} of the allocator's "
+                 f"{MEM_FRACTION[DEVICES[p['device']].platform]:.0%} of HBM)")
     if p["rollout_rows_that_fit"] < mem["rollout_rows"]:
         lines.append(f"  rollout: only ~{p['rollout_rows_that_fit']} of {int(mem['rollout_rows'])} rows fit "
-                     f"one decode batch in 90% of HBM: roll out in chunks of rows")
+                     f"one decode batch in the budget: roll out in chunks of rows (config.rollout.max_rows)")
     if mem["micro_batch_replicated"]:
         lines.append("  WARNING: config.grpo.micro_batch is not a multiple of data x fsdp: every device "
                      "computes the whole micro-batch (set it to a multiple)")
@@ -317,18 +341,48 @@ def main(argv):
     f = flags.FLAGS
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE overrides")
+    mesh = parse_mesh(f.mesh)
+    if f.aot:  # the fake CPU devices must be asked for before JAX starts its backends
+        from searche1_jax.aot import ensure_devices
+        ensure_devices(mesh["data"] * mesh["fsdp"] * mesh["tensor"])
     from searche1_jax.config import from_config_dict
     c, path = from_config_dict(f.config), config_flags.get_config_filename(f["config"])
     model = model_config_for(c, f.model)
     run = run_shape_from_config(c, prompt_tokens=f.prompt_tokens, fill=f.fill)
-    p = plan(model, run, parse_mesh(f.mesh), f.device, mfu=f.mfu, bw_util=f.bw_util)
     title = f.model or c.model.preset or os.path.basename(path)
-    print(json.dumps(p, indent=1) if f.json else format_plan(p, title))
+    if f.aot:
+        from searche1_jax.aot import aot_report, format_aot, markdown_aot
+        names = tuple(filter(None, f.programs.split(",")))
+        rep = aot_report(c, model.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat),
+                         run, mesh, f.device, processes=f.processes, privileged_tokens=f.privileged_tokens,
+                         names=names, log=lambda line: print(line, file=sys.stderr, flush=True))
+        command = " ".join(["python -m searche1_jax.plan"] + argv_flags())
+        if f.json:  # scripts/aot_tables.py renders saved reports as markdown
+            print(json.dumps({**rep, "model": dataclasses.asdict(rep["model"]), "title": title, "command": command},
+                             indent=1))
+        else:
+            print(markdown_aot(rep, title, command) if f.markdown else format_aot(rep, title))
+        return
+    p = plan(model, run, mesh, f.device, mfu=f.mfu, bw_util=f.bw_util)
+    if f.json:
+        print(json.dumps(p, indent=1))
+    elif f.markdown:
+        print("\n".join([f"`{' '.join(['python -m searche1_jax.plan'] + argv_flags())}`", "", "```",
+                         format_plan(p, title), "```"]))
+    else:
+        print(format_plan(p, title))
+
+
+def argv_flags() -> list[str]:
+    """This command's flags as typed (for a generated document to show the command)."""
+    return [a for a in sys.argv[1:] if a.startswith("--") and a not in ("--markdown", "--json")]
 
 
 if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
+
+    from searche1_jax.program_plan import PROGRAMS
 
     config_flags.DEFINE_config_file("config", None, "experiment config file (ml_collections)")
     flags.DEFINE_string("mesh", "fsdp:8,tensor:1", "data/fsdp/tensor sizes, e.g. fsdp:8,tensor:1")
@@ -339,5 +393,12 @@ if __name__ == "__main__":
     flags.DEFINE_float("mfu", 0.4, "assumed model FLOP utilisation of matmul-bound phases")
     flags.DEFINE_float("bw_util", 0.7, "assumed fraction of HBM bandwidth reached while decoding")
     flags.DEFINE_bool("json", False, "print the plan dict as JSON")
+    flags.DEFINE_bool("markdown", False, "print the plan (or the --aot table) as markdown, with the command")
+    flags.DEFINE_bool("aot", False, "compile the real programs at the config's shapes on as many fake CPU "
+                      "devices as --mesh names, and print XLA's per-device bytes beside the estimate")
+    flags.DEFINE_string("programs", ",".join(PROGRAMS), "--aot: the programs to compile, comma-separated")
+    flags.DEFINE_integer("processes", 1, "processes the run has (v4-32: 4, v5e-64: 16): with several, each "
+                         "rolls out its own rows on its own devices")
+    flags.DEFINE_integer("privileged_tokens", 128, "--aot: context tokens the OFSD teacher's sequence adds")
     flags.mark_flag_as_required("config")
     app.run(main)

@@ -3,8 +3,8 @@ inside a function) must be an edge of the ALLOWED table below. A new edge fails,
 file and the import; adding one is a decision made here, in review, not by accident.
 
 Units are the top-level packages (model, rollout, retrieval, rl, data, train, eval, sweep) and
-top-level modules (config, shapes, stats, hostmem, main, plan, plot; `config_*.py` modules are parts of the
-config unit). An allowed entry is a unit ("model") or a
+top-level modules (config, shapes, stats, hostmem, main, plan, program_plan, aot, plot;
+`config_*.py` modules are parts of the config unit). An allowed entry is a unit ("model") or a
 dotted part of one ("train.checkpoint", "model.weight_map"): an import is allowed when the
 imported module is that entry or lies inside it. Imports inside the importing unit are always
 allowed.
@@ -29,7 +29,11 @@ ALLOWED = {
     "rollout": {"model", "shapes"},        # never rl/ (the protocol extracts answers), never train/
     "retrieval": {"model.weight_map", "shapes"},  # the encoder's weights are a weight-map table
     "config": {"data", "model", "retrieval", "rl", "rollout", "shapes"},  # typed experiment config
-    "plan": {"config", "model", "rl", "shapes"},
+    "plan": {"config", "model", "rl", "shapes",
+             "aot", "program_plan"},  # its CLI's --aot only (a function-level import): the table and a run
+    "program_plan": {"plan", "rl", "shapes"},  # each compiled program's shapes and estimated bytes
+    # plan --aot: compiles the real steps and rollout calls from abstract inputs
+    "aot": {"config", "model", "plan", "program_plan", "rollout", "shapes", "train"},
     "train": {"config", "data", "hostmem", "model", "retrieval", "rl", "rollout", "shapes", "stats"},
     # inference only: a workdir's params (train.checkpoint); never the train state, steps or loop
     "eval": {"config", "data", "hostmem", "model", "retrieval", "rl", "rollout", "shapes", "stats",

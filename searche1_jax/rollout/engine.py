@@ -29,20 +29,9 @@ from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import init_cache
 from searche1_jax.rollout.sampler import (RUNNING, SamplingParams, append, decode, decode_window, empty_state,
                                           prefill_shared, rewind)
-from searche1_jax.shapes import round_up
+from searche1_jax.shapes import round_up, row_buckets
 
 ENGINES = ("packed", "padded")
-
-
-def row_buckets(n_rows: int) -> list[int]:
-    """The working-set sizes for a batch of n_rows, ascending: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
-    below n_rows, then n_rows itself. Half-steps between the powers of two keep a call's padding
-    and its early-exit waste under a third for twice the executables of powers of two alone."""
-    out, p = [], 1
-    while p < n_rows:
-        out += [p] + ([3 * p // 2] if p >= 2 and 3 * p // 2 < n_rows else [])
-        p *= 2
-    return out + [n_rows]
 
 
 @dataclasses.dataclass

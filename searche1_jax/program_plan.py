@@ -1,0 +1,187 @@
+"""The shapes of each compiled program of a run, and the planner's per-device bytes for each.
+
+`plan --aot` (`aot.py`) compiles the real programs at these shapes and sets XLA's numbers beside
+these estimates. Pure functions of the config's numbers: no jax. Programs:
+
+  grpo     one PPO update: grpo.mini_batch trajectories as [M, grpo.micro_batch, T] (train/loop.py)
+  logps    the old / reference log-prob pass: grpo.micro_batch rows [mb, T] (layout.logps)
+  ofsd     one OFSD update: ofsd.mini_batch students as [M, ofsd.micro_batch, ...]
+  decode   a decode call of the rollout engine on every row of a rollout chunk (the first turn:
+           all rows live), max_turn_tokens new tokens, window = the whole cache
+  append   an observation appended to every row of the chunk (width max_obs_tokens rounded up
+           to rollout.prompt_bucket), window = the whole cache
+  prefill  each distinct prompt of the chunk prefilled once and copied to its G rows
+
+Sizes are worst cases at `--fill` (1 = the budgets used up): what the buffers must hold.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from searche1_jax.shapes import next_pow2, round_up, row_buckets
+
+PROGRAMS = ("grpo", "logps", "ofsd", "decode", "append", "prefill")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramShapes:
+    """Global array sizes of the programs (rows split over the batch devices of their mesh)."""
+    train_len: int          # T: prompt + response, rounded up to grpo.length_bucket
+    grpo_micro: int         # rows a GRPO forward/backward (global)
+    grpo_steps: int         # M: micro-batches an update (mini_batch / micro_batch)
+    ofsd_len: int           # student T, rounded up to ofsd.length_bucket
+    teacher_len: int        # T2 = student + privileged context, rounded up likewise
+    response_len: int       # R: response positions the KL covers, rounded up likewise
+    ofsd_micro: int
+    ofsd_steps: int
+    rollout_rows: int       # rows one RowEngine holds (a chunk of a process's rows)
+    rollout_devices: int    # devices those rows split over (data x fsdp, or a process's own)
+    prompt_len: int         # prompt width, rounded up to rollout.prompt_bucket
+    cache_len: int          # slots a row: prompt width + max_response_tokens
+    max_new: int            # tokens a decode call may sample (max_turn_tokens)
+    append_width: int       # tokens an append call carries a row (observation, bucketed)
+    prefill_rows: int       # distinct prompts of a chunk, padded to the engine's row bucket
+    prefill_window: int     # slots a prefill computes (a power of two >= the prompt)
+    processes: int
+    top_p: float
+    top_k: int
+    packed: bool            # rollout.engine "packed" (calls gather their rows) or "padded"
+
+
+def row_bucket(n: int, n_rows: int) -> int:
+    """The engine's row bucket that holds n of n_rows rows (`shapes.row_buckets`)."""
+    return next(b for b in row_buckets(n_rows) if b >= n)
+
+
+def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_tokens: int = 128) -> ProgramShapes:
+    """The shapes of `c` (an ExperimentConfig) on `mesh` ({"data", "fsdp", "tensor"}) with
+    `processes` processes; `run` is plan.RunShape (prompt and fill assumptions). With one
+    process the rollout uses the train mesh (rows over data x fsdp); with several each rolls out
+    its own rows on its own devices, FSDP over them (`multihost.rollout_replica`).
+    privileged_tokens: the context OFSD's teacher sequence adds (an assumption, like the prompt)."""
+    devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
+    g = c.grpo
+    bucket = lambda n, b: max(b, round_up(n, b))  # noqa: E731  (batching.bucket_length)
+    response = run.sampled_tokens + run.obs_tokens
+    rows = max(g.questions_per_step * c.rollout.group_size,
+               c.ofsd.questions * c.ofsd.group_size if c.ofsd.enabled else 0) // processes
+    group = c.rollout.group_size
+    chunk = rows if c.rollout.max_rows <= 0 else min(rows, max(1, c.rollout.max_rows // group) * group)
+    prompt = round_up(run.prompt_tokens, c.rollout.prompt_bucket)
+    return ProgramShapes(
+        train_len=bucket(run.seq_len, g.length_bucket), grpo_micro=g.micro_batch,
+        grpo_steps=max(g.mini_batch // g.micro_batch, 1),
+        ofsd_len=bucket(run.seq_len, c.ofsd.length_bucket),
+        teacher_len=bucket(run.seq_len + privileged_tokens, c.ofsd.length_bucket),
+        response_len=bucket(response, c.ofsd.length_bucket), ofsd_micro=c.ofsd.micro_batch,
+        ofsd_steps=max(c.ofsd.mini_batch // c.ofsd.micro_batch, 1),
+        rollout_rows=chunk,
+        rollout_devices=mesh["data"] * mesh["fsdp"] if processes == 1 else devices // processes,
+        prompt_len=prompt, cache_len=prompt + run.max_response_tokens, max_new=c.rollout.max_turn_tokens,
+        append_width=round_up(c.rollout.max_obs_tokens, c.rollout.prompt_bucket),
+        prefill_rows=row_bucket(max(chunk // group, 1), chunk),
+        prefill_window=min(next_pow2(run.prompt_tokens, 64), prompt + run.max_response_tokens),
+        processes=processes, top_p=float(c.rollout.top_p), top_k=int(c.rollout.top_k),
+        packed=c.rollout.engine == "packed")
+
+
+def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, dict[str, float]]:
+    """Per-device bytes of each program: {program: {"program": its own buffers (arguments,
+    outputs not aliased to them, temporaries), "resident": train state the program does not
+    take but that stays on the device meanwhile, and the parts of "program"}}.
+
+    m: ModelConfig; run: plan.RunShape; mesh: {"data", "fsdp", "tensor"} (the train mesh).
+    What each counts is beside each formula; docs/SCALING.md ("What the compiler says") compares
+    them with XLA's bytes of the compiled programs.
+    """
+    from searche1_jax.plan import activation_bytes_per_token_layer, dtype_bytes
+    from searche1_jax.rl.fused_kl_tiles import VOCAB_CHUNK
+    d_, f, t = mesh["data"], mesh["fsdp"], mesh["tensor"]
+    batch_dev, shard = d_ * f, f * t
+    n, L, d, v = m.num_params, m.n_layers, m.d_model, m.vocab_size
+    pb, cb = dtype_bytes(run.param_dtype), dtype_bytes(run.dtype)
+    params = n * pb / shard
+    adam = 2 * n * 4 / shard
+    # FSDP all-gathers each layer's weights (in the param dtype) where it is used; XLA:CPU's
+    # scheduler issues every layer's gather before the first layer runs (the unrolled layers do
+    # not depend on each other's weights), so the whole model is live at once: measured with
+    # --aot (docs/SCALING.md). GPU / TPU schedulers that bound memory may keep fewer layers.
+    gathered = n * pb / t if f * d_ > 1 else 0.0
+    # an update also keeps the compute-dtype copies of the weights its backward multiplies by
+    # (measured: the GRPO update's temp is 0.9x the estimate with them, 0.73x without)
+    compute_copy = n * cb / t
+    host_split = batch_dev if s.processes > 1 else 1   # one process: numpy batches, replicated
+
+    def forward(rows: int, seq: int) -> dict[str, float]:
+        """Activations of a forward/backward of `rows` global rows of `seq` tokens."""
+        rows_dev = rows // batch_dev if rows % batch_dev == 0 else rows
+        tokens = rows_dev * seq
+        lin, att = activation_bytes_per_token_layer(m, run, seq)
+        block = tokens * (lin + att / t)             # one block's full set (the remat recompute)
+        saved = L * tokens * d * cb if run.remat else L * block
+        return {"tokens": tokens, "block": block, "saved": saved, "hidden": tokens * d * cb}
+
+    out: dict[str, dict[str, float]] = {}
+    # ---- GRPO update: params and AdamW donated; grads = accumulator + one micro-batch's, and
+    # the update optax builds (3 x params in the param dtype)
+    T, M, mb = s.train_len, s.grpo_steps, s.grpo_micro
+    fw = forward(mb, T)
+    batch = M * mb * (T * (4 + 1 + 4) + (T - 1) * 8 + 4) / host_split
+    logits = run.grpo_chunk * v * 4 * 3 / t
+    grads = 3 * n * pb / shard
+    out["grpo"] = {"params": params, "adam": adam, "batch": batch, "grads_and_update": grads,
+                   "gathered_weights": gathered + compute_copy,
+                   "activations": fw["saved"] + (fw["block"] if run.remat else 0.0), "logits_chunk": logits,
+                   "resident": params}  # the reference params
+    # ---- log-prob pass: forward only, one block live at a time, the hidden state and a chunk
+    fw = forward(mb, T)
+    out["logps"] = {"params": params, "batch": mb * T * 5 / host_split, "gathered_weights": gathered,
+                    "activations": fw["block"] + 2 * fw["hidden"],
+                    "logits_chunk": run.grpo_chunk * v * 4 * 2 / t,
+                    "resident": adam + params}  # AdamW and the other of params / reference params
+    # ---- OFSD update: + the frozen teacher (an argument) and its forward (stop-gradient: one
+    # block live, and its hidden state kept)
+    Ts, T2, R, M, mb = s.ofsd_len, s.teacher_len, s.response_len, s.ofsd_steps, s.ofsd_micro
+    fw, tw = forward(mb, Ts), forward(mb, T2)
+    batch = M * mb * (Ts * 5 + T2 * 5 + R * 12) / host_split
+    vc = min(VOCAB_CHUNK, v)
+    logits = (run.ofsd_chunk * v * 4 * 3 + d * vc * 4 + d * v * 4) / t
+    out["ofsd"] = {"params": params, "adam": adam, "teacher": params, "batch": batch, "grads_and_update": grads,
+                   "gathered_weights": 2 * gathered + compute_copy,  # student and teacher
+                   "activations": fw["saved"] + (fw["block"] if run.remat else 0.0) + tw["hidden"],
+                   "logits_chunk": logits, "resident": params}
+    # ---- rollout: the engine's calls on one chunk of rows
+    r = s.rollout_devices
+    if s.processes == 1:   # the params bound in place; the rest of the train state stays
+        weights, resident, gathered = params, adam + params, gathered
+    else:                  # a replica in the compute dtype on the process's devices
+        weights, resident, gathered = n * cb / r, 2 * params + adam, n * cb if r > 1 else 0.0
+    rt = t if s.processes == 1 else 1   # the replica's mesh is FSDP over the process's devices
+    kv = r * (rt if m.n_kv_heads % rt == 0 else 1)
+    b, S = s.rollout_rows, s.cache_len
+    cache = 2 * L * b * S * m.n_kv_heads * m.head_dim * cb / kv
+    row_logits = b * v * 4 / r
+    heads = r * (rt if m.n_heads % rt == 0 else 1)
+    # decode: the packed engine gathers the call's rows into a working copy of the cache (as
+    # intended: sharded like the cache; see docs/SCALING.md for what XLA makes of it); top-p
+    # sorts [B, V]
+    # (measured with "padded", which gathers nothing: two copies of the cache besides the donated
+    # one, the loop's carry and the written cache; the same when the working set is the state)
+    working = 2 * cache
+    out["decode"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
+                     "row_logits": row_logits, "sampling": 6 * row_logits, "resident": resident}
+    # append: + the fp32 scores of the appended tokens against every slot, and their softmax
+    w = s.append_width
+    out["append"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
+                     "row_logits": row_logits, "scores": 2 * b * m.n_heads * w * S * 4 / heads,
+                     "resident": resident}
+    # prefill: the distinct prompts' own cache (window slots), spread to every row ("padded":
+    # every row appends its own prompt)
+    u, W = (s.prefill_rows, s.prefill_window) if s.packed else (b, s.prefill_window)
+    out["prefill"] = {"weights": weights, "gathered_weights": gathered, "cache": cache,
+                      "prompt_cache": 2 * L * (u + b if s.packed else b) * W * m.n_kv_heads * m.head_dim * cb / kv,
+                      "row_logits": row_logits + (u * v * 4 / r if s.packed else 0.0),
+                      "scores": u * m.n_heads * s.prompt_len * W * 4 / heads, "resident": resident}
+    for parts in out.values():
+        parts["program"] = sum(x for k, x in parts.items() if k != "resident")
+    return out
