@@ -18,7 +18,7 @@ QUERIES = ["Evan Morris lobbyist", "Horatio Hale ethnologist", "a fort in Oman"]
 def section(kind, index="", corpus="", url=""):
     """A stand-in for config.retrieval (build_retriever reads attributes only)."""
     return types.SimpleNamespace(kind=kind, index=index, corpus=corpus, url=url, topk=3, timeout=30.0, deadline=60.0,
-                                 max_queries=256)
+                                 max_queries=256, bm25_backend="numpy")
 
 
 @pytest.fixture(scope="module")
