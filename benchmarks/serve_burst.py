@@ -83,7 +83,9 @@ def bm25_part(args, burst, out, tmp):
     index_dir = os.path.join(tmp, "bm25")
     subprocess.run([sys.executable, "-m", "searche1_jax.retrieval.build", "--corpus", args.corpus, "--encoder",
                     "bm25", "--index", "bm25", "--out", index_dir], check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
-    index = load_index(index_dir)
+    index = load_index(index_dir)  # numpy scorer
+    fast = load_index(index_dir, bm25_backend="numba")
+    emit({"what": "numba scorer compile (BM25Index.warm_up)", "seconds": round(fast.warm_up(), 2)}, out)
     corpus, retriever = index.corpus, index.retriever
 
     def before():
@@ -92,23 +94,27 @@ def bm25_part(args, burst, out, tmp):
         return [[corpus.passage(int(x)) for x, y in zip(rr, ss) if y > 0] for rr, ss in zip(r, s)]
 
     t = rounds({"bm25 in-process before (bm25s.retrieve + a parse a passage)": before,
-                "bm25 in-process after (BM25Index.search)": lambda: index.search(burst, 3)}, args.rounds)
+                "bm25 in-process (BM25Index.search, numpy scorer)": lambda: index.search(burst, 3),
+                "bm25 in-process (BM25Index.search, numba scorer)": lambda: fast.search(burst, 3)}, args.rounds)
     emit({"what": f"BM25 burst of {len(burst)} in-process", **t}, out)
-    proc, port = start(index_dir, ["--max-batch", str(args.max_batch)])
+    servers = {b: start(index_dir, ["--max-batch", str(args.max_batch), "--bm25-backend", b])
+               for b in ("numpy", "numba")}
     try:
-        url = f"http://127.0.0.1:{port}"
-        seq = RetrievalClient(url, parallel=1, timeout=args.timeout)
-        par = RetrievalClient(url, parallel=args.parallel, timeout=args.timeout)
-        assert seq.search(burst[:300], 3) == index.search(burst[:300], 3)
-        t = rounds({"http, sub-batches one at a time (before)": lambda: seq.search(burst, 3),
-                    f"http, {args.parallel} sub-batches in flight (after)": lambda: par.search(burst, 3)},
-                   args.rounds)
+        clients = {}
+        for b, (_, port) in servers.items():
+            url, same = f"http://127.0.0.1:{port}", {"numpy": index, "numba": fast}[b]
+            for parallel in (1, args.parallel):
+                c = RetrievalClient(url, parallel=parallel, timeout=args.timeout)
+                assert c.search(burst[:300], 3) == same.search(burst[:300], 3)  # the server answers as in-process
+                clients[f"http {b} server, {parallel} sub-batch(es) in flight"] = c
+        t = rounds({k: (lambda c=c: c.search(burst, 3)) for k, c in clients.items()}, args.rounds)
         emit({"what": f"BM25 burst of {len(burst)} end to end (client -> server -> client)",
-              "max_batch": args.max_batch, "max_queries": par.max_queries, **t}, out)
-        emit_clients("BM25", port, args, burst, out)
+              "max_batch": args.max_batch, **t}, out)
+        emit_clients("BM25 (numba server)", servers["numba"][1], args, burst, out)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def torch_st_recipe(directory: str, batch: int = 32):
