@@ -48,7 +48,7 @@ def grpo_batch(logps_fn, params, rows=16, length=24, seed=9):
 
 @pytest.mark.slow  # ~2-4 min on a contended 2-core machine: three JAX processes compile
 def test_two_processes_equal_one_process_with_8_devices(tmp_path, monkeypatch):
-    monkeypatch.setattr(steps_module, "adamw", lambda h: optax.sgd(1.0))
+    monkeypatch.setattr(steps_module, "_adamw_alone", lambda h: optax.sgd(1.0))
     model = create_model(CFG, seed=1)
     params = params_of(model)
     step_cfg = StepConfig(grpo_chunk=64)

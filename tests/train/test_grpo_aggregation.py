@@ -22,8 +22,9 @@ from searche1_jax.train.state import Binder, params_of
 from searche1_jax.train.steps import StepConfig, hyper, make_steps
 
 CFG = get_preset("tiny")
-# KL and entropy coefficients large enough that all three terms shape the gradient
-HYPER = hyper(lr=1.0, weight_decay=0.0, grad_clip=1.0, kl_coef=0.1, entropy_coef=0.05,
+# KL and entropy coefficients large enough that all three terms shape the gradient; no global-norm
+# clip (the update, params - gradient under SGD(1.0), reads the gradient itself)
+HYPER = hyper(lr=1.0, weight_decay=0.0, grad_clip=1e9, kl_coef=0.1, entropy_coef=0.05,
               temperature=1.0, ofsd_temperature=1.0)
 CLIP = 0.2
 MICRO, LENGTH = 2, 24
@@ -62,7 +63,7 @@ def setup():
 @pytest.fixture
 def sgd_steps(monkeypatch):
     """Steps whose optimiser is SGD(1.0): the update is params − gradient."""
-    monkeypatch.setattr(steps_module, "adamw", lambda h: optax.sgd(1.0))
+    monkeypatch.setattr(steps_module, "_adamw_alone", lambda h: optax.sgd(1.0))
     return lambda binder, agg: make_steps(binder, dataclasses.replace(StepConfig(grpo_chunk=64), agg=agg))
 
 

@@ -44,9 +44,9 @@ def setup():
 
 @pytest.fixture
 def sgd(monkeypatch):
-    """Steps built while `adamw` is plain SGD(1.0): Adam's normalisation would amplify float
-    rounding of near-zero gradients, hiding what the exactness tests check."""
-    monkeypatch.setattr(steps_module, "adamw", lambda h: optax.sgd(1.0))
+    """Steps built while AdamW is plain SGD(1.0), after the global-norm clip: Adam's normalisation
+    would amplify float rounding of near-zero gradients, hiding what the exactness tests check."""
+    monkeypatch.setattr(steps_module, "_adamw_alone", lambda h: optax.sgd(1.0))
     return lambda binder, cfg: make_steps(binder, cfg)
 
 
@@ -234,3 +234,25 @@ def test_changing_the_lr_does_not_recompile_the_step(setup):
         counts.append(steps.compile_count())
     assert counts == [2, 2]  # one logps and one grpo executable for both lrs
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])  # the mean gradient's norm below / above the clip
+def test_apply_equals_optax_clip_then_adamw(scale):
+    """`_apply` folds the global-norm clip into one scalar (its temp memory: 1.29x the params, not
+    2.00x): the same numbers as optax's clip_by_global_norm -> adamw chain on Σg / count."""
+    rng = np.random.default_rng(0)
+    params = {"a": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+              "b": {"c": jnp.asarray(rng.normal(size=7), jnp.float32)}}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * scale, jnp.float32), params)
+    count = jnp.float32(3.0)
+    tx = optax.chain(optax.clip_by_global_norm(HYPER["grad_clip"]),
+                     optax.adamw(HYPER["lr"], b1=0.9, b2=0.999, weight_decay=HYPER["weight_decay"]))
+    state = tx.init(params)
+    mean = jax.tree.map(lambda g: g / count, grads)
+    want_updates, want_state = tx.update(mean, state, params)
+    want = optax.apply_updates(params, want_updates)
+    got, got_state, norm = steps_module._apply(params, state, grads, count, HYPER)
+    np.testing.assert_allclose(float(norm), float(optax.tree.norm(mean)), rtol=1e-6)
+    assert (float(norm) > HYPER["grad_clip"]) == (scale > 1)
+    for x, y in zip(jax.tree.leaves((got, got_state)), jax.tree.leaves((want, want_state))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
