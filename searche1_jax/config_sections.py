@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from searche1_jax.model.config import PRESETS
 from searche1_jax.model.sharding import MESH_AXES, check_rules
+from searche1_jax.retrieval.bm25 import BACKENDS as BM25_BACKENDS
 from searche1_jax.rl.grpo import KL_ESTIMATORS
 from searche1_jax.rollout.engine import ENGINES
 from searche1_jax.rollout.protocol import CHAT_TEMPLATE_MODES, REWARD_TEXT_MODES
@@ -181,7 +182,7 @@ class RetrievalSection(_Section):
 
     def __post_init__(self):
         _one_of("retrieval", "kind", self.kind, RETRIEVAL_KINDS)
-        _one_of("retrieval", "bm25_backend", self.bm25_backend, ("numpy", "numba", "auto"))
+        _one_of("retrieval", "bm25_backend", self.bm25_backend, BM25_BACKENDS)
         _at_least("retrieval", "topk", self.topk, 1)
         _positive("retrieval", "timeout", self.timeout)
         _at_least("retrieval", "deadline", self.deadline, self.timeout,

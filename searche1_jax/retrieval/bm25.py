@@ -38,7 +38,9 @@ def resolve_backend(backend: str) -> str:
     if backend == "numba" and not have:
         raise ValueError("BM25 backend 'numba' needs the numba package: pip install -r requirements.txt "
                          "(it pins numba), or use backend 'numpy'")
-    return "numba" if backend == "auto" and have else ("numpy" if backend == "auto" else backend)
+    if backend == "auto":
+        return "numba" if have else "numpy"
+    return backend
 
 
 def _tokenize(texts: list[str], return_ids: bool):

@@ -30,6 +30,7 @@ import logging
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
+from searche1_jax.retrieval.bm25 import BACKENDS
 from searche1_jax.retrieval.batcher import MicroBatcher
 from searche1_jax.retrieval.connections import LIMIT_HELP, Limits, RetrievalServer, log
 from searche1_jax.retrieval.index import Index, Passage, check_queries
@@ -265,7 +266,7 @@ def main(argv=None) -> None:
     ap.add_argument("--topk", type=int, default=3, help="topk when a request gives none (Search-R1: 3)")
     ap.add_argument("--max-batch", type=int, default=64, help="queries per index search")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
-    ap.add_argument("--bm25-backend", default="auto", choices=("numpy", "numba", "auto"),
+    ap.add_argument("--bm25-backend", default="auto", choices=BACKENDS,
                     help="a BM25 index's scorer: numba (compiled, ~10x a burst; auto = numba when installed)")
     d = Limits()
     for f in dataclasses.fields(Limits):
