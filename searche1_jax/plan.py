@@ -25,6 +25,7 @@ import sys
 from searche1_jax.model.config import PRESETS, ModelConfig, get_preset
 from searche1_jax.rl.fused_kl_tiles import VOCAB_CHUNK
 from searche1_jax.shapes import round_up
+from searche1_jax.train.geometry import check_model_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +349,7 @@ def main(argv):
     from searche1_jax.config import from_config_dict
     c, path = from_config_dict(f.config), config_flags.get_config_filename(f["config"])
     model = model_config_for(c, f.model)
+    check_model_split(model, mesh, c.logical_axis_rules)  # a mesh that cuts a dimension: refused, not planned
     run = run_shape_from_config(c, prompt_tokens=f.prompt_tokens, fill=f.fill)
     title = f.model or c.model.preset or os.path.basename(path)
     if f.aot:

@@ -23,7 +23,7 @@ from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.engine import compiled_counts
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
-from searche1_jax.train.geometry import check_geometry
+from searche1_jax.train.geometry import check_geometry, check_model_split
 from searche1_jax.train.layout import Population, SingleRun, member_mesh
 from searche1_jax.train.placement import abstract
 from searche1_jax.train.reference import INITIAL
@@ -137,6 +137,8 @@ class Experiment:
             cfg = get_preset(c.model.preset, **overrides)
             if cfg.vocab_size < self.tokenizer.vocab_size:
                 cfg = cfg.replace(vocab_size=self.tokenizer.vocab_size)
+            if model_mesh is not None:  # before any weight is made
+                check_model_split(cfg, dict(model_mesh.shape), rules)
             models = [create_model(cfg, mesh=model_mesh, seed=mc.train.seed, rules=rules) for mc in configs]
             member_params = [params_of(m) for m in models]
             model = models[0]
@@ -146,6 +148,8 @@ class Experiment:
                                  "or a .gguf file, or config.model.preset for a random model")
             # a checkpoint is the same start for every member; the seed only changes the rng
             model, cfg = load_pretrained(c.model.checkpoint, mesh=model_mesh, rules=rules, **overrides)
+            if model_mesh is not None:
+                check_model_split(cfg, dict(model_mesh.shape), rules)
             member_params = [params_of(model)] * self.n
         self.model_cfg = cfg
         self.binder = Binder(model)

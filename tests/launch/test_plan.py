@@ -112,6 +112,18 @@ def test_cli_prints_the_qwen3b_plan():
     assert "3.086B" in out.stdout and "AdamW m+v fp32" in out.stdout and "time/step" in out.stdout
 
 
+def test_cli_refuses_a_mesh_that_cuts_the_query_heads():
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-m", "searche1_jax.plan", f"--config={root}/configs/qwen7b.py",
+                          "--mesh=fsdp:2,tensor:8", "--device=h100"], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0
+    assert "the 28 query heads (model.n_heads, logical axis 'heads') do not split over tensor = 8" in out.stderr
+
+
 def test_micro_batch_that_does_not_divide_the_mesh_is_replicated():
     mesh = {"data": 1, "fsdp": 4, "tensor": 1}
     split = P.memory_plan(TINY, shape(micro_batch=8), mesh)
