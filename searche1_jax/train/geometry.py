@@ -146,6 +146,11 @@ _MODEL_DIMS = (("heads", "n_heads", "query heads"), ("kv_heads", "n_kv_heads", "
                ("embed", "d_model", "model width"))
 
 
+def _splits(name: str, size: int, split: int) -> bool:
+    """A dimension of `size` over `split` devices: whole shares, or (KV heads) whole replicas."""
+    return size % split == 0 or (name == "kv_heads" and split % size == 0)
+
+
 def check_model_split(m, mesh: Mapping[str, int], rules) -> None:
     """Refuse a mesh whose axes (through `rules`) would split one of the model's dimensions
     unevenly, which `logical_to_spec` turns into replication: one GeometryError naming each
@@ -158,12 +163,11 @@ def check_model_split(m, mesh: Mapping[str, int], rules) -> None:
         if not axes:
             continue
         size, split = int(getattr(m, field)), math.prod(int(mesh[a]) for a in axes)
-        ok = (lambda s, n=size: n % s == 0 or s % n == 0) if name == "kv_heads" else (lambda s, n=size: n % s == 0)
-        if ok(split):
+        if _splits(name, size, split):
             continue
         rule = " x ".join(f"{a} = {mesh[a]}" for a in axes)
         rest = split // int(mesh[axes[-1]])
-        near = nearest(int(mesh[axes[-1]]), lambda v: ok(rest * v), 2 * split)
+        near = nearest(int(mesh[axes[-1]]), lambda v, n=name, d=size, r=rest: _splits(n, d, r * v), 2 * split)
         fix = f"nearest valid {axes[-1]}: {' or '.join(map(str, near))}" if near else "change the mesh"
         problems.append(f"the {size} {what} (model.{field}, logical axis {name!r}) do not split over "
                         f"{rule}: that weight and its compute would be replicated on every device of "
