@@ -98,6 +98,9 @@ def base() -> ml_collections.ConfigDict:
     c.rollout.max_rows = 0         # trajectories decoded at once, whole groups (0 = all): bounds memory
     c.rollout.engine = "packed"    # one prefill per question, finished rows leave the batch (issue 21);
                                    # "padded": every row computed to the end (same trajectories)
+    c.rollout.weights = "replica"  # decode from a compute-dtype copy whole over data x fsdp, made once a
+                                   # step (issue 21): no weight all-gather in the decode loop; "train": the
+                                   # FSDP params as they lie. No copy where it changes nothing (one device, fp32)
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.steps_per_round = 50    # [choice] METHOD §3.6

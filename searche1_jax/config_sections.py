@@ -15,6 +15,7 @@ from searche1_jax.retrieval.bm25 import BACKENDS as BM25_BACKENDS
 from searche1_jax.rl.grpo import KL_ESTIMATORS
 from searche1_jax.rollout.engine import ENGINES
 from searche1_jax.rollout.protocol import CHAT_TEMPLATE_MODES, REWARD_TEXT_MODES
+from searche1_jax.rollout.weights import WEIGHTS
 
 
 # The GRPO loss aggregations the trainer implements exactly under micro-batching (METHOD §2:
@@ -219,6 +220,10 @@ class RolloutSection(_Section):
         (0: 16). Chunked rollouts draw each chunk's keys from fold_in(key, chunk).
     engine: one of ENGINES (rollout/engine.py): "packed" prefills each distinct prompt once and
         computes only live rows; "padded" computes every row to the end. Same trajectories.
+    weights: one of WEIGHTS (rollout/weights.py): "replica" decodes from a copy in the
+        compute dtype, whole over data x fsdp and split over tensor, made once a step; "train"
+        from the training params as they lie (FSDP: weights gathered at every decode step).
+        Same trajectories.
     """
     SECTION: ClassVar[str] = "rollout"
     group_size: int
@@ -235,6 +240,7 @@ class RolloutSection(_Section):
     reward_text: str
     max_rows: int
     engine: str
+    weights: str
 
     def __post_init__(self):
         _at_least("rollout", "group_size", self.group_size, 2,
@@ -250,6 +256,7 @@ class RolloutSection(_Section):
         _one_of("rollout", "reward_text", self.reward_text, REWARD_TEXT_MODES)
         _at_least("rollout", "max_rows", self.max_rows, 0, " (0 = every row in one call)")
         _one_of("rollout", "engine", self.engine, ENGINES)
+        _one_of("rollout", "weights", self.weights, WEIGHTS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,9 +23,9 @@ import os
 import sys
 
 from searche1_jax.model.config import PRESETS, ModelConfig, get_preset
+from searche1_jax.model.sharding import check_model_split
 from searche1_jax.rl.fused_kl_tiles import VOCAB_CHUNK
 from searche1_jax.shapes import round_up
-from searche1_jax.train.geometry import check_model_split
 
 
 @dataclasses.dataclass(frozen=True)

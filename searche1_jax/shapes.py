@@ -6,6 +6,8 @@ plan.py may all use it (rl/ stays self-contained and does not).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 
 def round_up(n: int, multiple: int) -> int:
     """The smallest multiple of `multiple` that is >= n (n >= 0, multiple >= 1)."""
@@ -36,3 +38,10 @@ def row_buckets(n_rows: int) -> list[int]:
         out += [p] + ([3 * p // 2] if p >= 2 and 3 * p // 2 < n_rows else [])
         p *= 2
     return out + [n_rows]
+
+
+def nearest(value: int, ok: Callable[[int], bool], limit: int) -> list[int]:
+    """The largest valid value below `value` and the smallest above it (up to `limit`)."""
+    below = next((v for v in range(value - 1, 0, -1) if ok(v)), None)
+    above = next((v for v in range(value + 1, max(limit, value) + 1) if ok(v)), None)
+    return [v for v in (below, above) if v is not None]

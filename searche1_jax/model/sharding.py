@@ -14,11 +14,14 @@ MaxText's check that tensor parallelism never cuts a KV head.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from searche1_jax.shapes import nearest
 
 MESH_AXES = ("data", "fsdp", "tensor")
 MEMBER_AXIS = "member"   # the population mesh's only axis (train/layout.py)
@@ -161,3 +164,43 @@ class Layout:
         entry = logical_to_spec((name,), (size,), self.mesh, self.rules)[0]
         axes = () if entry is None else ((entry,) if isinstance(entry, str) else entry)
         return int(np.prod([self.mesh.shape[a] for a in axes]))
+
+
+# (logical axis, ModelConfig field, what it is): the dimensions the sharding rules split
+_MODEL_DIMS = (("heads", "n_heads", "query heads"), ("kv_heads", "n_kv_heads", "KV heads"),
+               ("mlp", "mlp_dim", "MLP width"), ("vocab", "vocab_size", "vocabulary"),
+               ("embed", "d_model", "model width"))
+
+
+def _splits(name: str, size: int, split: int) -> bool:
+    """A dimension of `size` over `split` devices: whole shares, or (KV heads) whole replicas."""
+    return size % split == 0 or (name == "kv_heads" and split % size == 0)
+
+
+def check_model_split(m, mesh: Mapping[str, int], rules=DEFAULT_RULES) -> None:
+    """Refuse a mesh whose axes (through `rules`) would split one of the model's dimensions
+    unevenly. `logical_to_spec` drops such an axis, which keeps every preset shardable but
+    silently replicates that weight and its compute (16 query heads on tensor 3: every tensor
+    device computes all of attention). KV heads may be fewer than the tensor devices when tensor
+    is a multiple of them (2 KV heads on tensor 4 replicate, as MaxText allows); every other
+    split must divide. One ValueError naming each
+    dimension, the mesh axes, and the nearest sizes of the axis that would divide. `m` is a
+    ModelConfig (or anything with its fields), `mesh` the resolved {"data", "fsdp", "tensor"}."""
+    table = dict(rules)
+    problems = []
+    for name, field, what in _MODEL_DIMS:
+        axes = [a for a in (table.get(name) or ()) if int(mesh.get(a, 1)) > 1]
+        if not axes:
+            continue
+        size, split = int(getattr(m, field)), math.prod(int(mesh[a]) for a in axes)
+        if _splits(name, size, split):
+            continue
+        rule = " x ".join(f"{a} = {mesh[a]}" for a in axes)
+        rest = split // int(mesh[axes[-1]])
+        near = nearest(int(mesh[axes[-1]]), lambda v, n=name, d=size, r=rest: _splits(n, d, r * v), 2 * split)
+        fix = f"nearest valid {axes[-1]}: {' or '.join(map(str, near))}" if near else "change the mesh"
+        problems.append(f"the {size} {what} (model.{field}, logical axis {name!r}) do not split over "
+                        f"{rule}: that weight and its compute would be replicated on every device of "
+                        f"the axis; {fix} (or map {name!r} to another axis in config.logical_axis_rules)")
+    if problems:
+        raise ValueError("the model does not fit the mesh:\n  " + "\n  ".join(problems))

@@ -16,12 +16,8 @@ before anything is built. Why each size must divide (see `multihost.py`, `layout
   step come in equal chunks (one decode program, not two).
 
 `check_geometry` raises `GeometryError` naming each field that does not fit, why, and the
-nearest values that would. `check_model_split` does the same for the model's own dimensions
-against the mesh axes the sharding rules give them: `sharding.logical_to_spec` drops a mesh axis
-that does not divide a dimension, which keeps every preset shardable but silently replicates
-that weight and its compute (16 query heads on tensor 3: every tensor device computes all of
-attention). KV heads may be fewer than the tensor devices when tensor is a multiple of them
-(2 KV heads on tensor 4 replicate, as MaxText allows); every other split must divide.
+nearest values that would. The model's own dimensions against the mesh:
+`model.sharding.check_model_split`.
 """
 from __future__ import annotations
 
@@ -30,6 +26,7 @@ import math
 from typing import Callable, Mapping
 
 from searche1_jax.model.sharding import MESH_AXES
+from searche1_jax.shapes import nearest
 
 
 class GeometryError(ValueError):
@@ -74,13 +71,6 @@ def mesh_shape(mesh: Mapping[str, int], devices: int) -> dict[str, int]:
     if math.prod(sizes.values()) != devices:
         raise GeometryError(f"config.mesh {sizes} needs {math.prod(sizes.values())} devices, have {devices}")
     return sizes
-
-
-def nearest(value: int, ok: Callable[[int], bool], limit: int) -> list[int]:
-    """The largest valid value below `value` and the smallest above it (up to `limit`)."""
-    below = next((v for v in range(value - 1, 0, -1) if ok(v)), None)
-    above = next((v for v in range(value + 1, max(limit, value) + 1) if ok(v)), None)
-    return [v for v in (below, above) if v is not None]
 
 
 def _problem(field: str, value: int, why: str, ok: Callable[[int], bool], limit: int,
@@ -138,42 +128,6 @@ def _rollout(problems: list, c, g: Geometry) -> None:
     limit = max(rows for _, rows, _ in phases) if phases else 1
     problems.append(_problem("config.rollout.max_rows", c.rollout.max_rows, why, fits, limit,
                              "change the questions a step / round or the group sizes"))
-
-
-# (logical axis, ModelConfig field, what it is): the dimensions the sharding rules split
-_MODEL_DIMS = (("heads", "n_heads", "query heads"), ("kv_heads", "n_kv_heads", "KV heads"),
-               ("mlp", "mlp_dim", "MLP width"), ("vocab", "vocab_size", "vocabulary"),
-               ("embed", "d_model", "model width"))
-
-
-def _splits(name: str, size: int, split: int) -> bool:
-    """A dimension of `size` over `split` devices: whole shares, or (KV heads) whole replicas."""
-    return size % split == 0 or (name == "kv_heads" and split % size == 0)
-
-
-def check_model_split(m, mesh: Mapping[str, int], rules) -> None:
-    """Refuse a mesh whose axes (through `rules`) would split one of the model's dimensions
-    unevenly, which `logical_to_spec` turns into replication: one GeometryError naming each
-    dimension, the mesh axes, and the nearest sizes of the axis that would divide. `m` is a
-    ModelConfig (or anything with its fields), `mesh` the resolved {"data", "fsdp", "tensor"}."""
-    table = dict(rules)
-    problems = []
-    for name, field, what in _MODEL_DIMS:
-        axes = [a for a in (table.get(name) or ()) if int(mesh.get(a, 1)) > 1]
-        if not axes:
-            continue
-        size, split = int(getattr(m, field)), math.prod(int(mesh[a]) for a in axes)
-        if _splits(name, size, split):
-            continue
-        rule = " x ".join(f"{a} = {mesh[a]}" for a in axes)
-        rest = split // int(mesh[axes[-1]])
-        near = nearest(int(mesh[axes[-1]]), lambda v, n=name, d=size, r=rest: _splits(n, d, r * v), 2 * split)
-        fix = f"nearest valid {axes[-1]}: {' or '.join(map(str, near))}" if near else "change the mesh"
-        problems.append(f"the {size} {what} (model.{field}, logical axis {name!r}) do not split over "
-                        f"{rule}: that weight and its compute would be replicated on every device of "
-                        f"the axis; {fix} (or map {name!r} to another axis in config.logical_axis_rules)")
-    if problems:
-        raise GeometryError("the model does not fit the mesh:\n  " + "\n  ".join(problems))
 
 
 def check_geometry(c, mesh: Mapping[str, int], processes: int) -> Geometry:

@@ -16,14 +16,14 @@ from searche1_jax.config import ExperimentConfig, from_config_dict
 from searche1_jax.model.checkpoint import load_pretrained, resolve_checkpoint
 from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model
-from searche1_jax.model.sharding import make_mesh
+from searche1_jax.model.sharding import check_model_split, make_mesh
 from searche1_jax.model.tokenizer import Tokenizer
 from searche1_jax.retrieval.factory import build_retriever, check_service
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.engine import compiled_counts
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
-from searche1_jax.train.geometry import check_geometry, check_model_split
+from searche1_jax.train.geometry import check_geometry
 from searche1_jax.train.layout import Population, SingleRun, member_mesh
 from searche1_jax.train.placement import abstract
 from searche1_jax.train.reference import INITIAL
