@@ -146,17 +146,25 @@ class Programs:
 
     # ---- the rollout engine's calls ----
     def _rollout_model(self):
-        """The policy the engine decodes with: the params bound in place (one process), or a
-        process-local replica in the compute dtype on the process's devices (several)."""
+        """The policy the engine decodes with (config.rollout.weights, `train/layout.py`): one
+        process: "replica", a compute-dtype copy whole over data x fsdp (`rollout/weights.py`),
+        or "train", the params bound in place; several: a process-local replica in the compute
+        dtype on the process's devices (whole on each, or FSDP over them under "train")."""
         import jax
 
-        from searche1_jax.model.sharding import DEFAULT_RULES, make_mesh
-        if self.s.processes == 1:
-            return self.binder.bind(self.params), self.mesh, self.rules
+        from searche1_jax.model.sharding import make_mesh
+        from searche1_jax.rollout.weights import decode_rules
+        replica = self.c.rollout.weights == "replica"
+        rules = decode_rules(self.rules) if replica else self.rules
         cfg = self.cfg.replace(param_dtype=self.cfg.dtype)
+        if self.s.processes == 1:
+            if not replica:
+                return self.binder.bind(self.params), self.mesh, self.rules
+            binder, params = abstract_params(cfg, self.mesh, rules)
+            return binder.bind(params), self.mesh, rules
         mesh = make_mesh({"fsdp": -1}, devices=jax.devices()[:self.s.rollout_devices])
-        binder, params = abstract_params(cfg, mesh, DEFAULT_RULES)
-        return binder.bind(params), mesh, DEFAULT_RULES
+        binder, params = abstract_params(cfg, mesh, rules)
+        return binder.bind(params), mesh, rules
 
     def _state(self, mesh, rules, rows: int):
         """The engine's DecodeState between calls: cache, logits and stop states with their rows

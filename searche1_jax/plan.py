@@ -88,6 +88,7 @@ class RunShape:
     param_dtype: str
     dtype: str
     remat: bool
+    rollout_weights: str = "replica"   # config.rollout.weights: "replica" (gathered once a step) or "train"
 
     @property
     def rows(self) -> int:
@@ -124,7 +125,8 @@ def run_shape_from_config(c, *, prompt_tokens: int = 256, fill: float = 1.0) -> 
         max_turn_tokens=c.rollout.max_turn_tokens, max_obs_tokens=c.rollout.max_obs_tokens,
         max_response_tokens=c.rollout.max_response_tokens, prompt_tokens=prompt_tokens, fill=fill,
         grpo_chunk=c.grpo.logit_chunk, ofsd_chunk=c.ofsd.logit_chunk,
-        param_dtype=c.model.param_dtype, dtype=c.model.dtype, remat=bool(c.model.remat))
+        param_dtype=c.model.param_dtype, dtype=c.model.dtype, remat=bool(c.model.remat),
+        rollout_weights=c.rollout.weights)
 
 
 def model_config_for(c, name: str = "") -> ModelConfig:
@@ -231,7 +233,9 @@ def memory_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int]) -> dict[str
     states = out["params"] + out["master_fp32"] + out["adam_mv_fp32"] + out["ref_params"]
     act = out["activations_remat"] if run.remat else out["activations_no_remat"]
     out["peak_train"] = states + out["grads"] + act + out["grpo_logits_chunk"]
-    out["peak_rollout"] = states + out["kv_cache"] + out["rollout_scores_transient"]
+    # the decode replica (rollout.weights "replica"): the weights in the compute dtype, whole over data x fsdp
+    out["rollout_weights"] = n * cb / t if run.rollout_weights == "replica" else 0.0
+    out["peak_rollout"] = states + out["rollout_weights"] + out["kv_cache"] + out["rollout_scores_transient"]
     out["peak_ofsd"] = (states + out["ofsd_teacher"] + out["grads"] + 2 * act
                         + out["ofsd_logits_chunk"])  # student and teacher forwards
     return out
@@ -247,7 +251,8 @@ def time_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], dev: DeviceSp
     rollout FLOPs = 2N per sampled or appended token + 4·L·h·hd·cache_len per token.
     Decode is bandwidth-bound: each of the (lockstep) decode steps reads the device's weights
     in the compute dtype (all of them under FSDP, 1/T under TP) and its KV cache shard at
-    bw_util x HBM bandwidth, and under FSDP all-gathers the other (F-1)/F of the weights.
+    bw_util x HBM bandwidth, and under FSDP all-gathers the other (F-1)/F of the weights: at
+    every step (rollout.weights "train"), or once a step into the decode replica ("replica").
     Compute runs at mfu x peak. Retrieval and host work are not counted. A micro-batch that
     data x fsdp does not divide is replicated by sharding.py, so its update work repeats.
     """
@@ -266,7 +271,8 @@ def time_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], dev: DeviceSp
     weights_dev = n * cb / t
     step_bytes = weights_dev + kv_dev
     gather = n * cb / t * (f - 1) / f / dev.link_bw if f > 1 else 0.0
-    decode_s = decode_steps * (step_bytes / (dev.hbm_bw * bw_util) + gather)
+    per_step_gather, once = (0.0, gather) if run.rollout_weights == "replica" else (gather, 0.0)
+    decode_s = decode_steps * (step_bytes / (dev.hbm_bw * bw_util) + per_step_gather) + once
     rollout_compute_s = rollout_flops / (devices * dev.peak_flops * mfu)
     # a replicated micro-batch (see batch_split) repeats the update's work on every data x fsdp device
     train_s = train_flops / (devices * dev.peak_flops * mfu) * (mesh["data"] * f / batch_split(run, mesh))
@@ -313,6 +319,7 @@ def format_plan(p: dict, title: str = "") -> str:
                        ("activations_no_remat", "activations, no remat"),
                        ("activations_remat", "activations, remat"),
                        ("grpo_logits_chunk", "GRPO logits chunk"), ("ofsd_logits_chunk", "OFSD logits chunk"),
+                       ("rollout_weights", "rollout weights replica"),
                        ("kv_cache", "rollout KV cache"), ("rollout_scores_transient", "rollout extend scores"),
                        ("peak_rollout", "PEAK rollout"), ("peak_train", "PEAK GRPO update"),
                        ("peak_ofsd", "PEAK OFSD update")):

@@ -46,6 +46,7 @@ class ProgramShapes:
     top_p: float
     top_k: int
     packed: bool            # rollout.engine "packed" (calls gather their rows) or "padded"
+    replica: bool = True    # rollout.weights "replica" (a compute-dtype copy whole over data x fsdp) or "train"
 
 
 def row_bucket(n: int, n_rows: int) -> int:
@@ -82,7 +83,9 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
         prefill_rows=row_bucket(max(chunk // group, 1), chunk),
         prefill_window=min(next_pow2(run.prompt_tokens, 64), prompt + run.max_response_tokens),
         processes=processes, top_p=float(c.rollout.top_p), top_k=int(c.rollout.top_k),
-        packed=c.rollout.engine == "packed")
+        packed=c.rollout.engine == "packed",
+        # `rollout/weights.py` makes no copy where it would change nothing
+        replica=c.rollout.weights == "replica" and not (devices == 1 and c.model.param_dtype == c.model.dtype))
 
 
 def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, dict[str, float]]:
@@ -152,11 +155,18 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
                    "logits_chunk": logits, "resident": params}
     # ---- rollout: the engine's calls on one chunk of rows
     r = s.rollout_devices
-    if s.processes == 1:   # the params bound in place; the rest of the train state stays
+    # rollout.weights: "replica" decodes from a compute-dtype copy whole on each device of the
+    # rollout (split over tensor with one process): nothing gathered; "train" from the params
+    # bound in place (one process) or FSDP over the process's devices (several)
+    if s.processes == 1 and s.replica:
+        weights, resident, gathered = n * cb / t, 2 * params + adam, 0.0
+    elif s.processes == 1:
         weights, resident, gathered = params, adam + params, gathered
-    else:                  # a replica in the compute dtype on the process's devices
+    elif s.replica:
+        weights, resident, gathered = n * cb, 2 * params + adam, 0.0
+    else:
         weights, resident, gathered = n * cb / r, 2 * params + adam, n * cb if r > 1 else 0.0
-    rt = t if s.processes == 1 else 1   # the replica's mesh is FSDP over the process's devices
+    rt = t if s.processes == 1 else 1   # a process-local replica's mesh has no tensor axis
     kv = r * (rt if m.n_kv_heads % rt == 0 else 1)
     b, S = s.rollout_rows, s.cache_len
     cache = 2 * L * b * S * m.n_kv_heads * m.head_dim * cb / kv

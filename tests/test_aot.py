@@ -25,6 +25,7 @@ from searche1_jax.program_plan import program_memory, program_shapes
 from searche1_jax.rollout.agent import STOP_STRINGS
 from searche1_jax.rollout.sampler import DecodeState, SamplingParams, decode
 from searche1_jax.rollout.stop import _byte_aho_corasick
+from searche1_jax.rollout.weights import rollout_model
 from searche1_jax.train.state import Binder, params_of
 from searche1_jax.train.steps import StepConfig, hyper_of, make_steps
 
@@ -80,7 +81,9 @@ def test_decode_numbers_are_xla_memory_analysis_of_the_engine_call(report):
     c, model_cfg, _ = tiny_config()
     s = report["shapes"]
     mesh = make_mesh(MESH)
-    model = create_model(model_cfg, mesh=mesh, rules=c.logical_axis_rules)
+    # what a run decodes from (config.rollout.weights = "replica"): the copy laid out for decoding
+    model = rollout_model(params_of(create_model(model_cfg, mesh=mesh, rules=c.logical_axis_rules)),
+                          model_cfg, mesh, c.logical_axis_rules)
     b, v = s["rollout_rows"], model_cfg.vocab_size
     cache = model.init_cache(b, s["cache_len"])
     rows_sharding = lambda shape: named_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)  # noqa: E731

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from searche1_jax.model.sharding import DEFAULT_RULES
+from searche1_jax.rollout.weights import decode_rules, rollout_model
 from searche1_jax.train.batching import to_micro
 from searche1_jax.train.multihost import (agree_shapes, is_multi_process, per_process, rollout_replica,
                                           to_global, to_local)
@@ -52,8 +53,8 @@ class SingleRun:
     population = False
     n = 1
 
-    def __init__(self, mesh: Mesh | None, rules=DEFAULT_RULES):
-        self.mesh, self.rules = mesh, rules
+    def __init__(self, mesh: Mesh | None, rules=DEFAULT_RULES, weights: str = "replica"):
+        self.mesh, self.rules, self.weights = mesh, rules, weights
 
     def describe(self) -> str:
         return f"one run on {jax.device_count()} {jax.devices()[0].platform} device(s)"
@@ -80,10 +81,15 @@ class SingleRun:
         return hypers[0]
 
     def policy_params(self, params, i: int, binder, model_cfg):
-        """The model the rollouts of member i sample from: the params bound in place, or
-        (several processes) a process-local replica, since each process rolls out its own rows."""
-        replica = rollout_replica(params, model_cfg)
-        return replica if replica is not None else binder.bind(params)
+        """The model the rollouts of member i sample from, made once a step (config.rollout.weights):
+        "replica": a compute-dtype copy whole over data x fsdp (`rollout/weights.py`); "train": the
+        params bound in place. With several processes each rolls out its own rows, on a
+        process-local replica (FSDP over the process's devices under "train")."""
+        replica = self.weights == "replica"
+        if is_multi_process():
+            return rollout_replica(params, model_cfg, decode_rules(self.rules) if replica else self.rules)
+        model = rollout_model(params, model_cfg, self.mesh, self.rules) if replica else None
+        return model if model is not None else binder.bind(params)
 
     # ---- batches ----
     def combine(self, batches: list[dict | None], dtypes: dict, pad_ids: dict) -> dict | None:

@@ -153,12 +153,14 @@ def caster(dtype: str):
     return jax.jit(lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree))
 
 
-def rollout_replica(params: dict, cfg):
+def rollout_replica(params: dict, cfg, rules=DEFAULT_RULES):
     """A process-local copy of the policy for rollouts (one process: None, bind the params).
 
     Rollouts are host-driven and differ per process (own questions, own retrieval), so they
     run on the process's own devices: the global params are all-gathered in the compute dtype
-    (exact: every matmul and norm casts weights to it) and placed on a mesh of the local devices.
+    (exact: every matmul and norm casts weights to it) and placed on a mesh of the local devices
+    by `rules` (`rollout.weights.decode_rules`: whole on every local device; the run's rules:
+    FSDP over them, for a model one device cannot hold).
     """
     if not is_multi_process():
         return None
@@ -169,4 +171,5 @@ def rollout_replica(params: dict, cfg):
     host = multihost_utils.process_allgather(cast, tiled=True)
     local = jax.local_devices()
     mesh = make_mesh({"fsdp": -1}, devices=local) if len(local) > 1 else None
-    return model_from_arrays(cfg.replace(param_dtype=cfg.dtype), host, mesh=mesh, source="rollout replica")
+    return model_from_arrays(cfg.replace(param_dtype=cfg.dtype), host, mesh=mesh, rules=rules,
+                             source="rollout replica")

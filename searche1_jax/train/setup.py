@@ -155,7 +155,8 @@ class Experiment:
         self.binder = Binder(model)
         del model
 
-        self.layout = Population(self.n, member_mesh(self.n, devices)) if population else SingleRun(model_mesh, rules)
+        self.layout = (Population(self.n, member_mesh(self.n, devices)) if population
+                       else SingleRun(model_mesh, rules, c.rollout.weights))
         self._init_params = self.layout.stack(member_params)
         self.abstract_params = abstract(self._init_params)  # shapes, dtypes, shardings: restore targets
         del member_params

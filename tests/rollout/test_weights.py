@@ -1,0 +1,134 @@
+"""The weights rollouts decode from (config.rollout.weights, issue 21 item 4).
+
+"replica": a copy in the compute dtype, whole on every device of data x fsdp and split over
+tensor as the rules say, made once a step. Oracles: numpy's cast of the training params (the
+copy's values), the rules table with `embed` unsharded (its layout), the training params' own
+greedy tokens (the copy decodes the same), and XLA's compiled decode on 8 fake devices (no
+all-gather inside the decode loop, where the training layout has them)."""
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from searche1_jax.model.config import get_preset
+from searche1_jax.model.create import create_model, flat_params
+from searche1_jax.model.sharding import DEFAULT_RULES, make_mesh
+from searche1_jax.rollout.weights import decode_rules, rollout_model
+from searche1_jax.train.state import Binder, params_of
+from tests.train.test_step_collectives import computations, in_loops
+
+CFG = get_preset("tiny").replace(dtype="bfloat16")   # fp32 params, bf16 compute: an accelerator's setting
+GATHER = re.compile(r"\sall-gather(-start)?\(")
+
+
+def test_no_copy_where_it_would_change_nothing():
+    model = create_model(get_preset("tiny"))   # one device, fp32 params and compute
+    assert rollout_model(params_of(model), model.cfg, None, DEFAULT_RULES) is None
+
+
+def test_one_device_copy_is_the_bf16_cast():
+    model = create_model(CFG)
+    replica = rollout_model(params_of(model), CFG, None, DEFAULT_RULES)
+    want, got = flat_params(model), flat_params(replica)
+    assert set(got) == set(want)
+    for k, w in want.items():
+        assert got[k].dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(w).astype(ml_dtypes.bfloat16))
+
+
+@pytest.mark.parametrize("shape", [{"fsdp": 8}, {"fsdp": 4, "tensor": 2}])
+def test_replica_is_whole_over_fsdp_and_split_over_tensor(shape):
+    mesh = make_mesh(shape)
+    model = create_model(CFG, mesh=mesh)
+    replica = rollout_model(params_of(model), CFG, mesh, DEFAULT_RULES)
+    train, copy = flat_params(model), flat_params(replica)
+    for k, w in train.items():
+        spec = copy[k].sharding.spec
+        assert "fsdp" not in jax.tree.leaves(tuple(spec)), (k, spec)
+        # the training layout with its fsdp entries dropped: tensor stays where it was
+        want = P(*[None if e == "fsdp" else (tuple(a for a in e if a != "fsdp") or None)
+                   if isinstance(e, tuple) else e for e in w.sharding.spec])
+        assert tuple(e for e in spec) == tuple(e for e in want)[:len(spec)], (k, spec, want)
+        assert all(e is None for e in tuple(want)[len(spec):])
+        np.testing.assert_array_equal(np.asarray(copy[k]), np.asarray(w).astype(ml_dtypes.bfloat16))
+    assert copy["layers.0.attn.q_proj.kernel"].sharding.spec != P() or shape.get("tensor", 1) == 1
+
+
+def test_decode_rules_only_unshard_the_weights_fsdp_axis():
+    rules = dict(decode_rules(DEFAULT_RULES))
+    assert rules["embed"] is None
+    assert {k: v for k, v in rules.items() if k != "embed"} == {k: v for k, v in DEFAULT_RULES if k != "embed"}
+
+
+def greedy_tokens(model, prompt: np.ndarray, steps: int) -> np.ndarray:
+    """Greedy continuation by full forwards (no cache): the reference decoding."""
+    toks = jnp.asarray(prompt)
+    for _ in range(steps):
+        nxt = jnp.argmax(model(toks)[:, -1], axis=-1).astype(jnp.int32)
+        toks = jnp.concatenate([toks, nxt[:, None]], axis=1)
+    return np.asarray(toks[:, prompt.shape[1]:])
+
+
+def test_the_replica_decodes_the_training_params_tokens():
+    mesh = make_mesh({"fsdp": 8})
+    model = create_model(CFG, mesh=mesh, seed=3)
+    replica = rollout_model(params_of(model), CFG, mesh, DEFAULT_RULES)
+    prompt = np.random.default_rng(0).integers(0, CFG.vocab_size, (8, 12), dtype=np.int32)
+    np.testing.assert_array_equal(greedy_tokens(replica, prompt, 6), greedy_tokens(model, prompt, 6))
+
+
+def weight_gathers(weights: str) -> tuple[int, int]:
+    """(all-gathers of a weight-shaped array anywhere in the compiled decode, all-gathers of
+    any array inside its loop) for the tiny config on fsdp 8 (plan --aot's decode program, with
+    config.rollout.weights = `weights`)."""
+    from searche1_jax import aot
+    from searche1_jax.model.create import abstract_model
+    from searche1_jax.program_plan import program_shapes
+    from tests.test_aot import MESH, tiny_config
+    c, model, run = tiny_config(rollout__weights=weights, rollout__engine="padded")
+    s = program_shapes(c, run, MESH)
+    hlo = aot.Programs(c, model, MESH, s).lower("decode").compile().as_text()
+    comps = computations(hlo)
+    # a weight is gathered in its flattened 2-D form ([64, 2, 16] as [64, 32]): match by size
+    sizes = {v.get_value().size for k, v in abstract_model(model)[2].items() if k.endswith(("kernel", "embed"))}
+    result = re.compile(r"=\s*f32\[([\d,]+)\]")
+
+    def weight_sized(line: str) -> bool:
+        m = result.search(line)
+        return bool(m) and int(np.prod([int(x) for x in m.group(1).split(",")])) in sizes
+
+    gathers = [line for lines in comps.values() for line in lines if GATHER.search(line)]
+    in_loop = [line for name in in_loops(comps) for line in comps.get(name, []) if GATHER.search(line)]
+    weight_in_loop = [line for line in in_loop if weight_sized(line)]
+    assert not weight_in_loop, weight_in_loop   # XLA hoists a loop-invariant gather: never per token
+    return sum(map(weight_sized, gathers)), len(in_loop)
+
+
+def test_the_replica_gathers_no_weight_where_the_training_layout_gathers_them_all():
+    # The training layout (FSDP over 8 devices): the decode call all-gathers every weight matrix
+    # (XLA hoists the gathers out of the token loop, so each call holds the whole fp32 model on
+    # every device, and each call of a rollout gathers it again): the test can fail. The replica
+    # is whole on every device: no weight moves.
+    n_train, _ = weight_gathers("train")
+    n_replica, rows_in_loop = weight_gathers("replica")
+    assert n_train == 7 * get_preset("tiny").n_layers + 1   # q, k, v, o, gate, up, down a layer; the head
+    assert n_replica == 0
+    # what remains in the loop: the rows' new K/V, positions and stop states written into the
+    # row-sharded cache (a scatter XLA does on gathered rows), small per step
+    assert rows_in_loop > 0
+
+
+def test_binder_of_the_training_model_is_unchanged_by_a_copy():
+    mesh = make_mesh({"fsdp": 8})
+    model = create_model(CFG, mesh=mesh)
+    params = params_of(model)
+    before = {k: np.asarray(v) for k, v in flat_params(model).items()}
+    rollout_model(params, CFG, mesh, DEFAULT_RULES)
+    after = flat_params(Binder(model).bind(params))
+    for k, v in before.items():
+        np.testing.assert_array_equal(np.asarray(after[k]), v)
+        assert after[k].dtype == jnp.float32
