@@ -81,11 +81,24 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
         order = jnp.argsort(-logits, axis=-1)
         sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
         probs = jax.nn.softmax(sorted_logits, axis=-1)
-        # keep a token if the mass strictly before it is < top_p (always keeps the first)
-        keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < params.top_p
-        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-        logits = jnp.where(keep, logits, -jnp.inf)
+        # keep a token if the mass strictly before it is < top_p (always keeps the first): the
+        # first n_keep tokens of the (stable) order, since that mass only grows along it
+        n_keep = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < params.top_p, axis=-1, keepdims=True)
+        logits = jnp.where(_first_in_order(logits, sorted_logits, n_keep), logits, -jnp.inf)
     return logits
+
+
+def _first_in_order(logits, sorted_logits, n_keep):
+    """[B, V] bool: the tokens among the first n_keep [B, 1] of the stable descending order,
+    without scattering the sorted mask back (a scatter over rows sharded on the mesh makes XLA
+    all-gather its [B, V] indices and mask at every decode step). Above the n-th logit (the
+    cutoff) a token is kept; at it, tied tokens are kept in index order (the stable sort's
+    order) up to the count that fits."""
+    cutoff = jnp.take_along_axis(sorted_logits, n_keep - 1, axis=-1)
+    above = logits > cutoff
+    tied = logits == cutoff
+    room = n_keep - jnp.sum(above, axis=-1, keepdims=True)
+    return above | (tied & (jnp.cumsum(tied, axis=-1) <= room))
 
 
 def sample(logits: jax.Array, key: jax.Array, params: SamplingParams):

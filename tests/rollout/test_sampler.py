@@ -168,6 +168,35 @@ def test_filter_logits_top_k_and_top_p_against_numpy():
         SamplingParams(top_p=0.0)
 
 
+def numpy_top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """The nucleus as written: sort each row (stable, descending), keep the tokens whose mass
+    strictly before them is < p, put the mask back in vocabulary order."""
+    keep = np.zeros(logits.shape, bool)
+    for b, row in enumerate(logits):
+        order = np.argsort(-row, kind="stable")
+        probs = np.exp(row[order] - row.max())
+        probs /= probs.sum()
+        before = np.cumsum(probs) - probs
+        keep[b, order] = before < p
+    return keep
+
+
+@pytest.mark.parametrize("p", [0.31, 0.81, 0.95])  # not multiples of 1/50: no rounding at the cutoff
+def test_top_p_equals_the_sorted_mask_put_back_with_ties_at_the_cutoff(p):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 50)).astype(np.float32)
+    # ties: rows of few distinct values, so the cutoff often falls inside a tied run
+    logits[:32] = np.round(logits[:32] * 2) / 2
+    logits[40] = 0.0                                   # all tied: the nucleus is the first tokens by index
+    logits[41, :] = -np.inf
+    logits[41, [3, 7, 9]] = [1.0, 1.0, 0.5]           # -inf tokens (a top-k cut) never kept
+    got = np.isfinite(np.asarray(filter_logits(jnp.asarray(logits), SamplingParams(top_p=p))))
+    want = numpy_top_p(logits, p)
+    np.testing.assert_array_equal(got, want)
+    # all tied (1/50 each): token i is kept iff i / 50 < p, the first ceil(50 p) by index
+    assert want[40].sum() == int(np.ceil(p * 50)) and want[40, :want[40].sum()].all()
+
+
 def test_decode_and_append_read_the_weights_without_copying_them(tiny):
     """nnx.jit would return every weight as an output: a fresh copy of the model per call (an
     extra weights-sized buffer and memcpy per decode turn). The weights stay the same buffers,

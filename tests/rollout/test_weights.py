@@ -122,6 +122,23 @@ def test_the_replica_gathers_no_weight_where_the_training_layout_gathers_them_al
     assert rows_in_loop > 0
 
 
+def test_sampling_moves_no_vocabulary_sized_array_inside_the_decode_loop():
+    # top-p put its sorted mask back with a scatter: over rows sharded on the mesh, XLA
+    # all-gathered the [B, V] indices and mask at every step (at Qwen2.5-3B's 640-row chunk on
+    # 8 devices, s32[640, 151936, 2] + pred[640, 151936] a token: 0.9 GB)
+    from searche1_jax import aot
+    from searche1_jax.program_plan import program_shapes
+    from tests.test_aot import MESH, tiny_config
+    c, model, run = tiny_config(rollout__engine="padded", rollout__top_p=0.9)
+    s = program_shapes(c, run, MESH)
+    assert model.vocab_size not in (s.cache_len, s.rollout_rows, s.max_new)   # the match below is the vocabulary
+    comps = computations(aot.Programs(c, model, MESH, s).lower("decode").compile().as_text())
+    vocab = re.compile(rf"=\s*\w+\[(?:[\d,]*,)?{model.vocab_size}(?:,[\d,]*)?\]")
+    bad = [line.strip()[:120] for name in in_loops(comps) for line in comps.get(name, [])
+           if GATHER.search(line) and vocab.search(line)]
+    assert not bad, bad
+
+
 def test_binder_of_the_training_model_is_unchanged_by_a_copy():
     mesh = make_mesh({"fsdp": 8})
     model = create_model(CFG, mesh=mesh)
