@@ -236,10 +236,14 @@ class Block(nnx.Module):
     def extend(self, x, positions, mask, k_cache, v_cache, write_idx):
         """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped)."""
         q, k, v = self.attn.qkv(self.input_norm(x), positions)
-        rows = jnp.arange(x.shape[0])[:, None]
-        # k_cache [B,K,D,S], v_cache [B,K,S,D]: the indexed (slot) results are [B,T,K,D] = k, v
-        k_cache = k_cache.at[rows, :, :, write_idx].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[rows, :, write_idx].set(v.astype(v_cache.dtype), mode="drop")
+        # k_cache [B,K,D,S], v_cache [B,K,S,D]; k, v [B,T,K,D]. Written row by row (vmap): a
+        # scatter indexed by an explicit row iota over rows sharded on the mesh made XLA
+        # all-gather every row's new keys, values and slots to every device, each layer, each
+        # decode step; the batched scatter stays on the device that holds the row.
+        put_k = lambda c, new, i: c.at[:, :, i].set(jnp.moveaxis(new, 0, -1), mode="drop")  # noqa: E731
+        put_v = lambda c, new, i: c.at[:, i].set(jnp.moveaxis(new, 0, 1), mode="drop")  # noqa: E731
+        k_cache = jax.vmap(put_k)(k_cache, k.astype(k_cache.dtype), write_idx)
+        v_cache = jax.vmap(put_v)(v_cache, v.astype(v_cache.dtype), write_idx)
         x = x + self.attn.out(attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask,
                                      cached=True))
         return x + self.mlp(self.post_attn_norm(x)), k_cache, v_cache

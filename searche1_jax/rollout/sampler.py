@@ -261,11 +261,11 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
         else:
             key, sub = jax.random.split(key)
         token, logp = sample(st.logits, sub, params)
-        # every row writes at its own count of new tokens (rows stop at different steps)
-        rows = jnp.arange(b)
+        # every row writes at its own count of new tokens (rows stop at different steps), row by
+        # row (vmap): indexed by a row iota, XLA all-gathers the writes over rows on the mesh
         col = jnp.where(running, n_new, max_new)  # out of range = dropped
-        toks = toks.at[rows, col].set(token, mode="drop")
-        lps = lps.at[rows, col].set(logp, mode="drop")
+        put = jax.vmap(lambda row, c, x: row.at[c].set(x, mode="drop"))
+        toks, lps = put(toks, col, token), put(lps, col, logp)
         n_new = n_new + running
         logits, cache = model.extend(token[:, None], running.astype(jnp.int32), st.cache)
         new_stop_state, fired = stop_step(stop_table, stop_rank, st.stop_state, token, stop_enabled)
