@@ -226,8 +226,10 @@ def memory_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int]) -> dict[str
     out["rollout_rows"] = float(run.rows)
     out["kv_cache"] = (2 * m.n_layers * run.rows * run.cache_len * m.n_kv_heads * m.head_dim * cb
                        / kv_shard)
-    # extend() over an observation/prompt chunk builds fp32 scores [rows, h, width, cache_len]
+    # extend() over an observation/prompt chunk builds fp32 scores [rows, h, width, cache_len],
+    # one query block of model.attn_block at a time (`attend_cached`)
     width = max(run.prompt_tokens, round_up(run.max_obs_tokens, 64))
+    width = min(width, m.attn_block) if m.attn_block > 0 else width
     out["rollout_scores_transient"] = (run.rows * m.n_heads * width * run.cache_len * 4
                                        / ((d_ * f) * (t if m.n_heads % t == 0 else 1)))
     states = out["params"] + out["master_fp32"] + out["adam_mv_fp32"] + out["ref_params"]

@@ -185,8 +185,9 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     working = 2 * cache
     out["decode"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
                      "row_logits": row_logits, "sampling": 6 * row_logits, "resident": resident}
-    # append: + the fp32 scores of the appended tokens against every slot, and their softmax
-    w = s.append_width
+    # append: + the fp32 scores of one query block of the appended tokens against every slot,
+    # and their softmax (`attend_cached`: blocks of model.attn_block under a lax.map)
+    w = min(s.append_width, m.attn_block) if m.attn_block > 0 else s.append_width
     out["append"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
                      "row_logits": row_logits, "scores": 2 * b * m.n_heads * w * S * 4 / heads,
                      "resident": resident}

@@ -192,3 +192,32 @@ def test_remat_gradients_equal_plain_and_remat_saves_memory_on_this_backend(tiny
 
     plain_b, remat_b = temp(False), temp(True)
     assert remat_b < 0.5 * plain_b, (plain_b, remat_b)
+
+
+def numpy_cached_attention(q, k, v, mask):
+    """GQA over a cache, by hand: q [B,T,H,D], k [B,K,D,S], v [B,K,S,D], mask [B,T,S]."""
+    b, t, h, d = q.shape
+    group = h // k.shape[1]
+    out = np.zeros_like(q)
+    for i in range(b):
+        for j in range(h):
+            kv = j // group
+            s = q[i, :, j] @ k[i, kv] / np.sqrt(d)                 # [T, S]
+            s = np.where(mask[i], s, -1e30)
+            p = np.exp(s - s.max(-1, keepdims=True))
+            out[i, :, j] = (p / p.sum(-1, keepdims=True)) @ v[i, kv]
+    return out
+
+
+@pytest.mark.parametrize("block", [0, 8, 16, 37, 64])
+def test_appends_over_the_cache_in_query_blocks_equal_the_formula(block):
+    from searche1_jax.model.transformer import attend_cached
+    r = np.random.default_rng(0)
+    b, t, h, kv, d, s = 3, 37, 4, 2, 8, 50     # 37 queries: blocks of 8 and 16 leave a ragged last one
+    q = r.normal(size=(b, t, h, d)).astype(np.float32)
+    k = r.normal(size=(b, kv, d, s)).astype(np.float32)
+    v = r.normal(size=(b, kv, s, d)).astype(np.float32)
+    mask = r.random((b, t, s)) < 0.7
+    mask[:, :, 0] = True                        # every query sees a slot, as every append does
+    got = attend_cached(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask), block)
+    np.testing.assert_allclose(np.asarray(got), numpy_cached_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
