@@ -32,7 +32,8 @@ CONFIGS = [
     # real questions sit farther from the passages' clusters than passages do from each other: the
     # tree needs more leaves searched than ScaNN's 10% default for the same recall
     *[(f"tree + AH 4 dims/code + int8 reorder, {int(100 * f)}% of leaves",
-       {"reorder_dtype": "int8", "dims_per_block": 4, "reorder": 100, "search_frac": f}) for f in (0.25, 0.4, 0.6, 1.0)],
+       {"reorder_dtype": "int8", "dims_per_block": 4, "reorder": 100, "search_frac": f})
+      for f in (0.25, 0.4, 0.6, 1.0)],
     # on the whole corpus 60% of the leaves gave recall@3 0.949: is the rest the 100 AH candidates?
     *[(f"tree + AH 4 dims/code + int8 reorder of 200, {int(100 * f)}% of leaves",
        {"reorder_dtype": "int8", "dims_per_block": 4, "reorder": 200, "search_frac": f}) for f in (0.25, 0.4)],
