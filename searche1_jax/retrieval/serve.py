@@ -296,6 +296,9 @@ def main(argv=None) -> None:
                     help="start serving at once; each new shape then compiles in the first request that needs it")
     ap.add_argument("--warm-up-tokens", type=int, default=WARM_UP_TOKENS,
                     help="dense index: compile the query encoder for queries of up to this many tokens at start")
+    ap.add_argument("--compile-cache", default=None, metavar="DIR",
+                    help="JAX's persistent compilation cache: a restarted dense server reads its warm-up's "
+                         "executables from DIR instead of compiling them again")
     d = Limits()
     for f in dataclasses.fields(Limits):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name),
@@ -305,6 +308,13 @@ def main(argv=None) -> None:
         ap.error(f"--warm-up-tokens must be >= 1, got {args.warm_up_tokens}; use --no-warm-up to skip the warm-up")
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.compile_cache:
+        import jax
+
+        # as train/compile_cache.py does for training; every shape, however quick to compile (JAX's
+        # default skips those under 1 s): a restart then reads all 30 warm-up shapes
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     from searche1_jax.retrieval.store import load_index
 
     index = load_index(args.index, bm25_backend=args.bm25_backend)
