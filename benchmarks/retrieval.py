@@ -68,6 +68,7 @@ def mixture_queries(c, n, spread, seed):
 
 
 def synthetic(args) -> list[dict]:
+    from benchmarks.retrieval_real import cpu_name
     from searche1_jax.retrieval.exact import ExactIndex
     from searche1_jax.retrieval.scann_index import ScannIndex
 
@@ -85,29 +86,31 @@ def synthetic(args) -> list[dict]:
         print(json.dumps(r), flush=True)
 
     exact = ExactIndex(x)
-    (_, gt), secs = timed(lambda ex=exact: ex.search_vectors(q, 10))
-    row("exact (jax chunked matmul + top_k)", secs, gt, flat)
+    (_, gt), exact_s = timed(lambda ex=exact: ex.search_vectors(q, 10))
+    row("exact (jax chunked matmul + top_k)", exact_s, gt, flat, cpu=cpu_name(), load_avg=os.getloadavg())
     del exact
     gc.collect()
 
-    configs = [("scann tree+AH+f32 reorder", {}),
-               ("scann tree+AH+bf16 reorder", {"reorder_dtype": "bfloat16"}),
-               ("scann tree+AH+int8 reorder", {"reorder_dtype": "int8"}),
-               ("scann tree+AH only", {"reorder": 0})]  # key "only"
-    configs = [cf for cf in configs if cf[0].split("+")[-1].split()[-2 if "reorder" in cf[0] else -1] in args.scann]
-    for name, cfg in configs:
-        cfg = dict(cfg)
-        frac = cfg.pop("search_frac", None)
+    # key -> (name, ScaNN parameters); "ah4int8" is the configuration `real` chose (issue 22)
+    configs = {"f32": ("scann tree+AH+f32 reorder", {}),
+               "bf16": ("scann tree+AH+bf16 reorder", {"reorder_dtype": "bfloat16"}),
+               "int8": ("scann tree+AH+int8 reorder", {"reorder_dtype": "int8"}),
+               "only": ("scann tree+AH only", {"reorder": 0}),
+               "ah4int8": ("scann tree+AH 4 dims/code+int8 reorder", {"reorder_dtype": "int8", "dims_per_block": 4})}
+    for key in args.scann:
+        name, cfg = configs[key]
         t = time.perf_counter()
         idx = ScannIndex.build(x, training_sample_size=min(args.n, args.scann_sample), **cfg)
         build_s = time.perf_counter() - t
-        leaves = None if frac is None else int(idx.params["num_leaves"] * frac)
-        (_, found), secs = timed(lambda ix=idx, lv=leaves: ix.search_vectors(q, 10, leaves_to_search=lv))
         with tempfile.TemporaryDirectory() as tmp:
             idx.save(tmp)
             nbytes = dir_bytes(tmp)
-        row(name, secs, found, nbytes, build_s, leaves=idx.params["num_leaves"],
-            leaves_searched=leaves or idx.params["num_leaves_to_search"])
+        # one build, searched at each fraction of its leaves (None: the index's own default)
+        for frac in args.search_fracs or [None]:
+            leaves = None if frac is None else max(1, int(idx.params["num_leaves"] * frac))
+            (_, found), secs = timed(lambda ix=idx, lv=leaves: ix.search_vectors(q, 10, leaves_to_search=lv))
+            row(name, secs, found, nbytes, build_s, leaves=idx.params["num_leaves"],
+                leaves_searched=leaves or idx.params["num_leaves_to_search"], **{"qps/exact": round(exact_s / secs, 2)})
         del idx
         gc.collect()
 
@@ -283,7 +286,11 @@ def main():
     s.add_argument("--spread", type=float, default=0.5)
     s.add_argument("--scann-sample", type=int, default=100_000, help="ScaNN training sample size")
     s.add_argument("--scann", nargs="*", default=["f32", "bf16", "int8", "only"],
-                   help="ScaNN variants to run: f32 bf16 int8 (reorder dtype), only (AH codes only)")
+                   choices=["f32", "bf16", "int8", "only", "ah4int8"],
+                   help="ScaNN variants to run: f32 bf16 int8 (reorder dtype), only (AH codes only), "
+                        "ah4int8 (AH 4 dims/code + int8 reorder)")
+    s.add_argument("--search-fracs", type=float, nargs="*", default=None,
+                   help="fractions of the leaves to search, each timed on the same build (default: the index's)")
     qz = sub.add_parser("quantizers", help="recall of exact candidates rescored from scalar codes")
     qz.add_argument("--source", choices=["synthetic", "minilm"], default="synthetic")
     qz.add_argument("--n", type=int, default=200_000)

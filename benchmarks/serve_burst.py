@@ -72,7 +72,8 @@ def emit(row: dict, out: list) -> None:
 def emit_clients(kind: str, port: int, args, burst, out) -> None:
     """One row per --clients count: latency with that many concurrent clients, 1 query a request."""
     for c in args.clients:
-        emit({"what": f"{kind} concurrent clients, 1 query a request", **load(port, c, args.requests, burst, c)}, out)
+        emit({"what": f"{kind} concurrent clients, 1 query a request", **load(port, c, args.requests, burst, c),
+              "load_avg": os.getloadavg()}, out)
 
 
 def bm25_part(args, burst, out, tmp):
@@ -161,24 +162,33 @@ def dense_part(args, burst, out, tmp):
     index = build_index(index_dir, kind="scann", corpus=Corpus(sub, offsets_file=os.path.join(tmp, "o.npy")),
                         encoder=enc, encoder_path=spec_dir, embeddings=vecs,
                         scann_params={"reorder_dtype": "int8"})
-    st = torch_st_recipe(spec_dir)
-    q = enc.encode_queries(burst)
-    t = rounds({"torch, sentence-transformers' recipe (batch 32)": lambda: st(burst),
-                f"ours: flax, jit, batch {args.query_batch}, widths 2^j / 1.5*2^j": lambda: enc.encode_queries(burst),
-                "search only (ScaNN, vectors in)": lambda: index.search_vectors(q, 3)}, args.rounds)
-    for v in t.values():
-        v["queries_per_s"] = round(len(burst) / v["best_s"], 1)
-    emit({"what": f"dense burst of {len(burst)} split: query encoding vs search, ScaNN over {n} passages",
-          "compilations": enc.num_compilations, **t}, out)
-    proc, port = start(index_dir, ["--max-batch", str(args.max_batch)])
-    try:
-        par = RetrievalClient(f"http://127.0.0.1:{port}", parallel=args.parallel, timeout=args.timeout)
-        t = rounds({"http end to end": lambda: par.search(burst, 3)}, args.rounds)
-        emit({"what": f"dense (MiniLM + ScaNN) burst of {len(burst)} end to end", **t}, out)
-        emit_clients("dense", port, args, burst, out)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    if not args.skip_split:
+        st = torch_st_recipe(spec_dir)
+        q = enc.encode_queries(burst)
+        ours = f"ours: flax, jit, batch {args.query_batch}, widths 2^j / 1.5*2^j"
+        t = rounds({"torch, sentence-transformers' recipe (batch 32)": lambda: st(burst),
+                    ours: lambda: enc.encode_queries(burst),
+                    "search only (ScaNN, vectors in)": lambda: index.search_vectors(q, 3)}, args.rounds)
+        for v in t.values():
+            v["queries_per_s"] = round(len(burst) / v["best_s"], 1)
+        emit({"what": f"dense burst of {len(burst)} split: query encoding vs search, ScaNN over {n} passages",
+              "compilations": enc.num_compilations, **t}, out)
+    # a fresh server without, then with, the encoder warm-up (serve.py --no-warm-up): latency from
+    # the first request on, where a cold server compiles each new (rows, width) shape in a request
+    for warm in (False, True):
+        t0 = time.perf_counter()
+        proc, port = start(index_dir, ["--max-batch", str(args.max_batch), *([] if warm else ["--no-warm-up"])])
+        label = "warm-up at start" if warm else "no warm-up"
+        try:
+            emit({"what": f"dense server start ({label})", "seconds": round(time.perf_counter() - t0, 1)}, out)
+            emit_clients(f"dense ({label})", port, args, burst, out)
+            if warm:
+                par = RetrievalClient(f"http://127.0.0.1:{port}", parallel=args.parallel, timeout=args.timeout)
+                t = rounds({"http end to end": lambda c=par: c.search(burst, 3)}, args.rounds)
+                emit({"what": f"dense (MiniLM + ScaNN) burst of {len(burst)} end to end", **t}, out)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def minilm_dir() -> str:
@@ -204,6 +214,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dense-shards", default=None, help="MiniLM passage vectors (benchmarks/retrieval.py real)")
     ap.add_argument("--dense-passages", type=int, default=4096)
     ap.add_argument("--skip-bm25", action="store_true")
+    ap.add_argument("--skip-split", action="store_true",
+                    help="dense: skip the in-process encoding split (torch vs ours vs search, minutes)")
     ap.add_argument("--json", default=None, help="append the rows to this jsonl file")
     args = ap.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]

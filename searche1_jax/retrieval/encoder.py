@@ -7,6 +7,8 @@
 Batches are padded to widths 2^j or 1.5 * 2^j (>= 16) and to a power-of-two number of rows (at
 most batch_size), so one encoder compiles at most (2 log2(max_length / 16) + 1) x (log2(batch_size)
 + 1) shapes (`num_compilations` counts them); a full stream of texts uses the batch_size row count.
+Each shape is compiled ahead of time and kept, so `warm_up()` can compile the query shapes when a
+server starts instead of in the first request that brings each (1-2 s each on 2 loaded cores).
 """
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ class Encoder:
         tokenizer.enable_truncation(max_length)
         graphdef, state = nnx.split(model)
         self._state = state
-        self._shapes: set[tuple[int, int]] = set()
+        self._compiled: dict[tuple[int, int], jax.stages.Compiled] = {}
 
         @jax.jit
         def forward(state, ids, mask):
@@ -134,7 +136,32 @@ class Encoder:
     @property
     def num_compilations(self) -> int:
         """Distinct (batch, length) shapes compiled so far."""
-        return len(self._shapes)
+        return len(self._compiled)
+
+    def _executable(self, rows: int, width: int) -> jax.stages.Compiled:
+        """The forward compiled for [rows, width] int32 ids/mask (compiled now if new)."""
+        exe = self._compiled.get((rows, width))
+        if exe is None:
+            spec = jax.ShapeDtypeStruct((rows, width), jnp.int32)
+            exe = self._compiled[(rows, width)] = self._forward.lower(self._state, spec, spec).compile()
+        return exe
+
+    def bucket_shapes(self, max_tokens: int) -> list[tuple[int, int]]:
+        """Every (rows, width) a call of texts of at most `max_tokens` tokens (prefix included) can
+        run: each row count `padded_rows` gives x each width `padded_length` gives."""
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        rows = sorted({padded_rows(n, self.batch_size) for n in range(1, self.batch_size + 1)})
+        widths = sorted({padded_length(n, self.max_length) for n in range(1, min(max_tokens, self.max_length) + 1)})
+        return [(r, w) for r in rows for w in widths]
+
+    def warm_up(self, max_tokens: int) -> int:
+        """Compile every shape of `bucket_shapes(max_tokens)` now (none is run) -> how many were new.
+        A server calls it at start, so no request waits for a compile (issue 22 item 3)."""
+        before = len(self._compiled)
+        for rows, width in self.bucket_shapes(max_tokens):
+            self._executable(rows, width)
+        return len(self._compiled) - before
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
@@ -156,8 +183,7 @@ class Encoder:
                 batch[j, :len(ids[r])] = ids[r]
                 mask[j, :len(ids[r])] = 1
             mask[len(rows):, 0] = 1  # padding rows: one visible token keeps softmax finite
-            self._shapes.add((bs, t))
-            emb = self._forward(self._state, jnp.asarray(batch), jnp.asarray(mask))
+            emb = self._executable(bs, t)(self._state, batch, mask)
             out[rows] = np.asarray(emb)[:len(rows)]
         return out
 

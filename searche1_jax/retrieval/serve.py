@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
@@ -258,6 +259,29 @@ def make_server(index: Index, host: str = "127.0.0.1", port: int = 8000, *, defa
     return RetrievalServer((host, port), handler, limits), batcher
 
 
+# The widths a dense server compiles at start: the 2,560 distinct questions and titles of
+# benchmarks/serve_burst.py are 17 tokens at the median, 37 at p99 and 91 at most with MiniLM's
+# tokenizer; width 64 holds 99.9% of them. A longer query still works: it compiles once, then.
+WARM_UP_TOKENS = 64
+
+
+def warm_up(index: Index, query_tokens: int = WARM_UP_TOKENS) -> None:
+    """Compile before the first request, not during it: a BM25 index's numba scorer; a dense
+    index's query encoder at every (rows, width) bucket for queries of up to `query_tokens`
+    tokens (issue 22: each shape compiled in a request cost that request 1-2 s)."""
+    t0 = time.perf_counter()
+    encoder = getattr(index, "encoder", None)
+    if encoder is not None:
+        new = encoder.warm_up(query_tokens)
+        what = f"{new} query-encoder shapes (rows up to {encoder.batch_size}, up to {query_tokens} tokens)"
+    elif hasattr(index, "warm_up"):
+        index.warm_up()
+        what = f"the {getattr(index, 'backend', index.kind)} scorer"
+    else:
+        return
+    logging.info("warm-up: compiled %s in %.1f s (--no-warm-up skips it)", what, time.perf_counter() - t0)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Serve an index over HTTP in Search-R1's /retrieve format.")
     ap.add_argument("--index", required=True, help="index directory made by searche1_jax.retrieval.build")
@@ -268,18 +292,34 @@ def main(argv=None) -> None:
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     ap.add_argument("--bm25-backend", default="auto", choices=BACKENDS,
                     help="a BM25 index's scorer: numba (compiled, ~10x a burst; auto = numba when installed)")
+    ap.add_argument("--no-warm-up", action="store_true",
+                    help="start serving at once; each new shape then compiles in the first request that needs it")
+    ap.add_argument("--warm-up-tokens", type=int, default=WARM_UP_TOKENS,
+                    help="dense index: compile the query encoder for queries of up to this many tokens at start")
+    ap.add_argument("--compile-cache", default=None, metavar="DIR",
+                    help="JAX's persistent compilation cache: a restarted dense server reads its warm-up's "
+                         "executables from DIR instead of compiling them again")
     d = Limits()
     for f in dataclasses.fields(Limits):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name),
                         help=f"{LIMIT_HELP[f.name]} (default {getattr(d, f.name)})")
     args = ap.parse_args(argv)
+    if args.warm_up_tokens < 1:
+        ap.error(f"--warm-up-tokens must be >= 1, got {args.warm_up_tokens}; use --no-warm-up to skip the warm-up")
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.compile_cache:
+        import jax
+
+        # as train/compile_cache.py does for training; every shape, however quick to compile (JAX's
+        # default skips those under 1 s): a restart then reads all 30 warm-up shapes
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     from searche1_jax.retrieval.store import load_index
 
     index = load_index(args.index, bm25_backend=args.bm25_backend)
-    if hasattr(index, "warm_up"):  # compile before the first request, not during it
-        logging.info("warm-up (%s scorer): %.1f s", getattr(index, "backend", index.kind), index.warm_up())
+    if not args.no_warm_up:
+        warm_up(index, args.warm_up_tokens)
     server, batcher = make_server(index, args.host, args.port, default_topk=args.topk, max_batch=args.max_batch,
                                   max_wait_ms=args.max_wait_ms, limits=limits)
     print(f"serving {index.kind} index ({index.num_passages} passages) on "

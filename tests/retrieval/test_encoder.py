@@ -91,3 +91,31 @@ def test_bad_encoder_inputs_are_clear(tmp_path, tiny_bert_dir):
         Encoder.from_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match="prefixes must be one of"):
         Encoder.from_pretrained(tiny_bert_dir, prefixes="e6")
+
+
+def test_warm_up_compiles_every_bucket_so_requests_compile_nothing(tiny_bert_dir):
+    import jax
+
+    enc = Encoder.from_pretrained(tiny_bert_dir, max_length=128, batch_size=4)
+    # rows 1, 2, 4 (3 pads to 4) x widths 16, 24, 32, 48 (texts of at most 48 tokens)
+    assert enc.warm_up(48) == 12 and enc.num_compilations == 12
+    compiles = []
+
+    def listen(event, secs, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(secs)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for width in (16, 24, 32, 48):
+            text = ("word " * (width - 2)).strip()  # [CLS] + width-2 words + [SEP]
+            assert len(enc.tokenize([text])[0]) == width
+            for rows in (1, 2, 3, 4):
+                enc.encode(["word"] * (rows - 1) + [text])
+        assert compiles == [] and enc.num_compilations == 12
+        enc.encode([("word " * 47).strip()])  # 49 tokens -> width 64: not warmed, so it compiles
+        assert len(compiles) >= 1 and enc.num_compilations == 13
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        enc.warm_up(0)

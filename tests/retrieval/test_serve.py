@@ -326,3 +326,42 @@ def test_client_sub_batches_in_parallel_keep_query_order(served):
     assert batcher.batches_run > before
     with pytest.raises(ValueError, match="parallel >= 1"):
         RetrievalClient(url, parallel=0)
+
+
+def test_dense_server_warmed_up_compiles_nothing_for_requests(tiny_bert_dir, small_corpus_path, caplog):
+    import jax
+    import numpy as np
+
+    from searche1_jax.retrieval.encoder import Encoder
+    from searche1_jax.retrieval.scann_index import ScannIndex
+    from searche1_jax.retrieval.serve import warm_up
+
+    corpus = Corpus(small_corpus_path)
+    enc = Encoder.from_pretrained(tiny_bert_dir, max_length=128, batch_size=4)
+    vectors = np.random.default_rng(0).normal(size=(len(corpus), enc.dim)).astype(np.float32)
+    index = ScannIndex.build(vectors, corpus, enc)  # ScaNN's search compiles nothing; the encoder does
+    with caplog.at_level(logging.INFO):
+        warm_up(index, query_tokens=24)
+    # rows 1, 2, 4 x widths 16, 24
+    assert enc.num_compilations == 6 and "compiled 6 query-encoder shapes" in caplog.text
+    compiles = []
+
+    def listen(event, secs, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(secs)
+
+    server, batcher = make_server(index, "127.0.0.1", 0, max_wait_ms=1.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        client = RetrievalClient(f"http://127.0.0.1:{server.server_address[1]}")
+        for batch in (QUERIES[:1], QUERIES[:2], QUERIES[:3], QUERIES, [" ".join(["fort"] * 20)]):
+            assert [len(hits) for hits in client.search(batch, 3)] == [3] * len(batch)
+        assert compiles == [] and enc.num_compilations == 6
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+        server.shutdown()
+        server.server_close()
+        batcher.close()
+        thread.join(timeout=5)
