@@ -28,6 +28,15 @@ kind, rows computed (bucket) and cache window, how many calls, decode steps and 
     python benchmarks/sampler.py agent [--batch 16] [--group 5] [--repeat 3] [--engines packed,padded]
                                        [--policy WORKDIR] [--calls]
     python benchmarks/sampler.py profile   # per-step decode time vs batch and budget (ours)
+    python benchmarks/sampler.py append [--batch 40] [--repeat 2]   # the agent's observation append
+
+`append`: the call that dominates a trained policy's rollout besides decode (issue 21): every
+row appends a 96-token observation (the demo's max_obs_tokens) to a 200-token context, window
+512 slots, --batch rows. Three forms alternate call by call on the same state (rewound after
+each): the padded engine's call (no `rows`: the whole batch, tokens padded to the prompt bucket
+of 64 = 128 wide), the packed engine's call when its bucket is the whole batch (the same, but
+`rows` = every row: a gather and a scatter of the window), and the no-gather call with the
+tokens padded to 32 (96 wide).
 """
 import argparse
 import functools
@@ -287,6 +296,50 @@ def cmd_profile(args):
               f"{decode._cache_size() if hasattr(decode, '_cache_size') else '?'}  [{load_line()}]")
 
 
+def cmd_append(args):
+    from searche1_jax.model.transformer import init_cache
+    from searche1_jax.rollout.sampler import append, empty_state, rewind
+
+    model, cfg, _ = load_ours()
+    b, ctx, obs, window = args.batch, 200, 96, 512
+    rng = np.random.default_rng(0)
+    state = empty_state(init_cache(cfg, b, 640), cfg.vocab_size)
+    state = append(model, state, jnp.asarray(rng.integers(100, 40000, (b, 256)), jnp.int32),
+                   jnp.full((b,), ctx, jnp.int32), jnp.int32(0), window=256)
+    lengths = np.full((b,), ctx, np.int32)
+    forms = {"no rows, 128 wide (padded engine)": (None, 128),
+             "rows = all, 128 wide (packed, full bucket)": (jnp.arange(b, dtype=jnp.int32), 128),
+             "no rows, 96 wide (bucket 32)": (None, 96)}
+    print(f"append: {b} rows x {obs} observation tokens onto {ctx}, window {window}, SmolLM2-135M fp32; "
+          f"{load_line()}")
+    box = {"state": state}
+    observation = rng.integers(100, 40000, (b, 128))  # the same tokens in every form (96 of them valid)
+
+    def make(rows, width):
+        toks = jnp.asarray(observation[:, :width], jnp.int32)
+        n = jnp.full((b,), obs, jnp.int32)
+
+        def fn():
+            st = append(model, rewind(box["state"], lengths), toks, n, jnp.int32(0), window=window,
+                        **({} if rows is None else {"rows": rows}))
+            box["state"] = jax.block_until_ready(st)
+            return np.asarray(st.logits[:, :8])
+        return fn
+    fns = {name: make(*f) for name, f in forms.items()}
+    for name, fn in fns.items():
+        t = time.perf_counter()
+        fn()
+        print(f"  {name}: first call {time.perf_counter() - t:.1f} s (compile included)", flush=True)
+    times, last = alternate(fns, args.repeat)
+    base = list(forms)[0]
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    for name, ts in times.items():
+        print(f"  {name + ':':45s} median {med[name]:.2f} s (runs {', '.join(f'{x:.2f}' for x in ts)}); "
+              f"vs the padded engine's call {med[name] / med[base]:.2f}x; "
+              f"same logits: {np.allclose(last[name], last[base], atol=1e-4)}")
+    print(f"  [{load_line()}]")
+
+
 def cmd_agent(args):
     """GRPO-shaped rollout: --batch questions x --group G rows, the demo's budgets, each engine of
     --engines (config.rollout.engine) in turn on the same key: the same trajectories (checked),
@@ -388,7 +441,7 @@ def cmd_agent(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("generate", "agent", "profile"))
+    ap.add_argument("what", choices=("generate", "agent", "profile", "append"))
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of each side, alternating (median reported)")
@@ -403,7 +456,7 @@ def main():
                     "its latest params instead of the base model")
     ap.add_argument("--calls", action="store_true", help="agent: per-call table of the device calls (profile)")
     args = ap.parse_args()
-    {"generate": cmd_generate, "agent": cmd_agent, "profile": cmd_profile}[args.what](args)
+    {"generate": cmd_generate, "agent": cmd_agent, "profile": cmd_profile, "append": cmd_append}[args.what](args)
 
 
 if __name__ == "__main__":
