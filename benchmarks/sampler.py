@@ -28,7 +28,7 @@ kind, rows computed (bucket) and cache window, how many calls, decode steps and 
     python benchmarks/sampler.py agent [--batch 16] [--group 5] [--repeat 3] [--engines packed,padded]
                                        [--policy WORKDIR] [--calls]
     python benchmarks/sampler.py profile   # per-step decode time vs batch and budget (ours)
-    python benchmarks/sampler.py append [--batch 40] [--repeat 2]   # the agent's observation append
+    python benchmarks/sampler.py append --batch 40 [--repeat 3]   # the agent run's observation append
 
 `append`: the call that dominates a trained policy's rollout besides decode (issue 21): every
 row appends a 96-token observation (the demo's max_obs_tokens) to a 200-token context, window
