@@ -16,11 +16,27 @@ then the two sides alternate call by call `--repeat` times and the medians are c
 "padded" engine before issue 21): a warm-up run of each compiles and checks that both give the
 same trajectories, then the engines alternate call by call `--repeat` times on the same key;
 each run's counters (`EngineStats`) split its time into decode, append, retrieval and host.
+The policy is the base model, or with `--policy WORKDIR` the latest params of a training run
+(`python -m searche1_jax.main --workdir=WORKDIR`; WORKDIR/checkpoints also works), restored by
+the evaluator's path (`eval.policy.load_model`: params only, onto abstract shapes), e.g. the
+warm start `benchmarks/learning.py` writes, a policy that searches and answers at different
+turns. `--calls` adds a table of the device calls of the last timed run of each engine: per
+kind, rows computed (bucket) and cache window, how many calls, decode steps and seconds.
 
     python benchmarks/sampler.py generate [--batch 16] [--new 256] [--repeat 3] [--only ours|torch]
                                           [--decode-kernels auto|on|off]
     python benchmarks/sampler.py agent [--batch 16] [--group 5] [--repeat 3] [--engines packed,padded]
+                                       [--policy WORKDIR] [--calls]
     python benchmarks/sampler.py profile   # per-step decode time vs batch and budget (ours)
+    python benchmarks/sampler.py append --batch 40 [--repeat 3]   # the agent run's observation append
+
+`append`: the call that dominates a trained policy's rollout besides decode (issue 21): every
+row appends a 96-token observation (the demo's max_obs_tokens) to a 200-token context, window
+512 slots, --batch rows. Three forms alternate call by call on the same state (rewound after
+each): the padded engine's call (no `rows`: the whole batch, tokens padded to the prompt bucket
+of 64 = 128 wide), the packed engine's call when its bucket is the whole batch (the same, but
+`rows` = every row: a gather and a scatter of the window), and the no-gather call with the
+tokens padded to 32 (96 wide).
 """
 import argparse
 import functools
@@ -65,6 +81,64 @@ def load_ours():
     path = smollm2_gguf_path()
     model, cfg = load_gguf(path)
     return model, cfg, Tokenizer.from_gguf(path)
+
+
+def load_policy(c, tok, path: str):
+    """The model of the training run in `path` (its workdir or WORKDIR/checkpoints): the latest
+    checkpoint's params on config `c`'s architecture, by the evaluator's one path (params only,
+    onto abstract shapes; a missing path, a directory without checkpoints or another model's
+    checkpoint is refused with a message naming it)."""
+    from searche1_jax.eval.policy import load_model
+
+    if not path:
+        raise ValueError("--policy must name a training workdir or its checkpoints/ directory")
+    return load_model(c, tok, workdir=path, log=lambda m: print(m, flush=True))
+
+
+class CallLog:
+    """Wraps the engine's device calls (`decode`, `append`, `prefill_shared` as engine.py imports
+    them) to time each one to completion: the engine waits for every call right after it
+    (`device_get` of the tokens, `block_until_ready` of the cache), so the added wait moves no
+    time. rows: the call's batch (its bucket; the whole batch for the padded engine)."""
+
+    def __init__(self):
+        from searche1_jax.rollout import engine
+
+        self.engine, self.calls, self.on = engine, [], False
+        self.saved = {name: getattr(engine, name) for name in ("decode", "append", "prefill_shared")}
+        for name, fn in self.saved.items():
+            setattr(engine, name, self._timed(name, fn))
+
+    def close(self):
+        """Put the engine's own functions back."""
+        for name, fn in self.saved.items():
+            setattr(self.engine, name, fn)
+
+    def _timed(self, name, fn):
+        @functools.wraps(fn)
+        def call(model, state, *a, **kw):
+            t = time.perf_counter()
+            out = jax.block_until_ready(fn(model, state, *a, **kw))
+            if self.on:
+                rows = a[0].shape[0]  # decode: active [B]; append, prefill_shared: tokens [B, W]
+                steps = int(out[0].steps) if name == "decode" else 0
+                width = 0 if name == "decode" else int(a[0].shape[1])
+                self.calls.append((name, rows, width, int(kw.get("window") or 0), steps, time.perf_counter() - t))
+            return out
+        return call
+
+    def table(self) -> list[str]:
+        """One line per (kind, rows, width, window): calls, steps, seconds, ms per step."""
+        agg = {}
+        for name, rows, width, window, steps, s in self.calls:
+            a = agg.setdefault((name, rows, width, window), [0, 0, 0.0])
+            a[0], a[1], a[2] = a[0] + 1, a[1] + steps, a[2] + s
+        out = ["  | call | rows | tokens wide | window | calls | steps | s | ms / step |",
+               "  |---|---:|---:|---:|---:|---:|---:|---:|"]
+        for (name, rows, width, window), (n, steps, s) in sorted(agg.items()):
+            per = f"{1e3 * s / steps:.0f}" if steps else ""
+            out.append(f"  | {name} | {rows} | {width or ''} | {window} | {n} | {steps or ''} | {s:.1f} | {per} |")
+        return out
 
 
 def chat_prompts(tok, batch: int) -> list[list[int]]:
@@ -222,6 +296,50 @@ def cmd_profile(args):
               f"{decode._cache_size() if hasattr(decode, '_cache_size') else '?'}  [{load_line()}]")
 
 
+def cmd_append(args):
+    from searche1_jax.model.transformer import init_cache
+    from searche1_jax.rollout.sampler import append, empty_state, rewind
+
+    model, cfg, _ = load_ours()
+    b, ctx, obs, window = args.batch, 200, 96, 512
+    rng = np.random.default_rng(0)
+    state = empty_state(init_cache(cfg, b, 640), cfg.vocab_size)
+    state = append(model, state, jnp.asarray(rng.integers(100, 40000, (b, 256)), jnp.int32),
+                   jnp.full((b,), ctx, jnp.int32), jnp.int32(0), window=256)
+    lengths = np.full((b,), ctx, np.int32)
+    forms = {"no rows, 128 wide (padded engine)": (None, 128),
+             "rows = all, 128 wide (packed, full bucket)": (jnp.arange(b, dtype=jnp.int32), 128),
+             "no rows, 96 wide (bucket 32)": (None, 96)}
+    print(f"append: {b} rows x {obs} observation tokens onto {ctx}, window {window}, SmolLM2-135M fp32; "
+          f"{load_line()}")
+    box = {"state": state}
+    observation = rng.integers(100, 40000, (b, 128))  # the same tokens in every form (96 of them valid)
+
+    def make(rows, width):
+        toks = jnp.asarray(observation[:, :width], jnp.int32)
+        n = jnp.full((b,), obs, jnp.int32)
+
+        def fn():
+            st = append(model, rewind(box["state"], lengths), toks, n, jnp.int32(0), window=window,
+                        **({} if rows is None else {"rows": rows}))
+            box["state"] = jax.block_until_ready(st)
+            return np.asarray(st.logits[:, :8])
+        return fn
+    fns = {name: make(*f) for name, f in forms.items()}
+    for name, fn in fns.items():
+        t = time.perf_counter()
+        fn()
+        print(f"  {name}: first call {time.perf_counter() - t:.1f} s (compile included)", flush=True)
+    times, last = alternate(fns, args.repeat)
+    base = list(forms)[0]
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    for name, ts in times.items():
+        print(f"  {name + ':':45s} median {med[name]:.2f} s (runs {', '.join(f'{x:.2f}' for x in ts)}); "
+              f"vs the padded engine's call {med[name] / med[base]:.2f}x; "
+              f"same logits: {np.allclose(last[name], last[base], atol=1e-4)}")
+    print(f"  [{load_line()}]")
+
+
 def cmd_agent(args):
     """GRPO-shaped rollout: --batch questions x --group G rows, the demo's budgets, each engine of
     --engines (config.rollout.engine) in turn on the same key: the same trajectories (checked),
@@ -238,7 +356,14 @@ def cmd_agent(args):
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     c = demo.get_config()
-    model, cfg, tok = load_ours()
+    if args.policy:  # the base model's tokenizer, a run's params
+        from searche1_jax.model.checkpoint import smollm2_gguf_path
+        from searche1_jax.model.tokenizer import Tokenizer
+
+        tok = Tokenizer.from_gguf(smollm2_gguf_path())
+        model = load_policy(c, tok, args.policy)
+    else:
+        model, _, tok = load_ours()
     t = time.perf_counter()
     retriever = BM25Index.build(Corpus(c.retrieval.corpus))
     build = time.perf_counter() - t
@@ -254,6 +379,8 @@ def cmd_agent(args):
         distinct = [json.loads(line)["question"] for line, _ in zip(f, range(args.batch))]
     questions = [q for q in distinct for _ in range(args.group)]  # question-major, as roll_out
     sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
+    calls = CallLog() if args.calls else None
+    print(f"policy: {args.policy or 'base SmolLM2-135M-Instruct (GGUF)'}")
     print(f"{load_line()}; BM25 over {retriever.num_passages} demo passages built in {build:.1f} s")
     print(f"agent: {args.batch} questions x G = {args.group} = {len(questions)} rows, max_turns {r.max_turns}, "
           f"{r.max_turn_tokens} tokens/turn, obs <= {r.max_obs_tokens}, response <= {r.max_response_tokens}, "
@@ -271,14 +398,23 @@ def cmd_agent(args):
                for t2 in trajs.values() for x, y in zip(ref, t2))
     print(f"  same trajectories (tokens, loss masks) from every engine: {same}")
 
+    tables = {}
+
     def timed(e):
         def fn():
+            if calls:
+                calls.calls, calls.on = [], True
             t = time.perf_counter()
             out = agents[e].run(model, questions, key, sampling)
             print(f"    {e}: {time.perf_counter() - t:.1f} s  [{load_line()}]", flush=True)
+            if calls:
+                calls.on, tables[e] = False, calls.table()
             return out
         return fn
     times, last = alternate({e: timed(e) for e in engines}, args.repeat)
+    for e, lines in tables.items():
+        print(f"  device calls of the last timed {e} run:")
+        print("\n".join(lines))
     med = {e: float(np.median(v)) for e, v in times.items()}
     print("  | engine | median wall s | row-steps / sampled token | prefill tokens / question | decode s | "
           "append s | retrieval s | host s | decode calls | appends | new executables |")
@@ -293,8 +429,11 @@ def cmd_agent(args):
     finish = {}
     for t in last[engines[0]]:
         finish[t.finish_reason] = finish.get(t.finish_reason, 0) + 1
+    turns = {}
+    for t in last[engines[0]]:
+        turns[t.num_searches] = turns.get(t.num_searches, 0) + 1
     print(f"  {sampled} kept sampled tokens, {sum(t.num_searches for t in last[engines[0]])} searches, "
-          f"finish reasons {finish}")
+          f"finish reasons {finish}, rows by searches {dict(sorted(turns.items()))}")
     if len(engines) == 2:
         a, b = engines
         print(f"  {b} / {a} wall (medians of {args.repeat}, alternating): {med[b] / med[a]:.2f}x")
@@ -302,7 +441,7 @@ def cmd_agent(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("generate", "agent", "profile"))
+    ap.add_argument("what", choices=("generate", "agent", "profile", "append"))
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of each side, alternating (median reported)")
@@ -313,8 +452,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--group", type=int, default=5, help="agent: rows per question (GRPO's G)")
     ap.add_argument("--engines", default="packed,padded", help="agent: config.rollout.engine values to compare")
+    ap.add_argument("--policy", default="", help="agent: a training run's workdir (or WORKDIR/checkpoints): "
+                    "its latest params instead of the base model")
+    ap.add_argument("--calls", action="store_true", help="agent: per-call table of the device calls (profile)")
     args = ap.parse_args()
-    {"generate": cmd_generate, "agent": cmd_agent, "profile": cmd_profile}[args.what](args)
+    {"generate": cmd_generate, "agent": cmd_agent, "profile": cmd_profile, "append": cmd_append}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -82,13 +82,25 @@ def bind(cfg: ModelConfig, params: dict, mesh=None) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
+def checkpoints_dir(path: str) -> str:
+    """WORKDIR/checkpoints of a training workdir given as WORKDIR or as WORKDIR/checkpoints."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: name a training workdir (the --workdir of "
+                                f"`python -m searche1_jax.main`) or its checkpoints/ directory")
+    inside = os.path.join(path, "checkpoints")
+    if os.path.isdir(inside):
+        return inside
+    if os.path.basename(os.path.normpath(path)) == "checkpoints" and os.path.isdir(path):
+        return path
+    raise FileNotFoundError(f"{path} is not a training workdir: it has no checkpoints/ directory")
+
+
 def restore_workdir_params(workdir: str, cfg: ModelConfig, mesh=None, log=print) -> nnx.Module:
-    """The policy of a training workdir's latest checkpoint (params only)."""
+    """The policy of a training workdir's latest checkpoint (params only); workdir may also be
+    WORKDIR/checkpoints itself."""
     from searche1_jax.train.checkpoint import Checkpointer
 
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"{workdir} is not a training workdir: it has no checkpoints/ directory")
+    ckpt_dir = checkpoints_dir(workdir)
     ckpt = Checkpointer(ckpt_dir, async_save=False)
     try:
         out = ckpt.restore_latest_params(abstract_params(cfg, mesh))

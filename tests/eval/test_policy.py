@@ -43,6 +43,16 @@ def test_restores_the_latest_params_only(tmp_path):
     assert logits.shape == (1, 3, cfg.vocab_size) and bool(jnp.isfinite(logits).all())
 
 
+def test_the_checkpoints_directory_names_the_same_policy_as_its_workdir(tmp_path):
+    cfg = get_preset("tiny")
+    want = flatten(save_run(str(tmp_path), cfg))
+    logs = []
+    got = flat_params(restore_workdir_params(str(tmp_path / "checkpoints") + "/", cfg, log=logs.append))
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+    assert logs == [f"policy: {tmp_path}/checkpoints/ (train step 8)"]
+
+
 def test_abstract_params_allocate_nothing_and_match_the_model():
     cfg = get_preset("tiny")
     abstract = abstract_params(cfg)
@@ -58,8 +68,11 @@ def test_a_workdir_of_another_model_or_without_checkpoints_is_refused(tmp_path):
     save_run(str(tmp_path / "run"), get_preset("tiny"), saves=1)
     with pytest.raises(ValueError, match="written by a different model"):
         restore_workdir_params(str(tmp_path / "run"), get_preset("tiny", mlp_dim=96))
-    with pytest.raises(FileNotFoundError, match="no checkpoints/"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         restore_workdir_params(str(tmp_path / "nothing"), get_preset("tiny"))
+    os.makedirs(tmp_path / "plain")
+    with pytest.raises(FileNotFoundError, match="no checkpoints/"):
+        restore_workdir_params(str(tmp_path / "plain"), get_preset("tiny"))
     os.makedirs(tmp_path / "empty" / "checkpoints")
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         restore_workdir_params(str(tmp_path / "empty"), get_preset("tiny"))
