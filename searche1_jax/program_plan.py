@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from searche1_jax.shapes import next_pow2, round_up, row_buckets
+from searche1_jax.shapes import next_pow2, round_up, row_bucket
 
 PROGRAMS = ("grpo", "logps", "ofsd", "decode", "append", "prefill")
 
@@ -47,11 +47,6 @@ class ProgramShapes:
     top_k: int
     packed: bool            # rollout.engine "packed" (calls gather their rows) or "padded"
     replica: bool = True    # rollout.weights "replica" (a compute-dtype copy whole over data x fsdp) or "train"
-
-
-def row_bucket(n: int, n_rows: int) -> int:
-    """The engine's row bucket that holds n of n_rows rows (`shapes.row_buckets`)."""
-    return next(b for b in row_buckets(n_rows) if b >= n)
 
 
 def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_tokens: int = 128) -> ProgramShapes:

@@ -147,10 +147,9 @@ def test_padded_decode_keeps_the_cache_sharded():
     assert temp < whole_cache_bytes(model, s) / 2
 
 
-@pytest.mark.xfail(strict=True, reason="the packed engine's row gather (sampler._working_set: jnp.take over "
-                   "rows sharded on the mesh) makes XLA replicate the whole cache on every device: "
-                   "docs/SCALING.md, plan --aot")
 def test_packed_decode_keeps_the_cache_sharded():
+    """Each device gathers its working rows from its own rows (`rollout.packing`); a global
+    jnp.take over the sharded rows made XLA replicate the whole cache (issue 20)."""
     c, model, run = tiny_config()
     s = program_shapes(c, run, MESH)
     temp = aot.memory(aot.Programs(c, model, MESH, s).lower("decode").compile())["temp"]
