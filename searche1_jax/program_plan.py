@@ -167,12 +167,12 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     cache = 2 * L * b * S * m.n_kv_heads * m.head_dim * cb / kv
     row_logits = b * v * 4 / r
     heads = r * (rt if m.n_heads % rt == 0 else 1)
-    # decode: the packed engine gathers the call's rows into a working copy of the cache (as
-    # intended: sharded like the cache; see docs/SCALING.md for what XLA makes of it); top-p
-    # sorts [B, V]
-    # (measured with "padded", which gathers nothing: two copies of the cache besides the donated
-    # one, the loop's carry and the written cache; the same when the working set is the state)
-    working = 2 * cache
+    # decode: two copies of the cache besides the donated one, the loop's carry and the cache it
+    # writes (measured with "padded", which gathers nothing); the packed engine's call on every
+    # row also gathers them, each device its own rows (`rollout.packing`), into a third copy
+    # (measured, Qwen2.5-3B on 8 x H100: temp +48.5 GB over padded, the cache shard 51.5 GB;
+    # issue 20). top-p sorts [B, V]
+    working = (3 if s.packed else 2) * cache
     out["decode"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
                      "row_logits": row_logits, "sampling": 6 * row_logits, "resident": resident}
     # append: + the fp32 scores of the appended tokens against every slot, and their softmax

@@ -80,6 +80,13 @@ def put_rows(full: jax.Array, rows: jax.Array, part: jax.Array, trailing: tuple 
     dropped); `trailing` indexes the dims after the row (e.g. (Ellipsis, slice(None, w)): the
     first w slots of the last dim)."""
     s = rows.shape[0]
+    # a 16-bit float cache is written as its bits: XLA:CPU's float normalisation runs a bf16
+    # scatter in f32 (an f32 copy of the whole cache, twice its bytes: plan --aot, issue 20); a
+    # copy of bits is the same write
+    dtype = full.dtype
+    bits = jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize == 2
+    if bits:
+        full, part = (jax.lax.bitcast_convert_type(x, jnp.uint16) for x in (full, part.astype(dtype)))
     put = lambda blk, i, p: blk.at[(i,) + tuple(trailing)].set(p, mode="drop")  # noqa: E731
-    out = jax.vmap(put)(_blocks(full, s), _local(rows, full.shape[0]), _blocks(part, s))
-    return out.reshape(full.shape)
+    out = jax.vmap(put)(_blocks(full, s), _local(rows, full.shape[0]), _blocks(part, s)).reshape(full.shape)
+    return jax.lax.bitcast_convert_type(out, dtype) if bits else out
