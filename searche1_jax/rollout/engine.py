@@ -9,6 +9,10 @@ Two engines, the same trajectories (tests/rollout/test_engine.py):
   append computes only the rows that have something to append, in their own bucket. Decode
   cost follows live rows: a decode step computes at most 4/3 (3/2 for the smallest) of the rows
   that run at the call's start and at most 3/2 (2) of those still running at its end.
+  On a mesh the cache's rows are split over devices and each device packs its own live rows
+  into its part of the bucket (`packing.pack_rows`: buckets are per shard x shards, set by the
+  fullest shard), so the gather never crosses devices (issue 20); the bounds above then hold
+  for the fullest shard.
 - "padded": the engine before issue 21, kept for comparison: every row prefills its own prompt,
   and every row of the batch is computed in every decode step and every append, finished or not.
 

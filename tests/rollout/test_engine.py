@@ -174,7 +174,7 @@ def test_engine_stats_add_and_metrics():
     assert m["host_s"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("greedy", [pytest.param(True, marks=pytest.mark.slow), False], ids=["greedy", "sampled"])
 def test_packed_engine_on_8_devices_gives_the_one_device_trajectories(tok, greedy):
     """Issue 20: on a mesh the cache's rows are split over data x fsdp and the packed engine packs
     each device's live rows into its own part of the bucket (`rollout.packing`). Rows are
