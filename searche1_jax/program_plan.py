@@ -170,7 +170,7 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     # decode: two copies of the cache besides the donated one, the loop's carry and the cache it
     # writes (measured with "padded", which gathers nothing); the packed engine's call on every
     # row also gathers them, each device its own rows (`rollout.packing`), into a third copy
-    # (measured, Qwen2.5-3B on 8 x H100: temp +48.5 GB over padded, the cache shard 51.5 GB;
+    # (measured, Qwen2.5-3B on 8 x H100: decode temp +51.5 GB over padded, the cache shard 51.5 GB;
     # issue 20). top-p sorts [B, V]
     working = (3 if s.packed else 2) * cache
     out["decode"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,

@@ -156,9 +156,10 @@ def _put_back(full: DecodeState, part: DecodeState, rows: jax.Array | None) -> D
             part = part._replace(cache=_cache_put_prefix(full.cache, part.cache))
         return part
     w = part.cache.max_len
-    put = lambda f, p: put_rows(f, rows, p)  # noqa: E731
-    cache = KVCache(tuple(put_rows(f, rows, p, (Ellipsis, slice(None, w))) for f, p in zip(full.cache.k, part.cache.k)),
-                    tuple(put_rows(f, rows, p, (slice(None), slice(None, w))) for f, p in zip(full.cache.v, part.cache.v)),
+    put = lambda f, p, slots=(): put_rows(f, rows, p, slots)  # noqa: E731
+    k_slots, v_slots = (Ellipsis, slice(None, w)), (slice(None), slice(None, w))  # slots: k last, v third axis
+    cache = KVCache(tuple(put(f, p, k_slots) for f, p in zip(full.cache.k, part.cache.k)),
+                    tuple(put(f, p, v_slots) for f, p in zip(full.cache.v, part.cache.v)),
                     put(full.cache.length, part.cache.length))
     return DecodeState(cache, put(full.logits, part.logits), put(full.stop_state, part.stop_state))
 
