@@ -198,18 +198,26 @@ class Programs:
         states = _byte_aho_corasick([x.encode() for x in STOP_STRINGS])[0].shape[0]
         keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), b))
         params = SamplingParams(temperature=float(self.c.rollout.temperature), top_p=s.top_p, top_k=s.top_k)
-        return decode.lower(model, self._state(mesh, rules, b), _sds((b,), np.bool_), keys,
+        state = self._state(mesh, rules, b)
+        return decode.lower(model, state, _sds((b,), np.bool_), keys,
                             stop_table=_sds((states, v), np.int32),
                             stop_rank=_sds((states, len(STOP_STRINGS)), np.int32),
                             stop_enabled=_sds((b, len(STOP_STRINGS)), np.bool_), eos_ids=_sds((2,), np.int32),
                             max_new=s.max_new, params=params, speed=SpeedPolicy(), window=s.cache_len,
-                            rows=self._rows(b), budget=_sds((b,), np.int32), offset=_sds((b,), np.int32),
+                            rows=self._rows(state), budget=_sds((b,), np.int32), offset=_sds((b,), np.int32),
                             exit_below=_sds((), np.int32))
 
-    def _rows(self, b: int):
-        """The working rows a call gathers: the "packed" engine names them, "padded" runs all."""
+    def _rows(self, state):
+        """The working rows a call gathers: the "packed" engine names all of them (its largest
+        bucket) as one block per shard of the state's rows (`rollout.packing`), "padded" runs
+        all without a gather."""
         import numpy as np
-        return _sds((b,), np.int32) if self.c.rollout.engine == "packed" else None
+
+        from searche1_jax.rollout.packing import row_shards
+        if self.c.rollout.engine != "packed":
+            return None
+        b, shards = state.cache.length.shape[0], row_shards(state.cache.k[0])
+        return _sds((shards, b // shards), np.int32)
 
     def _lower_append(self):
         import numpy as np
@@ -218,9 +226,10 @@ class Programs:
         model, mesh, rules = self._rollout_model()
         s = self.s
         b = s.rollout_rows
-        return append.lower(model, self._state(mesh, rules, b), _sds((b, s.append_width), np.int32),
+        state = self._state(mesh, rules, b)
+        return append.lower(model, state, _sds((b, s.append_width), np.int32),
                             _sds((b,), np.int32), _sds((), np.int32), window=s.cache_len,
-                            rows=self._rows(b))
+                            rows=self._rows(state))
 
     def _lower_prefill(self):
         import numpy as np

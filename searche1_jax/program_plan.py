@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from searche1_jax.shapes import next_pow2, round_up, row_buckets
+from searche1_jax.shapes import next_pow2, round_up, row_bucket
 
 PROGRAMS = ("grpo", "logps", "ofsd", "decode", "append", "prefill")
 
@@ -47,11 +47,6 @@ class ProgramShapes:
     top_k: int
     packed: bool            # rollout.engine "packed" (calls gather their rows) or "padded"
     replica: bool = True    # rollout.weights "replica" (a compute-dtype copy whole over data x fsdp) or "train"
-
-
-def row_bucket(n: int, n_rows: int) -> int:
-    """The engine's row bucket that holds n of n_rows rows (`shapes.row_buckets`)."""
-    return next(b for b in row_buckets(n_rows) if b >= n)
 
 
 def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_tokens: int = 128) -> ProgramShapes:
@@ -177,12 +172,12 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     cache = 2 * L * b * S * m.n_kv_heads * m.head_dim * cb / kv
     row_logits = b * v * 4 / r
     heads = r * (rt if m.n_heads % rt == 0 else 1)
-    # decode: the packed engine gathers the call's rows into a working copy of the cache (as
-    # intended: sharded like the cache; see docs/SCALING.md for what XLA makes of it); top-p
-    # sorts [B, V]
-    # (measured with "padded", which gathers nothing: two copies of the cache besides the donated
-    # one, the loop's carry and the written cache; the same when the working set is the state)
-    working = 2 * cache
+    # decode: two copies of the cache besides the donated one, the loop's carry and the cache it
+    # writes (measured with "padded", which gathers nothing); the packed engine's call on every
+    # row also gathers them, each device its own rows (`rollout.packing`), into a third copy
+    # (measured, Qwen2.5-3B on 8 x H100: decode temp +51.5 GB over padded, the cache shard 51.5 GB;
+    # issue 20). top-p sorts [B, V]
+    working = (3 if s.packed else 2) * cache
     out["decode"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
                      "row_logits": row_logits, "sampling": 6 * row_logits, "resident": resident}
     # append: + the fp32 scores of one query block of the appended tokens against every slot,

@@ -45,3 +45,8 @@ def nearest(value: int, ok: Callable[[int], bool], limit: int) -> list[int]:
     below = next((v for v in range(value - 1, 0, -1) if ok(v)), None)
     above = next((v for v in range(value + 1, max(limit, value) + 1) if ok(v)), None)
     return [v for v in (below, above) if v is not None]
+
+
+def row_bucket(n: int, n_rows: int) -> int:
+    """The smallest of `row_buckets(n_rows)` that holds n rows (n <= n_rows)."""
+    return next(b for b in row_buckets(n_rows) if b >= n)

@@ -9,6 +9,10 @@ Two engines, the same trajectories (tests/rollout/test_engine.py):
   append computes only the rows that have something to append, in their own bucket. Decode
   cost follows live rows: a decode step computes at most 4/3 (3/2 for the smallest) of the rows
   that run at the call's start and at most 3/2 (2) of those still running at its end.
+  On a mesh the cache's rows are split over devices and each device packs its own live rows
+  into its part of the bucket (`packing.pack_rows`: buckets are per shard x shards, set by the
+  fullest shard), so the gather never crosses devices (issue 20); the bounds above then hold
+  for the fullest shard.
 - "padded": the engine before issue 21, kept for comparison: every row prefills its own prompt,
   and every row of the batch is computed in every decode step and every append, finished or not.
 
@@ -17,7 +21,6 @@ so a row samples the same tokens whichever batch it runs in.
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import time
 
@@ -27,9 +30,10 @@ import numpy as np
 
 from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import init_cache
+from searche1_jax.rollout.packing import pack_rows, row_shards
 from searche1_jax.rollout.sampler import (RUNNING, SamplingParams, append, decode, decode_window, empty_state,
                                           prefill_shared, rewind)
-from searche1_jax.shapes import round_up, row_buckets
+from searche1_jax.shapes import round_up, row_bucket, row_buckets  # noqa: F401 (row_buckets: tests)
 
 ENGINES = ("packed", "padded")
 
@@ -93,7 +97,8 @@ class RowEngine:
         self.max_len = max_len
         self.length = np.zeros((n_rows,), np.int64)
         self._few_row = None  # the model's few-row view, built the first time a batch wants it
-        self.buckets = row_buckets(n_rows)
+        # the blocks the cache's rows are split into over devices: packed calls gather within them
+        self.shards = row_shards(cache.k[0])
 
     def _decoder(self, batch: int):
         """(model to decode with, speed policy) for a decode of `batch` rows."""
@@ -105,10 +110,9 @@ class RowEngine:
         return self.model, speed
 
     def _bucket(self, rows: list[int]) -> tuple[np.ndarray, int]:
-        """(rows padded to their bucket with the out-of-range index n_rows, the bucket below)."""
-        i = bisect.bisect_left(self.buckets, len(rows))
-        n = self.buckets[i]
-        return np.asarray(list(rows) + [self.b] * (n - len(rows)), np.int32), (self.buckets[i - 1] if i else 0)
+        """(rows [shards, n] packed per shard and padded to the bucket n with the out-of-range
+        index n_rows, the bucket below n): `packing.pack_rows`."""
+        return pack_rows(rows, self.b, self.shards)
 
     def prefill(self, prompts: list[list[int]], bucket: int):
         """Prefill row r with prompts[r]; "packed": each distinct prompt once."""
@@ -119,7 +123,7 @@ class RowEngine:
             distinct: dict[tuple, int] = {}
             owner = np.asarray([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], np.int32)
             uniq = [list(p) for p in distinct]
-            toks, n = _padded(uniq, len(self._bucket(list(range(len(uniq))))[0]), width)
+            toks, n = _padded(uniq, row_bucket(len(uniq), self.b), width)
             self.state = prefill_shared(self.model, self.state, jnp.asarray(toks), jnp.asarray(n),
                                         jnp.asarray(owner), jnp.int32(self.start), window=window)
         else:
@@ -149,9 +153,10 @@ class RowEngine:
         running = list(live)
         while running:
             t0 = time.perf_counter()
-            if self.packed:  # leave when the running rows fit the bucket below
-                idx, exit_below = self._bucket(running)
-                rows, active = jnp.asarray(idx), idx < self.b
+            if self.packed:  # leave when every shard's running rows fit the bucket below
+                blocks, exit_below = self._bucket(running)
+                idx, rows = blocks.reshape(-1), jnp.asarray(blocks)
+                active = idx < self.b
             else:
                 idx, rows, exit_below = np.arange(self.b, dtype=np.int32), None, 0
                 active = np.isin(idx, running)
@@ -201,9 +206,9 @@ class RowEngine:
         ends = [self.length[r] + len(ids) for r, ids in rows.items()]
         window = decode_window(ends, 0, self.max_len)  # the filled part of the cache
         if self.packed:
-            idx, _ = self._bucket(sorted(rows))
-            seqs = [rows.get(int(r), []) for r in idx]
-            kw = dict(rows=jnp.asarray(idx))
+            blocks, _ = self._bucket(sorted(rows))
+            seqs = [rows.get(int(r), []) for r in blocks.reshape(-1)]
+            kw = dict(rows=jnp.asarray(blocks))
         else:
             seqs, kw = [rows.get(r, []) for r in range(self.b)], {}
         toks, n = _padded(seqs, len(seqs), width)

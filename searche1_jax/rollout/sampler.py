@@ -31,6 +31,7 @@ from flax import nnx
 
 from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.transformer import KVCache
+from searche1_jax.rollout.packing import put_rows, take_rows
 from searche1_jax.rollout.stop import step as stop_step
 from searche1_jax.shapes import next_pow2
 
@@ -143,29 +144,35 @@ def _cache_put_prefix(full: KVCache, part: KVCache) -> KVCache:
                    part.length)
 
 
+def _row_blocks(rows: jax.Array | None) -> jax.Array | None:
+    """`rows` as [S, r] blocks (`packing`): a flat [R] list is one block (one device)."""
+    return rows if rows is None or rows.ndim == 2 else rows[None]
+
+
 def _working_set(state: DecodeState, rows: jax.Array | None, window: int | None) -> DecodeState:
-    """Rows `rows` [R] of `state` (None: all, in order; an index >= B gives a copy of the last
-    row, a padding row) and the cache's first `window` slots (None: all)."""
+    """Rows `rows` [S, r] of `state` (`packing.take_rows`: each block within its shard's rows;
+    None: all, in order; a padding index gives a copy of its block's last row) and the cache's
+    first `window` slots (None: all)."""
     cache = state.cache
     if window is not None and window < cache.max_len:
         cache = _cache_prefix(cache, window)
     if rows is None:
         return state._replace(cache=cache)
-    take = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
+    take = lambda x: take_rows(x, rows)  # noqa: E731
     return DecodeState(jax.tree.map(take, cache), take(state.logits), take(state.stop_state))
 
 
 def _put_back(full: DecodeState, part: DecodeState, rows: jax.Array | None) -> DecodeState:
-    """`full` with `part` (a `_working_set` of it) written back; padding rows (index >= B) are
-    dropped."""
+    """`full` with `part` (a `_working_set` of it) written back; padding rows are dropped."""
     if rows is None:
         if part.cache.max_len < full.cache.max_len:
             part = part._replace(cache=_cache_put_prefix(full.cache, part.cache))
         return part
     w = part.cache.max_len
-    put = lambda f, p: f.at[rows].set(p, mode="drop")  # noqa: E731
-    cache = KVCache(tuple(f.at[rows, ..., :w].set(p, mode="drop") for f, p in zip(full.cache.k, part.cache.k)),
-                    tuple(f.at[rows, :, :w].set(p, mode="drop") for f, p in zip(full.cache.v, part.cache.v)),
+    put = lambda f, p, slots=(): put_rows(f, rows, p, slots)  # noqa: E731
+    k_slots, v_slots = (Ellipsis, slice(None, w)), (slice(None), slice(None, w))  # slots: k last, v third axis
+    cache = KVCache(tuple(put(f, p, k_slots) for f, p in zip(full.cache.k, part.cache.k)),
+                    tuple(put(f, p, v_slots) for f, p in zip(full.cache.v, part.cache.v)),
                     put(full.cache.length, part.cache.length))
     return DecodeState(cache, put(full.logits, part.logits), put(full.stop_state, part.stop_state))
 
@@ -208,14 +215,16 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
     keys, one per row: a row's i-th token of the call is then drawn with fold_in(its key,
     offset[b] + i) (offset: [B] int32, its tokens sampled before this call in the same turn;
     default 0), whatever batch it runs in (what the rollout engine uses).
-    rows: None, or [B] int32 indices into `state`'s rows: the call gathers those rows (and the
-    `window` slots), decodes them as a batch of B and writes them back (indices >= the state's
-    rows: padding, inactive). active, keys, stop_enabled, budget, offset and the outputs are
-    then per working row.
+    rows: None, or [S, B / S] int32 indices into `state`'s rows, block s within the state's
+    shard s (`packing.pack_rows`; a flat [B] list is one block): the call gathers those rows
+    (and the `window` slots) on the devices that hold them, decodes them as a batch of B
+    (flattened block by block) and writes them back (indices >= the state's rows: padding,
+    inactive). active, keys, stop_enabled, budget, offset and the outputs are then per working
+    row.
     budget: [B] int32 tokens each row may still sample (default max_new; each <= max_new).
-    exit_below: [] int32; the call returns as soon as at most this many rows are running
-    (default 0): those rows keep status RUNNING, and a later call with their offset and budget
-    continues them.
+    exit_below: [] int32; the call returns as soon as no block of `rows` (the whole batch when
+    rows is None or flat) has more than this many rows running (default 0): those rows keep
+    status RUNNING, and a later call with their offset and budget continues them.
 
     stop_table [S, V] int32 and stop_rank [S, n_stops] int32 are the stop automaton
     (`stop.StopAutomaton`); stop_enabled [B, n_stops] bool says which stop strings pause each
@@ -237,6 +246,8 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
     if speed.few_row_kernels and hasattr(model, "few_row_view"):
         model = model.few_row_view()
     full_state = state
+    rows = _row_blocks(rows)
+    blocks = 1 if rows is None else rows.shape[0]
     state = _working_set(state, rows, window)
     max_len = state.cache.max_len
     per_row = key.ndim == 1
@@ -251,7 +262,9 @@ def decode(model, state: DecodeState, active: jax.Array, key: jax.Array, *,
 
     def cond(carry):
         i, _, _, _, _, status, _, _ = carry
-        return (i < max_new) & (jnp.sum(status == RUNNING) > exit_below)
+        # per block: the engine re-packs once every shard's running rows fit a smaller bucket
+        running = jnp.sum((status == RUNNING).reshape(blocks, -1), axis=1)
+        return (i < max_new) & (jnp.max(running) > exit_below)
 
     def body(carry):
         i, st, toks, lps, n_new, status, hit, key = carry
@@ -295,9 +308,11 @@ def append(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Array, sta
     `start_state` (stop strings are matched on generated text only, per turn); other rows
     are untouched. window: as in `decode`, attend to and write only the cache's first
     `window` slots (>= length + n_valid of the appended rows; tokens past it are dropped).
-    rows: as in `decode`, the state's rows that tokens [R, T] go to (only they are computed).
+    rows: as in `decode` ([S, R / S] blocks, or flat), the state's rows that tokens [R, T] go to
+    (only they are computed).
     Returns the new DecodeState.
     """
+    rows = _row_blocks(rows)
     work = _working_set(state, rows, window)
     logits, cache = model.extend(tokens, n_valid, work.cache)
     touched = n_valid > 0

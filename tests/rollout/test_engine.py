@@ -172,3 +172,33 @@ def test_engine_stats_add_and_metrics():
     m = a.metrics()
     assert m["row_steps_per_token"] == 1.3 and m["prefill_tokens_per_question"] == 50
     assert m["host_s"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("greedy", [pytest.param(True, marks=pytest.mark.slow), False], ids=["greedy", "sampled"])
+def test_packed_engine_on_8_devices_gives_the_one_device_trajectories(tok, greedy):
+    """Issue 20: on a mesh the cache's rows are split over data x fsdp and the packed engine packs
+    each device's live rows into its own part of the bucket (`rollout.packing`). Rows are
+    independent, so the trajectories are those of one device, token for token."""
+    from searche1_jax.model.create import flat_params, model_from_arrays
+    from searche1_jax.model.sharding import make_mesh
+    from searche1_jax.rollout.engine import RowEngine
+    cfg = get_preset("tiny", vocab_size=tok.vocab_size)
+    model = create_model(cfg, seed=3)
+    if greedy:  # as in the one-device test: the random model's own preferences pick the pieces
+        nnx.update(model, jax.tree.map(lambda x: x * 8.0 if x.ndim >= 2 else x, nnx.state(model, nnx.Param)))
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    on_mesh = model_from_arrays(cfg, {k: np.asarray(v) for k, v in flat_params(model).items()}, mesh=mesh)
+    weights = {p: 1.0 for p in SAMPLED} if greedy else SAMPLED
+    sampling = SamplingParams(greedy=True) if greedy else SamplingParams(temperature=1.0)
+    questions = [q for q in QUESTIONS for _ in range(4)]  # 16 rows: 2 on each of the 8 devices
+    out = {}
+    for name, m in (("one", model), ("mesh", on_mesh)):
+        agent = make_agent(tok, "packed")
+        out[name] = (agent.run(steer(m, tok, weights, 1.0), questions, jax.random.key(4), sampling),
+                     agent.take_stats(), agent.retriever.calls)
+    assert RowEngine(on_mesh, 16, 64, 0, engine="packed", stats=EngineStats()).shards == 8
+    (one, s_one, calls_one), (sharded, s_mesh, calls_mesh) = out["one"], out["mesh"]
+    assert_same_trajectories(sharded, one)
+    assert calls_mesh == calls_one
+    assert len({turns_of(t) for t in sharded}) >= 2  # rows leave at different turns
+    assert s_mesh.sampled_tokens == s_one.sampled_tokens and s_mesh.prefill_tokens == s_one.prefill_tokens
