@@ -115,12 +115,13 @@ def _small_m_dot(x, w_t, preferred_element_type=None):
     return jax.lax.optimization_barrier(y_t).T
 
 
-@partial(jax.jit, static_argnums=1)
-def _transposed(ws: tuple, n_ins: tuple[int, ...]) -> tuple:
-    """Each kernel [*in, *out] (its first n_in axes the inputs) -> [*out, *in], materialised:
-    otherwise XLA folds the transposes back into the dots."""
+@partial(jax.jit, static_argnums=(1, 2))
+def _transposed(ws: tuple, n_ins: tuple[int, ...], leads: tuple[int, ...]) -> tuple:
+    """Each kernel [*lead, *in, *out] (after `lead` stacked-layer axes, n_in input axes) ->
+    [*lead, *out, *in], materialised: otherwise XLA folds the transposes back into the dots."""
     return jax.lax.optimization_barrier(tuple(
-        w.transpose(tuple(range(n, w.ndim)) + tuple(range(n))) for w, n in zip(ws, n_ins)))
+        w.transpose(tuple(range(a)) + tuple(range(a + n, w.ndim)) + tuple(range(a, a + n)))
+        for w, n, a in zip(ws, n_ins, leads)))
 
 
 class RMSNorm(nnx.Module):
@@ -245,6 +246,22 @@ class Block(nnx.Module):
         return x + self.mlp(self.post_attn_norm(x)), k_cache, v_cache
 
 
+def stack_blocks(blocks: list[Block]) -> Block:
+    """One Block holding the L blocks' parameters stacked [L, ...], logical axis `layers` first
+    (the layout `Transformer` scans over when `cfg.scan_layers`). Stacking built blocks, rather
+    than initialising a stacked one, gives the same random weights as the unrolled model of
+    the same seed. Reuses (and changes) blocks[0]."""
+    stacked = blocks[0]
+    per_block = [dict(nnx.iter_modules(b)) for b in blocks]
+    for path, module in list(nnx.iter_modules(stacked)):
+        for name, var in list(vars(module).items()):
+            if isinstance(var, nnx.Param):
+                value = jnp.stack([getattr(m[path], name)[...] for m in per_block])
+                axes = ("layers",) + tuple(var.get_metadata()["logical_axes"])
+                setattr(module, name, nnx.Param(value, logical_axes=axes))
+    return stacked
+
+
 class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, mesh=None, rules=DEFAULT_RULES):
         self.cfg = cfg
@@ -252,7 +269,9 @@ class Transformer(nnx.Module):
         self.rules = rules  # logical axis -> mesh axes (config.logical_axis_rules)
         self.embed = _param(rngs, nnx.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
                             cfg.param_dtype, ("vocab", "embed"))
-        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        blocks = [Block(cfg, rngs) for _ in range(cfg.n_layers)]
+        # scan_layers: one Block of stacked [L, ...] parameters, run by lax.scan
+        self.layers = stack_blocks(blocks) if cfg.scan_layers else nnx.List(blocks)
         self.final_norm = RMSNorm(cfg.d_model, cfg, rngs)
         self.lm_head = (None if cfg.tie_embeddings else
                         _param(rngs, nnx.initializers.normal(0.02), (cfg.d_model, cfg.vocab_size),
@@ -305,14 +324,18 @@ class Transformer(nnx.Module):
         x = self._embed(tokens)
 
         attn_block = self.cfg.attn_block
-        for block in self.layers:
-            if self.cfg.remat:
-                graphdef, state = nnx.split(block)
-                x = _ordered_remat(lambda s, h, p, m, g=graphdef: nnx.merge(g, s)(h, p, m, attn_block))(
-                    state, x, positions, mask)
-            else:
-                x = block(x, positions, mask, attn_block)
-            x = constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
+
+        def run(graphdef, state, h):
+            layer = lambda s, h, p, m: nnx.merge(graphdef, s)(h, p, m, attn_block)  # noqa: E731
+            h = (_ordered_remat(layer) if self.cfg.remat else layer)(state, h, positions, mask)
+            return constrain(h, ("batch", "length", "act_embed"), self.mesh, self.rules)
+
+        if self.cfg.scan_layers:
+            graphdef, stacked = nnx.split(self.layers)
+            x, _ = jax.lax.scan(lambda h, s: (run(graphdef, s, h), None), x, stacked)
+        else:
+            for block in self.layers:
+                x = run(*nnx.split(block), x)
         hidden = self.final_norm(x)
         return hidden if return_hidden else self.logits(hidden)
 
@@ -333,14 +356,18 @@ class Transformer(nnx.Module):
         if self.head_out_in:
             return self
         view = nnx.clone(self)
-        linears = [m for _, m in nnx.iter_modules(view) if isinstance(m, Linear)]
+        found = [(p, m) for p, m in nnx.iter_modules(view) if isinstance(m, Linear)]
+        linears = [m for _, m in found]
+        # a scanned model's kernels carry the layers axis first: it stays first
+        leads = tuple(int(self.cfg.scan_layers and p[0] == "layers") for p, _ in found)
         untied = view.lm_head is not None
         rows = _transposed(tuple(m.kernel[...] for m in linears)
                            + ((view.lm_head[...],) if untied else ()),
-                           tuple(m.n_in for m in linears) + ((1,) if untied else ()))
-        for m, w in zip(linears, rows):
+                           tuple(m.n_in for m in linears) + ((1,) if untied else ()),
+                           leads + ((0,) if untied else ()))
+        for m, w, a in zip(linears, rows, leads):
             axes = m.kernel.get_metadata()["logical_axes"]
-            m.kernel = nnx.Param(w, logical_axes=axes[m.n_in:] + axes[:m.n_in])
+            m.kernel = nnx.Param(w, logical_axes=axes[:a] + axes[a + m.n_in:] + axes[a:a + m.n_in])
             m.out_in = True
         if untied:
             view.lm_head = nnx.Param(rows[-1], logical_axes=("vocab", "embed"))
@@ -362,14 +389,33 @@ class Transformer(nnx.Module):
         write_idx = jnp.where(offs < n_valid[:, None], slots, s)       # s = dropped
         mask = jnp.arange(s)[None, None, :] <= slots[:, :, None]        # [B, T, S]
         x = self._embed(tokens)
-        ks, vs = [], []
-        for i, block in enumerate(self.layers):
-            x, k, v = block.extend(x, slots, mask, cache.k[i], cache.v[i], write_idx)
+
+        def run(block, h, k, v):
+            h, k, v = block.extend(h, slots, mask, k, v, write_idx)
             # the new cache keeps the old one's layout, so a donated cache is updated in place
-            ks.append(constrain(k, CACHE_K_AXES, self.mesh, self.rules))
-            vs.append(constrain(v, CACHE_V_AXES, self.mesh, self.rules))
+            return (h, constrain(k, CACHE_K_AXES, self.mesh, self.rules),
+                    constrain(v, CACHE_V_AXES, self.mesh, self.rules))
+
+        if self.cfg.scan_layers:
+            if not cache.stacked:
+                raise ValueError("a scan_layers model reads a stacked KV cache [L, ...]: make it "
+                                 "with model.init_cache (or init_cache of the same ModelConfig)")
+            graphdef, stacked = nnx.split(self.layers)
+
+            def body(h, xs):
+                h, k, v = run(nnx.merge(graphdef, xs[0]), h, xs[1], xs[2])
+                return h, (k, v)
+
+            x, (ks, vs) = jax.lax.scan(body, x, (stacked, cache.k, cache.v))
+        else:
+            ks, vs = [], []
+            for i, block in enumerate(self.layers):
+                x, k, v = run(block, x, cache.k[i], cache.v[i])
+                ks.append(k)
+                vs.append(v)
+            ks, vs = tuple(ks), tuple(vs)
         hidden = self.final_norm(x)
-        new_cache = KVCache(tuple(ks), tuple(vs), cache.length + n_valid.astype(jnp.int32))
+        new_cache = KVCache(ks, vs, cache.length + n_valid.astype(jnp.int32))
         if output == "hidden":
             return hidden, new_cache
         if output == "all":

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from searche1_jax.model.speed import SpeedPolicy
-from searche1_jax.model.transformer import KVCache
+from searche1_jax.model.kv_cache import KVCache, cache_prefix, cache_put_prefix, cache_put_rows, cache_rows
 from searche1_jax.rollout.stop import step as stop_step
 from searche1_jax.shapes import next_pow2
 
@@ -118,28 +118,16 @@ def decode_window(lengths, max_new: int, max_len: int, smallest: int = 64) -> in
     return min(next_pow2(need, smallest), max_len)
 
 
-def _cache_prefix(cache: KVCache, window: int) -> KVCache:
-    return KVCache(tuple(k[..., :window] for k in cache.k), tuple(v[:, :, :window] for v in cache.v),
-                   cache.length)
-
-
-def _cache_put_prefix(full: KVCache, part: KVCache) -> KVCache:
-    put = jax.lax.dynamic_update_slice
-    return KVCache(tuple(put(f, p, (0,) * f.ndim) for f, p in zip(full.k, part.k)),
-                   tuple(put(f, p, (0,) * f.ndim) for f, p in zip(full.v, part.v)),
-                   part.length)
-
-
 def _working_set(state: DecodeState, rows: jax.Array | None, window: int | None) -> DecodeState:
     """Rows `rows` [R] of `state` (None: all, in order; an index >= B gives a copy of the last
     row, a padding row) and the cache's first `window` slots (None: all)."""
     cache = state.cache
     if window is not None and window < cache.max_len:
-        cache = _cache_prefix(cache, window)
+        cache = cache_prefix(cache, window)
     if rows is None:
         return state._replace(cache=cache)
     take = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
-    return DecodeState(jax.tree.map(take, cache), take(state.logits), take(state.stop_state))
+    return DecodeState(cache_rows(cache, rows), take(state.logits), take(state.stop_state))
 
 
 def _put_back(full: DecodeState, part: DecodeState, rows: jax.Array | None) -> DecodeState:
@@ -147,14 +135,11 @@ def _put_back(full: DecodeState, part: DecodeState, rows: jax.Array | None) -> D
     dropped."""
     if rows is None:
         if part.cache.max_len < full.cache.max_len:
-            part = part._replace(cache=_cache_put_prefix(full.cache, part.cache))
+            part = part._replace(cache=cache_put_prefix(full.cache, part.cache))
         return part
-    w = part.cache.max_len
     put = lambda f, p: f.at[rows].set(p, mode="drop")  # noqa: E731
-    cache = KVCache(tuple(f.at[rows, ..., :w].set(p, mode="drop") for f, p in zip(full.cache.k, part.cache.k)),
-                    tuple(f.at[rows, :, :w].set(p, mode="drop") for f, p in zip(full.cache.v, part.cache.v)),
-                    put(full.cache.length, part.cache.length))
-    return DecodeState(cache, put(full.logits, part.logits), put(full.stop_state, part.stop_state))
+    return DecodeState(cache_put_rows(full.cache, part.cache, rows), put(full.logits, part.logits),
+                       put(full.stop_state, part.stop_state))
 
 
 def _read_only_model_jit(*, static_argnames: tuple[str, ...] = ()):
