@@ -144,6 +144,16 @@ def test_padded_decode_keeps_the_cache_sharded():
     assert temp < whole_cache_bytes(model, s) / 2
 
 
+def test_scanned_padded_decode_keeps_the_stacked_cache_sharded():
+    """model.scan_layers: the stacked [L, ...] cache is built abstractly, and split as the
+    per-layer one (its layers axis maps to no mesh axis)."""
+    c, model, run = tiny_config(rollout__engine="padded")
+    model = model.replace(scan_layers=True)
+    s = program_shapes(c, run, MESH)
+    compiled = aot.Programs(c, model, MESH, s).lower("decode").compile()
+    assert aot.memory(compiled)["temp"] < whole_cache_bytes(model, s) / 2
+
+
 @pytest.mark.xfail(strict=True, reason="the packed engine's row gather (sampler._working_set: jnp.take over "
                    "rows sharded on the mesh) makes XLA replicate the whole cache on every device: "
                    "docs/SCALING.md, plan --aot")

@@ -290,11 +290,12 @@ def prefill_shared(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Ar
     compute instead of B. window: as in `append`, the slots computed (>= the longest prompt).
     """
     u = tokens.shape[0]
-    fresh = jax.tree.map(lambda x: jnp.zeros((u,) + x.shape[1:], x.dtype),
-                         _working_set(state, None, window).cache)
+    # an empty u-row cache of the window's slots (either layout: zeros, the gather is dead code)
+    fresh = jax.tree.map(jnp.zeros_like, cache_rows(_working_set(state, None, window).cache,
+                                                     jnp.zeros((u,), jnp.int32)))
     logits, cache = model.extend(tokens, n_valid, fresh)
     spread = lambda x: jnp.take(x, owner, axis=0)  # noqa: E731
-    shared = DecodeState(jax.tree.map(spread, cache), spread(logits),
+    shared = DecodeState(cache_rows(cache, owner), spread(logits),
                          jnp.full(owner.shape, start_state, jnp.int32))
     return _put_back(state, shared, None)
 

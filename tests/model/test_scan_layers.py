@@ -189,3 +189,35 @@ def test_sharded_scanned_model_keeps_the_layers_axis_whole():
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
     # 3 rows do not divide data x fsdp: they replicate; the KV heads stay on tensor
     assert new_cache.k.sharding.spec == P(None, None, "tensor") == sharded.init_cache(3, 16).k.sharding.spec
+
+
+def test_sampler_calls_on_a_scanned_model_equal_the_unrolled():
+    """The rollout's jitted calls on both layouts: prefill_shared, append and decode with a
+    window and a row subset (the packed engine's gathers and scatters of a stacked cache)."""
+    from searche1_jax.model.speed import SpeedPolicy
+    from searche1_jax.rollout import sampler
+    from searche1_jax.rollout.sampler import SamplingParams, empty_state
+    unrolled, scanned = _pair(seed=11)
+    rng = np.random.default_rng(4)
+    toks = jnp.asarray(rng.integers(1, CFG.vocab_size, (2, 6)), jnp.int32)
+    obs = jnp.asarray(rng.integers(1, CFG.vocab_size, (2, 3)), jnp.int32)
+    rows = jnp.asarray([3, 1], jnp.int32)
+    results = []
+    for model in (unrolled, scanned):
+        st = empty_state(model.init_cache(4, 64), CFG.vocab_size)
+        st = sampler.prefill_shared(model, st, toks, jnp.asarray([6, 4], jnp.int32),
+                                    jnp.asarray([0, 1, 1, 0], jnp.int32), jnp.int32(0), window=16)
+        st = sampler.append(model, st, obs, jnp.asarray([3, 2], jnp.int32), jnp.int32(0), window=32, rows=rows)
+        out, st = sampler.decode(model, st, jnp.ones(2, bool), jax.random.key(0),
+                                 stop_table=jnp.zeros((1, CFG.vocab_size), jnp.int32),
+                                 stop_rank=jnp.array([[1]], jnp.int32), stop_enabled=jnp.ones((2, 1), bool),
+                                 eos_ids=jnp.array([-1], jnp.int32), max_new=5,
+                                 params=SamplingParams(greedy=True), speed=SpeedPolicy(), window=32, rows=rows)
+        k = np.asarray(st.cache.k) if st.cache.stacked else np.stack(st.cache.k)
+        results.append((np.asarray(out.tokens), np.asarray(out.logps), k, np.asarray(st.cache.length)))
+    (t0, l0, k0, n0), (t1, l1, k1, n1) = results
+    np.testing.assert_array_equal(t1, t0)
+    np.testing.assert_allclose(l1, l0, atol=1e-5)
+    np.testing.assert_allclose(k1, k0, atol=1e-5)
+    np.testing.assert_array_equal(n1, n0)
+    assert list(n0) == [6, 4 + 2 + 5, 4, 6 + 3 + 5]   # rows 3 and 1 appended and decoded
