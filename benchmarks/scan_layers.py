@@ -148,23 +148,25 @@ def run_bench(args) -> None:
         state[name][1:] = [cache, jnp.argmax(out, -1).astype(jnp.int32)[:, None]]
         return jax.block_until_ready(out)
 
-    t0 = time.perf_counter()
-    jax.block_until_ready((train(un), decode("unrolled")))
-    t1 = time.perf_counter()
-    jax.block_until_ready((train(sc), decode("scan")))
-    t2 = time.perf_counter()
-    print(f"first calls (compile + run) train + decode: unrolled {t1 - t0:.1f} s, scan {t2 - t1:.1f} s")
-    fns = {"train unrolled": lambda: jax.block_until_ready(train(un)),
-           "train scan": lambda: jax.block_until_ready(train(sc))}
-    times, _ = alternate(fns, args.rounds)
-    dfns = {"decode unrolled": lambda: decode("unrolled"), "decode scan": lambda: decode("scan")}
-    dtimes, _ = alternate(dfns, args.decode_rounds)
-    times.update(dtimes)
+    parts = args.parts.split(",")
+    calls = {"train": lambda m, name: train(m), "decode": lambda m, name: decode(name)}
+    times = {}
+    for part in parts:
+        t0 = time.perf_counter()
+        jax.block_until_ready(calls[part](un, "unrolled"))
+        t1 = time.perf_counter()
+        jax.block_until_ready(calls[part](sc, "scan"))
+        t2 = time.perf_counter()
+        print(f"first {part} call (compile + run): unrolled {t1 - t0:.1f} s, scan {t2 - t1:.1f} s")
+        fns = {f"{part} {name}": (lambda m=m, name=name, part=part: jax.block_until_ready(calls[part](m, name)))
+               for name, m in (("unrolled", un), ("scan", sc))}
+        got, _ = alternate(fns, args.rounds if part == "train" else args.decode_rounds)
+        times.update(got)
     med = {k: statistics.median(t) for k, t in times.items()}
     for k, t in med.items():
         print(f"{k:16s} median {t * 1e3:8.1f} ms over {len(times[k])} calls")
-    print(f"ratio scan / unrolled: train {med['train scan'] / med['train unrolled']:.2f}x, "
-          f"decode {med['decode scan'] / med['decode unrolled']:.2f}x")
+    print("ratio scan / unrolled: " + ", ".join(
+        f"{part} {med[f'{part} scan'] / med[f'{part} unrolled']:.2f}x" for part in parts))
 
 
 def main():
@@ -183,6 +185,7 @@ def main():
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--cache", type=int, default=512)
     p.add_argument("--decode-rounds", type=int, default=40)
+    p.add_argument("--parts", default="train,decode", help="run: which of train,decode to time")
     args = p.parse_args()
     {"compile": compile_parent, "compile-child": compile_child, "run": run_bench}[args.mode](args)
 

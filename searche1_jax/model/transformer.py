@@ -234,15 +234,23 @@ class Block(nnx.Module):
         x = x + self.attn.out(attend_causal(q, k, v, mask, attn_block))
         return x + self.mlp(self.post_attn_norm(x))
 
-    def extend(self, x, positions, mask, k_cache, v_cache, write_idx):
-        """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped)."""
+    def extend(self, x, positions, mask, k_cache, v_cache, write_idx, layer=None):
+        """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped).
+
+        layer: None, k_cache [B,K,D,S] and v_cache [B,K,S,D] are this block's; or a traced
+        int and they are the stacked [L, ...] caches (scan_layers) of which this block is
+        layer `layer`: written in place there and its slice read, so a scan over layers can
+        carry the whole cache and never holds a second copy of it (scanning the cache as xs
+        and ys did: 2x the decode program's temp)."""
         q, k, v = self.attn.qkv(self.input_norm(x), positions)
         rows = jnp.arange(x.shape[0])[:, None]
+        at = () if layer is None else (layer,)
         # k_cache [B,K,D,S], v_cache [B,K,S,D]: the indexed (slot) results are [B,T,K,D] = k, v
-        k_cache = k_cache.at[rows, :, :, write_idx].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[rows, :, write_idx].set(v.astype(v_cache.dtype), mode="drop")
-        x = x + self.attn.out(attend(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask,
-                                     cached=True))
+        k_cache = k_cache.at[at + (rows, slice(None), slice(None), write_idx)].set(
+            k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[at + (rows, slice(None), write_idx)].set(v.astype(v_cache.dtype), mode="drop")
+        k_l, v_l = (k_cache, v_cache) if layer is None else (k_cache[layer], v_cache[layer])
+        x = x + self.attn.out(attend(q, k_l.astype(q.dtype), v_l.astype(q.dtype), mask, cached=True))
         return x + self.mlp(self.post_attn_norm(x)), k_cache, v_cache
 
 
@@ -390,11 +398,12 @@ class Transformer(nnx.Module):
         mask = jnp.arange(s)[None, None, :] <= slots[:, :, None]        # [B, T, S]
         x = self._embed(tokens)
 
-        def run(block, h, k, v):
-            h, k, v = block.extend(h, slots, mask, k, v, write_idx)
+        def run(block, h, k, v, layer=None):
+            h, k, v = block.extend(h, slots, mask, k, v, write_idx, layer)
             # the new cache keeps the old one's layout, so a donated cache is updated in place
-            return (h, constrain(k, CACHE_K_AXES, self.mesh, self.rules),
-                    constrain(v, CACHE_V_AXES, self.mesh, self.rules))
+            lead = () if layer is None else ("layers",)
+            return (h, constrain(k, lead + CACHE_K_AXES, self.mesh, self.rules),
+                    constrain(v, lead + CACHE_V_AXES, self.mesh, self.rules))
 
         if self.cfg.scan_layers:
             if not cache.stacked:
@@ -402,11 +411,12 @@ class Transformer(nnx.Module):
                                  "with model.init_cache (or init_cache of the same ModelConfig)")
             graphdef, stacked = nnx.split(self.layers)
 
-            def body(h, xs):
-                h, k, v = run(nnx.merge(graphdef, xs[0]), h, xs[1], xs[2])
-                return h, (k, v)
+            def body(carry, xs):   # the whole stacked cache is carried, layer i updated in place
+                state, i = xs
+                return run(nnx.merge(graphdef, state), *carry, layer=i), None
 
-            x, (ks, vs) = jax.lax.scan(body, x, (stacked, cache.k, cache.v))
+            (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v),
+                                          (stacked, jnp.arange(self.cfg.n_layers)))
         else:
             ks, vs = [], []
             for i, block in enumerate(self.layers):
