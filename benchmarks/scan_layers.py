@@ -10,7 +10,9 @@ programs' resident size, and per-step runtime, each side measured in the same ru
 
 A compile child reports wall seconds of `lower(...).compile()` and RSS (from /proc/self/statm)
 after lowering, after compiling (the executable alive) and the process peak; the growth from
-lowering to compiled is the executable's resident code plus what the compile left allocated.
+lowering to compiled is the executable's resident code plus what the compile left allocated
+(XLA:CPU's memory_analysis() reports generated_code_size_in_bytes = 0, so RSS is the measure),
+and XLA's temp bytes of the program.
 Compiled with the default XLA:CPU flags (a run's real compile, LLVM optimisation included).
 """
 import argparse
@@ -41,14 +43,6 @@ def _model_cfg(args, scan: bool):
     return cfg.replace(dtype="float32", param_dtype="float32", remat=True, scan_layers=scan)
 
 
-def _code_bytes(compiled) -> int:
-    """XLA's generated code size of a compiled program (-1 when this jaxlib does not say)."""
-    try:
-        return int(compiled.memory_analysis().generated_code_size_in_bytes)
-    except Exception:  # noqa: BLE001  (an optional field of the analysis)
-        return -1
-
-
 def compile_child(args) -> None:
     """One program, one layout: print a JSON line of compile seconds and RSS."""
     import jax
@@ -75,7 +69,7 @@ def compile_child(args) -> None:
     print(json.dumps({"program": args.program, "layout": args.layout, "layers": cfg.n_layers,
                       "lower_s": lower_s, "compile_s": compile_s, "rss_lowered": rss0, "rss_compiled": rss1,
                       "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "temp": memory(compiled)["temp"], "code": _code_bytes(compiled),
+                      "temp": memory(compiled)["temp"],
                       "jax": jax.__version__}))
     del compiled
 
@@ -95,8 +89,7 @@ def compile_parent(args) -> None:
             print(f"{program:7s} {layout:8s} L={r['layers']}: lower {r['lower_s']:.1f} s, compile "
                   f"{r['compile_s']:.1f} s; RSS lowered {r['rss_lowered'] / 1e9:.2f} GB -> compiled "
                   f"{r['rss_compiled'] / 1e9:.2f} GB (+{(r['rss_compiled'] - r['rss_lowered']) / 1e9:.2f}), "
-                  f"peak {r['peak_rss'] / 1e9:.2f} GB; XLA temp {r['temp'] / 1e9:.3f} GB, "
-                  f"generated code {r['code'] / 1e6:.1f} MB", flush=True)
+                  f"peak {r['peak_rss'] / 1e9:.2f} GB; XLA temp {r['temp'] / 1e9:.3f} GB", flush=True)
     by = {(r["program"], r["layout"]): r for r in rows}
     print("\nratio unrolled / scanned:")
     for program in args.programs.split(","):
@@ -104,8 +97,7 @@ def compile_parent(args) -> None:
         grow = lambda r: r["rss_compiled"] - r["rss_lowered"]  # noqa: E731
         print(f"  {program}: compile {u['compile_s'] / s['compile_s']:.2f}x, lower "
               f"{u['lower_s'] / s['lower_s']:.2f}x, RSS growth {grow(u) / max(grow(s), 1):.2f}x, "
-              f"peak RSS {u['peak_rss'] / s['peak_rss']:.2f}x, XLA temp {u['temp'] / s['temp']:.2f}x, "
-              f"generated code {u['code'] / max(s['code'], 1):.2f}x")
+              f"peak RSS {u['peak_rss'] / s['peak_rss']:.2f}x, XLA temp {u['temp'] / s['temp']:.2f}x")
 
 
 def run_bench(args) -> None:

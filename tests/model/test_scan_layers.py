@@ -152,7 +152,7 @@ def test_scanned_model_round_trips_through_hf_safetensors(tmp_path):
     save_hf(scanned, str(tmp_path / "scan"))
     save_hf(unrolled, str(tmp_path / "unrolled"))
     from safetensors.numpy import load_file
-    a, b = load_file(str(tmp_path / "scan" / "model.safetensors")), load_file(str(tmp_path / "unrolled" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("scan", "unrolled"))
     assert sorted(a) == sorted(b) and "model.layers.2.mlp.up_proj.weight" in a
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
