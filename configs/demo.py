@@ -19,6 +19,10 @@ def get_config(arg: str = ""):
     c.model.architecture = "smollm2-135m"  # its shapes, for plan.py
     c.model.dtype = "float32"          # CPU: fp32 is the fast path
     c.model.remat = True               # recompute each block in the backward pass: ~free on CPU
+    # layers unrolled (model.scan_layers off; RESULTS "scan over layers"): measured here, the scan
+    # compiles the GRPO step 2.8x faster and keeps 0.31 GB less code resident per program, but the
+    # step's XLA temp grows 0.39 GB (so its peak does not fall) and a decode step runs 1.42x slower
+    c.model.scan_layers = False
     c.mesh.fsdp = -1
     c.data.train = os.path.join(DEMO_DIR, "train.jsonl")
     c.data.dev = os.path.join(DEMO_DIR, "dev.jsonl")

@@ -39,6 +39,15 @@ def get_config(arg: str = "instruct"):
     c = base()
     c.model.checkpoint = ""            # a local HF directory of Qwen/Qwen2.5-3B(-Instruct): required
     c.model.architecture = "qwen2.5-3b"  # the checkpoint's shapes (plan.py); base and instruct share them
+    # layers unrolled for now (model.scan_layers; RESULTS "scan over layers"). Scanned, plan --aot
+    # on fsdp 8 compiles the GRPO update 19x faster (1,973 -> 102 s; log-probs 398 -> 31 s), its
+    # per-device XLA temp falls 30.6 -> 10.3 GB (log-probs 14.5 -> 1.9 GB: unrolled, about all 36
+    # layers' all-gathered fp32 weights are live at once), the padded decode's 121 -> 104 GB, and
+    # training steps run at the same speed (CPU). Off until the planner (program_plan.py) models the
+    # scan (it counts every layer's gathered weights) and a decode step is timed on the device (1.42x
+    # slower on CPU: each layer's weights and cache are sliced out of the stacked arrays). A
+    # train-state checkpoint restores only in its own layout.
+    c.model.scan_layers = False
     # both variants render the prompt with the tokenizer's ChatML template (rollout.chat_template
     # "auto"): Qwen2.5 base tokenizers ship it and Search-R1's base runs used it (METHOD §1);
     # the variant only names which checkpoint you pass

@@ -171,15 +171,16 @@ class Programs:
         over the batch axes (what a call returns: `rollout/engine.py`)."""
         import numpy as np
 
-        from searche1_jax.model.kv_cache import KVCache, cache_shardings
+        import jax
+
+        from searche1_jax.model.kv_cache import cache_shardings, init_cache
         from searche1_jax.model.sharding import named_sharding
         from searche1_jax.rollout.sampler import DecodeState
         cfg, s = self.cfg, self.s
         sh = cache_shardings(cfg, rows, s.cache_len, mesh, rules)
-        k_shape = (rows, cfg.n_kv_heads, cfg.head_dim, s.cache_len)
-        v_shape = (rows, cfg.n_kv_heads, s.cache_len, cfg.head_dim)
-        cache = KVCache(tuple(_sds(k_shape, cfg.dtype, x) for x in sh.k),
-                        tuple(_sds(v_shape, cfg.dtype, x) for x in sh.v), _sds((rows,), np.int32, sh.length))
+        # the cache's shapes in either layout (per layer, or stacked for scan_layers), nothing allocated
+        shapes = jax.eval_shape(lambda: init_cache(cfg, rows, s.cache_len))
+        cache = jax.tree.map(lambda a, x: _sds(a.shape, a.dtype, x), shapes, sh)
         logits = _sds((rows, cfg.vocab_size), np.float32,
                       named_sharding(("batch", None), (rows, cfg.vocab_size), mesh, rules))
         return DecodeState(cache, logits, _sds((rows,), np.int32, named_sharding(("batch",), (rows,), mesh, rules)))

@@ -53,6 +53,10 @@ def base() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"     # compute dtype; softmax/RoPE/norm stay fp32
     c.model.param_dtype = "float32"  # fp32 master weights
     c.model.remat = True
+    # layers stacked and run by one lax.scan (ModelConfig.scan_layers): every compiled program holds
+    # one block's code instead of n_layers copies (compile 2-4x faster), decode steps are slower on
+    # CPU (RESULTS "scan over layers"); off unless a config measures it pays
+    c.model.scan_layers = False
 
     # devices as data x fsdp x tensor; -1 = all remaining devices (at most one axis)
     c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})

@@ -74,6 +74,8 @@ class ModelSection(_Section):
     dtype: compute dtype (softmax/RoPE/norm stay fp32); one of DTYPES.
     param_dtype: storage dtype of the parameters (fp32 master weights by default).
     remat: rematerialise each block in the backward pass.
+    scan_layers: store the layers stacked [n_layers, ...] and run them with one lax.scan (compile
+        time and compiled-code size independent of n_layers; see ModelConfig.scan_layers).
     """
     SECTION: ClassVar[str] = "model"
     preset: str
@@ -83,6 +85,7 @@ class ModelSection(_Section):
     dtype: str
     param_dtype: str
     remat: bool
+    scan_layers: bool
 
     def __post_init__(self):
         presets = tuple(sorted(PRESETS))

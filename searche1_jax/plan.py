@@ -364,7 +364,8 @@ def main(argv):
     if f.aot:
         from searche1_jax.aot import aot_report, format_aot, markdown_aot
         names = tuple(filter(None, f.programs.split(",")))
-        rep = aot_report(c, model.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat),
+        rep = aot_report(c, model.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
+                                       scan_layers=c.model.scan_layers),
                          run, mesh, f.device, processes=f.processes, privileged_tokens=f.privileged_tokens,
                          names=names, log=lambda line: print(line, file=sys.stderr, flush=True))
         command = " ".join(["python -m searche1_jax.plan"] + argv_flags())

@@ -148,6 +148,16 @@ def test_padded_decode_keeps_the_cache_sharded():
     assert temp < whole_cache_bytes(model, s) / 2
 
 
+def test_scanned_padded_decode_keeps_the_stacked_cache_sharded():
+    """model.scan_layers: the stacked [L, ...] cache is built abstractly, and split as the
+    per-layer one (its layers axis maps to no mesh axis)."""
+    c, model, run = tiny_config(rollout__engine="padded")
+    model = model.replace(scan_layers=True)
+    s = program_shapes(c, run, MESH)
+    compiled = aot.Programs(c, model, MESH, s).lower("decode").compile()
+    assert aot.memory(compiled)["temp"] < whole_cache_bytes(model, s) / 2
+
+
 def test_packed_decode_keeps_the_cache_sharded():
     """Each device gathers its working rows from its own rows (`rollout.packing`); a global
     jnp.take over the sharded rows made XLA replicate the whole cache (issue 20)."""

@@ -144,6 +144,7 @@ BAD_VALUES = [
     # types: the field is named too
     ("grpo.mini_batch", 2.0, r"config.grpo.mini_batch must be an int, got 2.0"),
     ("model.remat", 1, r"config.model.remat must be a bool"),
+    ("model.scan_layers", "yes", r"config.model.scan_layers must be a bool"),
     ("train.lr", "1e-6", r"config.train.lr must be a number"),
 ]
 

@@ -31,7 +31,8 @@ class Policy:
 
 
 def _model_overrides(c) -> dict:
-    return dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
+    return dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
+                scan_layers=c.model.scan_layers)
 
 
 def load_tokenizer(c) -> Tokenizer:

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from searche1_jax.model.config import ModelConfig
-from searche1_jax.model.create import flat_params, model_from_arrays
+from searche1_jax.model.create import flat_params, model_from_arrays, unstack_layers
 from searche1_jax.model.sharding import DEFAULT_RULES
 from searche1_jax.model.weight_map import flax_to_hf, hf_to_flax
 from searche1_jax.model.weight_tables import HF_IGNORE, gguf_rules, hf_rules
@@ -115,7 +115,8 @@ def save_hf(model, directory: str, *, dtype: str | None = None) -> None:
 
     cfg: ModelConfig = model.cfg
     os.makedirs(directory, exist_ok=True)
-    params = {k: np.asarray(v) for k, v in flat_params(model).items()}
+    # a scan_layers model's stacked [L, ...] parameters go out per layer, as HF names them
+    params = {k: np.asarray(v) for k, v in unstack_layers(flat_params(model), cfg).items()}
     tensors = flax_to_hf(params, hf_rules(cfg))
     if dtype is not None:
         import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)

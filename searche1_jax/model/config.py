@@ -27,6 +27,9 @@ class ModelConfig:
     remat: bool = False             # rematerialise each block in the backward pass
     attn_block: int = 128           # training forward: causal attention in query blocks of this
                                     # many tokens, skipping future keys (0 = one dense square)
+    scan_layers: bool = False       # layers stored stacked [n_layers, ...] and run by one
+                                    # lax.scan (MaxText's scan_layers): each compiled program holds
+                                    # the block's code once instead of n_layers times
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:

@@ -6,6 +6,7 @@ created or placed with its `NamedSharding` from the logical rules.
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 import jax
@@ -33,6 +34,68 @@ def _nest(flat: Mapping[str, object]) -> dict:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return out
+
+
+_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+
+
+def stack_layers(arrays: Mapping[str, object], cfg: ModelConfig) -> dict[str, object]:
+    """Per-layer paths (`layers.{i}.x`, the weight tables' form) -> a scan_layers model's paths
+    (`layers.x`, [L, ...]); arrays already stacked pass through. The stack is a `_LayerStack`
+    view: a shard reads its slice of each layer, so no [L, ...] copy is made on the host."""
+    out, per_layer = {}, {}
+    for key, value in arrays.items():
+        m = _LAYER.match(key)
+        if m:
+            per_layer.setdefault(m.group(2), {})[int(m.group(1))] = value
+        else:
+            out[key] = value
+    for name, layers in per_layer.items():
+        missing = [i for i in range(cfg.n_layers) if i not in layers]
+        extra = sorted(set(layers) - set(range(cfg.n_layers)))
+        if missing or extra:
+            raise ValueError(f"layers.{{i}}.{name}: the model has {cfg.n_layers} layers, the arrays "
+                             f"lack layers {missing[:5]} and have extra layers {extra[:5]} "
+                             f"(does config n_layers match the checkpoint?)")
+        out["layers." + name] = _LayerStack([layers[i] for i in range(cfg.n_layers)])
+    return out
+
+
+def unstack_layers(arrays: Mapping[str, object], cfg: ModelConfig) -> dict[str, object]:
+    """Inverse of `stack_layers` for a scan_layers model's arrays (`layers.x` [L, ...] ->
+    `layers.{i}.x`); an unrolled model's arrays pass through."""
+    if not cfg.scan_layers:
+        return dict(arrays)
+    out = {}
+    for key, value in arrays.items():
+        if key.startswith("layers."):
+            out.update({f"layers.{i}.{key[len('layers.'):]}": value[i] for i in range(cfg.n_layers)})
+        else:
+            out[key] = value
+    return out
+
+
+class _LayerStack:
+    """L same-shaped host arrays seen as one [L, ...] array: `shape`, `astype` (lazy) and
+    indexing, which stacks only the slice asked for."""
+
+    def __init__(self, layers, dtype=None):
+        self.layers, self.dtype = layers, dtype
+        self.shape = (len(layers),) + tuple(np.shape(layers[0]))
+
+    def astype(self, dtype, copy=False):
+        return _LayerStack(self.layers, dtype)
+
+    def __getitem__(self, idx):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        head, rest = (idx[0], idx[1:]) if idx else (slice(None), ())
+        picked = range(len(self.layers))[head]
+        out = np.stack([np.asarray(self.layers[i])[rest] for i in picked])
+        return out if self.dtype is None else out.astype(self.dtype, copy=False)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[(slice(None),)]
+        return out if dtype is None else out.astype(dtype)
 
 
 def abstract_model(cfg: ModelConfig, mesh: Mesh | None = None, rules=DEFAULT_RULES):
@@ -75,11 +138,15 @@ def model_from_arrays(cfg: ModelConfig, arrays: Mapping[str, np.ndarray], *,
                       mesh: Mesh | None = None, rules=DEFAULT_RULES, source: str = "checkpoint") -> Transformer:
     """Place host arrays ({dotted path: array}, e.g. from a weight map) into a model.
 
-    Each array is cast to `cfg.param_dtype` and put on the mesh shard by shard
+    Layers may come per layer (`layers.{i}.x`, the weight tables' paths) whatever the model's
+    layout: a `cfg.scan_layers` model stacks them (`stack_layers`). Each array is cast to
+    `cfg.param_dtype` and put on the mesh shard by shard
     (`make_array_from_callback`), so a host never holds more than the checkpoint itself.
     Raises ValueError naming missing tensors, unexpected ones and shape mismatches.
     """
     graphdef, state, flat = abstract_model(cfg, mesh, rules)
+    if cfg.scan_layers:
+        arrays = stack_layers(arrays, cfg)
     missing = sorted(set(flat) - set(arrays))
     if missing:
         raise ValueError(f"{source}: {len(missing)} parameters missing, e.g. {missing[:5]}")
@@ -94,9 +161,10 @@ def model_from_arrays(cfg: ModelConfig, arrays: Mapping[str, np.ndarray], *,
         if tuple(arr.shape) != want:
             raise ValueError(f"{source}: shape mismatch for {path}: expected {want}, got "
                              f"{tuple(arr.shape)} (does the model config match the checkpoint?)")
-        arr = np.asarray(arr).astype(jnp.dtype(cfg.param_dtype), copy=False)
+        arr = (arr if isinstance(arr, _LayerStack) else np.asarray(arr)).astype(
+            jnp.dtype(cfg.param_dtype), copy=False)
         if mesh is None:
-            placed[path] = jnp.asarray(arr)
+            placed[path] = jnp.asarray(np.asarray(arr))
         else:
             placed[path] = jax.make_array_from_callback(want, shardings[path], lambda idx, a=arr: a[idx])
     nnx.replace_by_pure_dict(state, _nest(placed))

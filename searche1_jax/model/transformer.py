@@ -115,12 +115,13 @@ def _small_m_dot(x, w_t, preferred_element_type=None):
     return jax.lax.optimization_barrier(y_t).T
 
 
-@partial(jax.jit, static_argnums=1)
-def _transposed(ws: tuple, n_ins: tuple[int, ...]) -> tuple:
-    """Each kernel [*in, *out] (its first n_in axes the inputs) -> [*out, *in], materialised:
-    otherwise XLA folds the transposes back into the dots."""
+@partial(jax.jit, static_argnums=(1, 2))
+def _transposed(ws: tuple, n_ins: tuple[int, ...], leads: tuple[int, ...]) -> tuple:
+    """Each kernel [*lead, *in, *out] (after `lead` stacked-layer axes, n_in input axes) ->
+    [*lead, *out, *in], materialised: otherwise XLA folds the transposes back into the dots."""
     return jax.lax.optimization_barrier(tuple(
-        w.transpose(tuple(range(n, w.ndim)) + tuple(range(n))) for w, n in zip(ws, n_ins)))
+        w.transpose(tuple(range(a)) + tuple(range(a + n, w.ndim)) + tuple(range(a, a + n)))
+        for w, n, a in zip(ws, n_ins, leads)))
 
 
 class RMSNorm(nnx.Module):
@@ -251,20 +252,49 @@ class Block(nnx.Module):
         x = x + self.attn.out(attend_causal(q, k, v, mask, attn_block))
         return x + self.mlp(self.post_attn_norm(x))
 
-    def extend(self, x, positions, mask, k_cache, v_cache, write_idx):
-        """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped)."""
+    def extend(self, x, positions, mask, k_cache, v_cache, write_idx, layer=None):
+        """Append this chunk's keys/values at `write_idx` [B, T] (out of range = dropped).
+
+        layer: None, k_cache [B,K,D,S] and v_cache [B,K,S,D] are this block's; or a traced
+        int and they are the stacked [L, ...] caches (scan_layers) of which this block is
+        layer `layer`: written in place there and its slice read, so a scan over layers can
+        carry the whole cache and never holds a second copy of it (scanning the cache as xs
+        and ys did: 2x the decode program's temp)."""
         q, k, v = self.attn.qkv(self.input_norm(x), positions)
-        # k_cache [B,K,D,S], v_cache [B,K,S,D]; k, v [B,T,K,D]. Written row by row (vmap): a
-        # scatter indexed by an explicit row iota over rows sharded on the mesh made XLA
-        # all-gather every row's new keys, values and slots to every device, each layer, each
-        # decode step; the batched scatter stays on the device that holds the row.
-        put_k = lambda c, new, i: c.at[:, :, i].set(jnp.moveaxis(new, 0, -1), mode="drop")  # noqa: E731
-        put_v = lambda c, new, i: c.at[:, i].set(jnp.moveaxis(new, 0, 1), mode="drop")  # noqa: E731
-        k_cache = jax.vmap(put_k)(k_cache, k.astype(k_cache.dtype), write_idx)
-        v_cache = jax.vmap(put_v)(v_cache, v.astype(v_cache.dtype), write_idx)
-        x = x + self.attn.out(attend_cached(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask,
-                                            self.attn_block))
+        # k_cache [B,K,D,S], v_cache [B,K,S,D] (stacked: [L, B, ...]); k, v [B,T,K,D]. Written
+        # row by row (vmap over the rows' axis): a scatter indexed by an explicit row iota over
+        # rows sharded on the mesh made XLA all-gather every row's new keys, values and slots to
+        # every device, each layer, each decode step; the batched scatter stays on the device
+        # that holds the row.
+        # (a row's new [T,K,D]: indexed by the slots alone the result keeps the slots' axis in
+        # place; with the layer too, two advanced indices apart put the slots first: [T,K,D])
+        at = () if layer is None else (layer,)
+        ax = 0 if layer is None else 1
+        k_new = (lambda n: jnp.moveaxis(n, 0, -1)) if layer is None else (lambda n: n)  # noqa: E731
+        v_new = (lambda n: jnp.moveaxis(n, 0, 1)) if layer is None else (lambda n: n)  # noqa: E731
+        put_k = lambda c, new, i: c.at[at + (slice(None), slice(None), i)].set(k_new(new), mode="drop")  # noqa: E731
+        put_v = lambda c, new, i: c.at[at + (slice(None), i)].set(v_new(new), mode="drop")  # noqa: E731
+        k_cache = jax.vmap(put_k, in_axes=(ax, 0, 0), out_axes=ax)(k_cache, k.astype(k_cache.dtype), write_idx)
+        v_cache = jax.vmap(put_v, in_axes=(ax, 0, 0), out_axes=ax)(v_cache, v.astype(v_cache.dtype), write_idx)
+        k_l, v_l = (k_cache, v_cache) if layer is None else (k_cache[layer], v_cache[layer])
+        x = x + self.attn.out(attend_cached(q, k_l.astype(q.dtype), v_l.astype(q.dtype), mask, self.attn_block))
         return x + self.mlp(self.post_attn_norm(x)), k_cache, v_cache
+
+
+def stack_blocks(blocks: list[Block]) -> Block:
+    """One Block holding the L blocks' parameters stacked [L, ...], logical axis `layers` first
+    (the layout `Transformer` scans over when `cfg.scan_layers`). Stacking built blocks, rather
+    than initialising a stacked one, gives the same random weights as the unrolled model of
+    the same seed. Reuses (and changes) blocks[0]."""
+    stacked = blocks[0]
+    per_block = [dict(nnx.iter_modules(b)) for b in blocks]
+    for path, module in list(nnx.iter_modules(stacked)):
+        for name, var in list(vars(module).items()):
+            if isinstance(var, nnx.Param):
+                value = jnp.stack([getattr(m[path], name)[...] for m in per_block])
+                axes = ("layers",) + tuple(var.get_metadata()["logical_axes"])
+                setattr(module, name, nnx.Param(value, logical_axes=axes))
+    return stacked
 
 
 class Transformer(nnx.Module):
@@ -274,7 +304,9 @@ class Transformer(nnx.Module):
         self.rules = rules  # logical axis -> mesh axes (config.logical_axis_rules)
         self.embed = _param(rngs, nnx.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
                             cfg.param_dtype, ("vocab", "embed"))
-        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        blocks = [Block(cfg, rngs) for _ in range(cfg.n_layers)]
+        # scan_layers: one Block of stacked [L, ...] parameters, run by lax.scan
+        self.layers = stack_blocks(blocks) if cfg.scan_layers else nnx.List(blocks)
         self.final_norm = RMSNorm(cfg.d_model, cfg, rngs)
         self.lm_head = (None if cfg.tie_embeddings else
                         _param(rngs, nnx.initializers.normal(0.02), (cfg.d_model, cfg.vocab_size),
@@ -327,14 +359,18 @@ class Transformer(nnx.Module):
         x = self._embed(tokens)
 
         attn_block = self.cfg.attn_block
-        for block in self.layers:
-            if self.cfg.remat:
-                graphdef, state = nnx.split(block)
-                x = _ordered_remat(lambda s, h, p, m, g=graphdef: nnx.merge(g, s)(h, p, m, attn_block))(
-                    state, x, positions, mask)
-            else:
-                x = block(x, positions, mask, attn_block)
-            x = constrain(x, ("batch", "length", "act_embed"), self.mesh, self.rules)
+
+        def run(graphdef, state, h):
+            layer = lambda s, h, p, m: nnx.merge(graphdef, s)(h, p, m, attn_block)  # noqa: E731
+            h = (_ordered_remat(layer) if self.cfg.remat else layer)(state, h, positions, mask)
+            return constrain(h, ("batch", "length", "act_embed"), self.mesh, self.rules)
+
+        if self.cfg.scan_layers:
+            graphdef, stacked = nnx.split(self.layers)
+            x, _ = jax.lax.scan(lambda h, s: (run(graphdef, s, h), None), x, stacked)
+        else:
+            for block in self.layers:
+                x = run(*nnx.split(block), x)
         hidden = self.final_norm(x)
         return hidden if return_hidden else self.logits(hidden)
 
@@ -355,14 +391,18 @@ class Transformer(nnx.Module):
         if self.head_out_in:
             return self
         view = nnx.clone(self)
-        linears = [m for _, m in nnx.iter_modules(view) if isinstance(m, Linear)]
+        found = [(p, m) for p, m in nnx.iter_modules(view) if isinstance(m, Linear)]
+        linears = [m for _, m in found]
+        # a scanned model's kernels carry the layers axis first: it stays first
+        leads = tuple(int(self.cfg.scan_layers and p[0] == "layers") for p, _ in found)
         untied = view.lm_head is not None
         rows = _transposed(tuple(m.kernel[...] for m in linears)
                            + ((view.lm_head[...],) if untied else ()),
-                           tuple(m.n_in for m in linears) + ((1,) if untied else ()))
-        for m, w in zip(linears, rows):
+                           tuple(m.n_in for m in linears) + ((1,) if untied else ()),
+                           leads + ((0,) if untied else ()))
+        for m, w, a in zip(linears, rows, leads):
             axes = m.kernel.get_metadata()["logical_axes"]
-            m.kernel = nnx.Param(w, logical_axes=axes[m.n_in:] + axes[:m.n_in])
+            m.kernel = nnx.Param(w, logical_axes=axes[:a] + axes[a + m.n_in:] + axes[a:a + m.n_in])
             m.out_in = True
         if untied:
             view.lm_head = nnx.Param(rows[-1], logical_axes=("vocab", "embed"))
@@ -384,14 +424,35 @@ class Transformer(nnx.Module):
         write_idx = jnp.where(offs < n_valid[:, None], slots, s)       # s = dropped
         mask = jnp.arange(s)[None, None, :] <= slots[:, :, None]        # [B, T, S]
         x = self._embed(tokens)
-        ks, vs = [], []
-        for i, block in enumerate(self.layers):
-            x, k, v = block.extend(x, slots, mask, cache.k[i], cache.v[i], write_idx)
+
+        def run(block, h, k, v, layer=None):
+            h, k, v = block.extend(h, slots, mask, k, v, write_idx, layer)
             # the new cache keeps the old one's layout, so a donated cache is updated in place
-            ks.append(constrain(k, CACHE_K_AXES, self.mesh, self.rules))
-            vs.append(constrain(v, CACHE_V_AXES, self.mesh, self.rules))
+            lead = () if layer is None else ("layers",)
+            return (h, constrain(k, lead + CACHE_K_AXES, self.mesh, self.rules),
+                    constrain(v, lead + CACHE_V_AXES, self.mesh, self.rules))
+
+        if self.cfg.scan_layers:
+            if not cache.stacked:
+                raise ValueError("a scan_layers model reads a stacked KV cache [L, ...]: make it "
+                                 "with model.init_cache (or init_cache of the same ModelConfig)")
+            graphdef, stacked = nnx.split(self.layers)
+
+            def body(carry, xs):   # the whole stacked cache is carried, layer i updated in place
+                state, i = xs
+                return run(nnx.merge(graphdef, state), *carry, layer=i), None
+
+            (x, ks, vs), _ = jax.lax.scan(body, (x, cache.k, cache.v),
+                                          (stacked, jnp.arange(self.cfg.n_layers)))
+        else:
+            ks, vs = [], []
+            for i, block in enumerate(self.layers):
+                x, k, v = run(block, x, cache.k[i], cache.v[i])
+                ks.append(k)
+                vs.append(v)
+            ks, vs = tuple(ks), tuple(vs)
         hidden = self.final_norm(x)
-        new_cache = KVCache(tuple(ks), tuple(vs), cache.length + n_valid.astype(jnp.int32))
+        new_cache = KVCache(ks, vs, cache.length + n_valid.astype(jnp.int32))
         if output == "hidden":
             return hidden, new_cache
         if output == "all":

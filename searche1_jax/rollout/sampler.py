@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from searche1_jax.model.speed import SpeedPolicy
-from searche1_jax.model.transformer import KVCache
+from searche1_jax.model.kv_cache import KVCache, cache_prefix, cache_put_prefix, cache_rows
 from searche1_jax.rollout.packing import put_rows, take_rows
 from searche1_jax.rollout.stop import step as stop_step
 from searche1_jax.shapes import next_pow2
@@ -132,18 +132,6 @@ def decode_window(lengths, max_new: int, max_len: int, smallest: int = 64) -> in
     return min(next_pow2(need, smallest), max_len)
 
 
-def _cache_prefix(cache: KVCache, window: int) -> KVCache:
-    return KVCache(tuple(k[..., :window] for k in cache.k), tuple(v[:, :, :window] for v in cache.v),
-                   cache.length)
-
-
-def _cache_put_prefix(full: KVCache, part: KVCache) -> KVCache:
-    put = jax.lax.dynamic_update_slice
-    return KVCache(tuple(put(f, p, (0,) * f.ndim) for f, p in zip(full.k, part.k)),
-                   tuple(put(f, p, (0,) * f.ndim) for f, p in zip(full.v, part.v)),
-                   part.length)
-
-
 def _row_blocks(rows: jax.Array | None) -> jax.Array | None:
     """`rows` as [S, r] blocks (`packing`): a flat [R] list is one block (one device)."""
     return rows if rows is None or rows.ndim == 2 else rows[None]
@@ -155,24 +143,31 @@ def _working_set(state: DecodeState, rows: jax.Array | None, window: int | None)
     first `window` slots (None: all)."""
     cache = state.cache
     if window is not None and window < cache.max_len:
-        cache = _cache_prefix(cache, window)
+        cache = cache_prefix(cache, window)
     if rows is None:
         return state._replace(cache=cache)
     take = lambda x: take_rows(x, rows)  # noqa: E731
-    return DecodeState(jax.tree.map(take, cache), take(state.logits), take(state.stop_state))
+    # a stacked cache (scan_layers, [L, B, ...]) takes the same rows of every layer
+    take_c = (lambda x: jax.vmap(take)(x)) if cache.stacked else take  # noqa: E731
+    cache = KVCache(jax.tree.map(take_c, cache.k), jax.tree.map(take_c, cache.v), take(cache.length))
+    return DecodeState(cache, take(state.logits), take(state.stop_state))
 
 
 def _put_back(full: DecodeState, part: DecodeState, rows: jax.Array | None) -> DecodeState:
     """`full` with `part` (a `_working_set` of it) written back; padding rows are dropped."""
     if rows is None:
         if part.cache.max_len < full.cache.max_len:
-            part = part._replace(cache=_cache_put_prefix(full.cache, part.cache))
+            part = part._replace(cache=cache_put_prefix(full.cache, part.cache))
         return part
     w = part.cache.max_len
     put = lambda f, p, slots=(): put_rows(f, rows, p, slots)  # noqa: E731
     k_slots, v_slots = (Ellipsis, slice(None, w)), (slice(None), slice(None, w))  # slots: k last, v third axis
-    cache = KVCache(tuple(put(f, p, k_slots) for f, p in zip(full.cache.k, part.cache.k)),
-                    tuple(put(f, p, v_slots) for f, p in zip(full.cache.v, part.cache.v)),
+    if full.cache.stacked:  # [L, B, ...]: the same rows of every layer
+        put_k = jax.vmap(lambda f, p: put(f, p, k_slots))
+        put_v = jax.vmap(lambda f, p: put(f, p, v_slots))
+    else:
+        put_k, put_v = (lambda f, p: put(f, p, k_slots)), (lambda f, p: put(f, p, v_slots))
+    cache = KVCache(jax.tree.map(put_k, full.cache.k, part.cache.k), jax.tree.map(put_v, full.cache.v, part.cache.v),
                     put(full.cache.length, part.cache.length))
     return DecodeState(cache, put(full.logits, part.logits), put(full.stop_state, part.stop_state))
 
@@ -333,11 +328,12 @@ def prefill_shared(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Ar
     compute instead of B. window: as in `append`, the slots computed (>= the longest prompt).
     """
     u = tokens.shape[0]
-    fresh = jax.tree.map(lambda x: jnp.zeros((u,) + x.shape[1:], x.dtype),
-                         _working_set(state, None, window).cache)
+    # an empty u-row cache of the window's slots (either layout: zeros, the gather is dead code)
+    fresh = jax.tree.map(jnp.zeros_like, cache_rows(_working_set(state, None, window).cache,
+                                                     jnp.zeros((u,), jnp.int32)))
     logits, cache = model.extend(tokens, n_valid, fresh)
     spread = lambda x: jnp.take(x, owner, axis=0)  # noqa: E731
-    shared = DecodeState(jax.tree.map(spread, cache), spread(logits),
+    shared = DecodeState(cache_rows(cache, owner), spread(logits),
                          jnp.full(owner.shape, start_state, jnp.int32))
     return _put_back(state, shared, None)
 

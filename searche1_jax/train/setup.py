@@ -121,7 +121,8 @@ class Experiment:
             check_service(c.retrieval)
         rules = c.logical_axis_rules
         self.mesh = model_mesh
-        overrides = dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
+        overrides = dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
+                         scan_layers=c.model.scan_layers)
         tok_path = resolve_checkpoint(c.model.tokenizer or c.model.checkpoint)
         if not tok_path:
             raise ValueError("config.model.tokenizer (or config.model.checkpoint) must name a HF "

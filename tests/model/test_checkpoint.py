@@ -15,12 +15,14 @@ from searche1_jax.model.weight_tables import gguf_rules, hf_rules
 from tests.model.hf_tiny import make_tiny_hf
 
 
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan_layers"])
 @pytest.mark.parametrize("family,tied", [("qwen2", True), ("llama", False)])
-def test_export_then_transformers_reload_gives_identical_tensors(tmp_path, family, tied):
+def test_export_then_transformers_reload_gives_identical_tensors(tmp_path, family, tied, scan):
     from transformers import AutoModelForCausalLM
 
     src = make_tiny_hf(family, str(tmp_path / "src"), tied=tied, seed=3)
-    model, cfg = load_hf(str(tmp_path / "src"))
+    model, cfg = load_hf(str(tmp_path / "src"), scan_layers=scan)  # scan: stacked on import, split on export
+    assert cfg.scan_layers == scan
     save_hf(model, str(tmp_path / "out"))
     back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), dtype=torch.float32)
     assert type(back).__name__ == type(src).__name__

@@ -78,6 +78,27 @@ def test_every_parameter_kind_has_its_golden_spec(config_model, mesh_name):
 
 
 @pytest.mark.parametrize("mesh_name", list(MESHES))
+def test_scanned_layout_adds_an_unsharded_layers_axis_to_the_golden_spec(config_model, mesh_name):
+    """model.scan_layers: each layer parameter [L, ...] gets the golden spec of its kind behind a
+    `layers` axis that no mesh axis splits (every device holds its share of every layer)."""
+    name, cfg, rules, _ = config_model
+    _, _, flat = abstract_model(cfg.replace(scan_layers=True))
+    mesh = abstract_mesh(MESHES[mesh_name])
+    golden = GOLDEN[(name, mesh_name)]
+    n_stacked = 0
+    for path, var in flat.items():
+        axes, shape = var.get_metadata()["logical_axes"], var.get_value().shape
+        spec = logical_to_spec(axes, shape, mesh, rules)
+        if path.startswith("layers."):
+            n_stacked += 1
+            assert axes[0] == "layers" and shape[0] == cfg.n_layers, (path, axes, shape)
+            assert spec == P(None, *golden[kind_of(path)]), (name, mesh_name, path, spec)
+        else:
+            assert spec == golden[kind_of(path)], (name, mesh_name, path, spec)
+    assert n_stacked == 9 + 3 * cfg.qkv_bias   # 2 norms, 4 attention and 3 MLP kernels, q/k/v biases
+
+
+@pytest.mark.parametrize("mesh_name", list(MESHES))
 def test_no_head_is_ever_split(config_model, mesh_name):
     """Attention kernels [D, N, H] / [N, H, D]: the head_dim axis is never sharded and the mesh
     axes on a heads axis divide the head count, so every device holds whole heads."""
