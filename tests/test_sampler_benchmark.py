@@ -36,7 +36,7 @@ def bench():
 def tiny_config():
     """The fields of a config that name the policy's architecture (as configs/*.py set them)."""
     return types.SimpleNamespace(model=types.SimpleNamespace(preset="tiny", checkpoint="", dtype="float32",
-                                                             param_dtype="float32", remat=False))
+                                                             param_dtype="float32", remat=False, scan_layers=False))
 
 
 def test_policy_option_loads_the_latest_checkpoint_of_a_run(bench, tmp_path):

@@ -80,6 +80,6 @@ def test_a_workdir_of_another_model_or_without_checkpoints_is_refused(tmp_path):
 
 def test_model_config_of_a_preset_grows_to_the_tokenizer_vocabulary():
     c = types.SimpleNamespace(model=types.SimpleNamespace(preset="tiny", checkpoint="", dtype="float32",
-                                                          param_dtype="float32", remat=False))
+                                                          param_dtype="float32", remat=False, scan_layers=False))
     assert model_config(c, types.SimpleNamespace(vocab_size=600)).vocab_size == 600
     assert model_config(c, types.SimpleNamespace(vocab_size=100)).vocab_size == get_preset("tiny").vocab_size
