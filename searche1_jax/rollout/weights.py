@@ -36,9 +36,10 @@ def decode_rules(rules) -> tuple:
 
 
 @functools.lru_cache(maxsize=8)
-def _copier(cfg: ModelConfig, mesh: Mesh, rules: tuple):
-    """One jitted cast-and-reshard of the params (nnx pure dict) into the decode layout (compiled once)."""
-    shardings = _nest(param_shardings(cfg, mesh, rules))
+def _copier(cfg: ModelConfig, mesh: Mesh | None, rules: tuple):
+    """One jitted cast (and, on a mesh, reshard) of the params (nnx pure dict) into the decode
+    layout, cached: made once, not a new jit (and compile) every step."""
+    shardings = _nest(param_shardings(cfg, mesh, rules)) if mesh is not None else None
     return jax.jit(lambda tree: jax.tree.map(lambda v: v.astype(cfg.dtype), tree), out_shardings=shardings)
 
 
@@ -53,10 +54,7 @@ def rollout_model(params: dict, cfg: ModelConfig, mesh: Mesh | None, rules):
         return None
     cfg = cfg.replace(param_dtype=cfg.dtype)
     rules = _hashable(decode_rules(rules))
-    if mesh is None:
-        copied = jax.jit(lambda tree: jax.tree.map(lambda v: v.astype(cfg.dtype), tree))(params)
-    else:
-        copied = _copier(cfg, mesh, rules)(params)
+    copied = _copier(cfg, mesh, rules)(params)
     graphdef, state, _ = abstract_model(cfg, mesh, rules)
     nnx.replace_by_pure_dict(state, copied)
     return nnx.merge(graphdef, state)
