@@ -44,6 +44,11 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
 )
 
 
+def hashable_rules(rules) -> tuple:
+    """`rules` as nested tuples (rows from a config may hold lists): a key for caches and jit."""
+    return tuple((n, None if a is None else tuple(a)) for n, a in rules)
+
+
 def check_rules(rules) -> None:
     """Refuse a rules table the model cannot use, naming the row: every row is
     (logical_name, None | tuple of mesh axes); names are unique; mesh axes are MESH_AXES or

@@ -23,7 +23,7 @@ from flax import nnx
 
 from searche1_jax.model.config import ModelConfig
 from searche1_jax.model.kv_cache import CACHE_K_AXES, CACHE_V_AXES, KVCache, init_cache
-from searche1_jax.model.sharding import DEFAULT_RULES, Layout, constrain
+from searche1_jax.model.sharding import DEFAULT_RULES, Layout, constrain, hashable_rules
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
 
@@ -318,7 +318,7 @@ class Transformer(nnx.Module):
         """This model's mesh and rules for the chunked losses (`rl.rows`); None on one device."""
         if self.mesh is None:
             return None
-        return Layout(self.mesh, tuple((n, None if a is None else tuple(a)) for n, a in self.rules))
+        return Layout(self.mesh, hashable_rules(self.rules))
 
     def _head_rows(self) -> jax.Array:
         """The LM head as stored rows [V, d]: the embedding when tied, else the [V, d] copy."""

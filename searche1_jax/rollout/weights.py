@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from searche1_jax.model.config import ModelConfig
 from searche1_jax.model.create import _nest, abstract_model, param_shardings
+from searche1_jax.model.sharding import hashable_rules
 
 WEIGHTS = ("train", "replica")
 
@@ -43,8 +44,12 @@ def _copier(cfg: ModelConfig, mesh: Mesh | None, rules: tuple):
     return jax.jit(lambda tree: jax.tree.map(lambda v: v.astype(cfg.dtype), tree), out_shardings=shardings)
 
 
-def _hashable(rules) -> tuple:
-    return tuple((n, None if a is None else tuple(a)) for n, a in rules)
+@functools.lru_cache(maxsize=8)
+def _abstract(cfg: ModelConfig, mesh: Mesh | None, rules: tuple):
+    """(graphdef, abstract state) of the decode-layout model, made once (an `nnx.eval_shape` of
+    the whole model), not every step."""
+    graphdef, state, _ = abstract_model(cfg, mesh, rules)
+    return graphdef, state
 
 
 def rollout_model(params: dict, cfg: ModelConfig, mesh: Mesh | None, rules):
@@ -53,8 +58,9 @@ def rollout_model(params: dict, cfg: ModelConfig, mesh: Mesh | None, rules):
     if mesh is None and jnp.dtype(cfg.param_dtype) == jnp.dtype(cfg.dtype):
         return None
     cfg = cfg.replace(param_dtype=cfg.dtype)
-    rules = _hashable(decode_rules(rules))
+    rules = hashable_rules(decode_rules(rules))
     copied = _copier(cfg, mesh, rules)(params)
-    graphdef, state, _ = abstract_model(cfg, mesh, rules)
+    graphdef, abstract = _abstract(cfg, mesh, rules)
+    state = jax.tree.map(lambda v: v, abstract)   # new Variables: the cached ones stay abstract
     nnx.replace_by_pure_dict(state, copied)
     return nnx.merge(graphdef, state)

@@ -40,6 +40,22 @@ def test_one_device_copy_is_the_bf16_cast():
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(w).astype(ml_dtypes.bfloat16))
 
 
+def test_each_step_copy_holds_that_steps_params():
+    """The abstract model is made once and reused: a second step's copy must hold the second
+    step's values, and the first copy keeps its own (nothing shared between steps)."""
+    model = create_model(CFG)
+    params = params_of(model)
+    first = rollout_model(params, CFG, None, DEFAULT_RULES)
+    doubled = jax.tree.map(lambda a: a * 2, params)
+    second = rollout_model(doubled, CFG, None, DEFAULT_RULES)
+    want = flat_params(model)
+    got1, got2 = flat_params(first), flat_params(second)
+    for k, w in want.items():
+        w = np.asarray(w)
+        np.testing.assert_array_equal(np.asarray(got1[k]), w.astype(ml_dtypes.bfloat16))
+        np.testing.assert_array_equal(np.asarray(got2[k]), (w * 2).astype(ml_dtypes.bfloat16))
+
+
 @pytest.mark.parametrize("shape", [{"fsdp": 8}, {"fsdp": 4, "tensor": 2}])
 def test_replica_is_whole_over_fsdp_and_split_over_tensor(shape):
     mesh = make_mesh(shape)
