@@ -60,6 +60,7 @@ def get_config(arg: str = ""):
     c.train.rounds = 1
     c.train.lr = 1e-6
     c.train.compilation_cache_dir = ""  # one CPU run: a cache would fill the workdir with executables no run reads
+    c.train.free_programs = True       # each phase's programs freed when it ends: 0.1-0.4 GB each here
     c.checkpoint.every_steps = 4
     c.checkpoint.async_save = False    # CPU: a save overlapping a rollout or a step adds its host memory
     return c

@@ -397,7 +397,8 @@ class TrainSection(_Section):
     warmup_ratio: linear warm-up over ⌊ratio·S⌋ GRPO steps, in [0, 1]. seed (>= 0): initial params
     of random presets and the rollout rng. compilation_cache_dir: JAX's persistent compilation
     cache (`train/compile_cache.py`): a path relative to the workdir, an absolute path or URI, or
-    "" for none."""
+    "" for none. free_programs: free each phase's compiled programs when it ends (host memory on
+    CPU; the next phase that needs them compiles them again)."""
     SECTION: ClassVar[str] = "train"
     rounds: int
     lr: float
@@ -406,6 +407,7 @@ class TrainSection(_Section):
     warmup_ratio: float
     seed: int
     compilation_cache_dir: str
+    free_programs: bool
 
     def __post_init__(self):
         _at_least("train", "rounds", self.rounds, 0)

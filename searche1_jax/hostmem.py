@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import resource
 import sys
 
 # mallopt parameters (glibc malloc.h)
@@ -40,6 +42,32 @@ def release() -> bool:
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory now (Linux `/proc/self/statm`); None where there is none."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (`getrusage`: what `/usr/bin/time -v` reports
+    as its maximum resident set size); kilobytes on Linux, bytes on macOS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def memory_metrics() -> dict[str, float]:
+    """{"host_rss_gb", "host_peak_rss_gb"} for a metrics row (GB = 1e9 bytes): where a run's
+    host memory goes, step by step, without an outside sampler."""
+    now = rss_bytes()
+    out = {"host_peak_rss_gb": peak_rss_bytes() / 1e9}
+    if now is not None:
+        out["host_rss_gb"] = now / 1e9
+    return out
 
 
 def tune_malloc() -> bool:

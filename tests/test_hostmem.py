@@ -79,3 +79,25 @@ def test_release_returns_free_pages_inside_the_heap():
 def test_release_is_a_no_op_off_linux(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert hostmem.release() is False
+
+
+# 400 MB of touched pages: the resident set grows by them (the kernel's own count, read the way
+# `ps` reads it), and the peak is at least the resident set (getrusage: what /usr/bin/time reports).
+GROW = r"""
+import numpy as np
+from searche1_jax import hostmem
+before = hostmem.rss_bytes()
+block = np.ones(50_000_000)   # 400 MB, every page written
+after = hostmem.rss_bytes()
+m = hostmem.memory_metrics()
+print(before, after, hostmem.peak_rss_bytes(), m["host_rss_gb"], m["host_peak_rss_gb"])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/statm is Linux's")
+def test_resident_memory_counts_touched_pages_and_the_peak_holds_it():
+    out = subprocess.run([sys.executable, "-c", GROW], capture_output=True, text=True, check=True)
+    before, after, peak, rss_gb, peak_gb = (float(x) for x in out.stdout.split())
+    assert 390e6 <= after - before <= 420e6
+    assert peak >= after - 1e6   # the kernel updates the high-water mark lazily (by pages)
+    assert abs(rss_gb * 1e9 - after) < 50e6 and peak_gb * 1e9 >= rss_gb * 1e9 - 1e6

@@ -73,9 +73,18 @@ class EngineStats:
 
 
 def compiled_counts() -> tuple[int, int]:
-    """(decode, append + prefill_shared) executables built so far in this process."""
+    """(decode, append + prefill_shared) executables this process holds now (built so far, less
+    those `free_compiled` dropped)."""
     return (decode.jitted._cache_size(),
             append.jitted._cache_size() + prefill_shared.jitted._cache_size())
+
+
+def free_compiled() -> None:
+    """Drop every decode / append / prefill executable (one per row bucket, window and budget;
+    ~65 MB each on CPU for SmolLM2-135M): the next rollout compiles what it needs again. Call
+    between rollouts, never inside one (the engine counts compilations as differences)."""
+    for f in (decode, append, prefill_shared):
+        f.jitted.clear_cache()
 
 
 class RowEngine:

@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from searche1_jax.data.loader import epoch_order
-from searche1_jax.hostmem import release
+from searche1_jax.hostmem import memory_metrics, release
 from searche1_jax.retrieval.client import RetrieverError
+from searche1_jax.rollout.engine import free_compiled
 from searche1_jax.rl.grpo import check_unique_group_ids, has_spread
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
@@ -143,12 +144,28 @@ class Trainer:
 
     def _write(self, step: int, phase: str, per_member: list[dict]) -> list[dict]:
         """Record a step's (eval's, round's) metrics; every step ends here, so the heap's free
-        pages go back to the system here too (hostmem.release)."""
+        pages go back to the system here too (hostmem.release), and each row carries the host's
+        resident memory after it and the run's peak so far (`host_rss_gb`, `host_peak_rss_gb`)."""
         release()
+        memory = memory_metrics()
+        per_member = [{**m, **memory} for m in per_member]
         if not self.tag_members:
             return [self.metrics.write(step, phase, per_member[0])]
         return [self.metrics.write(step, phase, {"member": i, "name": self.names[i], **m})
                 for i, m in enumerate(per_member)]
+
+    def _free_programs(self, *steps: str, rollouts: bool = False, pages: bool = False) -> None:
+        """config.train.free_programs: drop the compiled programs a phase that just ended used
+        (`Steps.free(*steps)`; with rollouts, every decode / append / prefill bucket; with pages,
+        the trajectory pages' KL) and give their memory back to the system."""
+        if not self.c.train.free_programs:
+            return
+        self.exp.steps.free(*steps)
+        if rollouts:
+            free_compiled()
+        if pages and self.pages:
+            self.pages.free()
+        release()
 
     def _roll_out(self, params, examples, group_size: int, keys):
         """Each member's groups; its rollout engine's counters (`EngineStats.metrics`, prefixed
@@ -311,6 +328,7 @@ class Trainer:
             policy = exp.policy(state.params, i)
             with failures_agreed("dev eval rollouts", rollout_failure(c.retrieval)):
                 em, trajs = greedy_em(exp.agent, policy, examples, batch=c.rollout.max_rows or 16)
+            self._free_programs(rollouts=True)  # greedy buckets: the next eval is a phase away
             rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs)})
             if jax.process_index() == 0:
                 name = f"{label}_member{i}" if exp.n > 1 else label
@@ -329,12 +347,14 @@ class Trainer:
         # place; the frozen copy the updates need is made only when there is something to distil
         examples = exp.train_data.next_batch(lay.share(c.ofsd.questions, "config.ofsd.questions"))
         groups = self._roll_out(state.params, examples, c.ofsd.group_size, rkey)
+        self._free_programs(rollouts=True)  # the distillation is the round's peak: without them
         pairs = [distill.select_pairs(g, include_equal=c.ofsd.include_equal) for g in groups]
         self.progress.note(f"[ofsd] round {state.meta['round']}: teacher rolled out {len(groups[0])} groups, "
                            f"{[len(p) for p in pairs]} students, distilling")
         if self.pages:  # before any update: the KL strip compares the student with its teacher snapshot
             theta_k = exp.member_params(state.params, 0)
             self.pages.ofsd_round(groups[0], pairs[0], state.meta["round"], theta_k, theta_k)
+            self._free_programs(pages=True)
         mini = lay.share(c.ofsd.mini_batch, "config.ofsd.mini_batch")
         micro = lay.share(c.ofsd.micro_batch, "config.ofsd.micro_batch")
         per = [distill.ofsd_arrays(p, g, exp.tokenizer, rendering=c.ofsd.rendering,
@@ -375,6 +395,7 @@ class Trainer:
         meta = dict(state.meta, phase="grpo", round=state.meta["round"] + 1, round_step=0,
                     data=exp.train_data.get_state())
         new = TrainState(params, opt_state, state.ref_params, state.step, key, meta)
+        self._free_programs("ofsd")
         self._write(new.step, "ofsd", rows_out)
         print(f"[ofsd] round {state.meta['round']}: students {[len(p) for p in pairs]}, loss "
               f"{[round(r['ofsd_loss'], 4) for r in rows_out]}", flush=True)
@@ -414,6 +435,7 @@ class Trainer:
             state = evaluate(state, "base")
         if state.meta["phase"] == "sft":
             state = self.sft_phase(state)
+            self._free_programs("sft")
             self.ckpt.save(state, force=True)
             state = evaluate(state, "warm_start")
         while state.meta["round"] < c.train.rounds:
@@ -425,6 +447,7 @@ class Trainer:
                     self.stop_if_preempted(state)
                 state.meta = (dict(state.meta, phase="ofsd") if c.ofsd.enabled else
                               dict(state.meta, round=state.meta["round"] + 1, round_step=0))
+                self._free_programs("logps", "grpo", rollouts=True)
                 self.ckpt.save(state, force=True)
             else:
                 state = self.ofsd_round(state)

@@ -286,8 +286,17 @@ class Steps:
         return abstract(jax.eval_shape(self.init, params, hyper))
 
     def compile_count(self) -> int:
-        """Compiled executables of the train steps (flat across steps once buckets are warm)."""
+        """Compiled executables of the train steps held now (flat across steps once buckets are
+        warm; `free` drops them)."""
         return sum(f._cache_size() for f in (self.logps, self.grpo, self.ofsd, self.ofsd_live, self.sft))
+
+    def free(self, *names: str) -> None:
+        """Drop the compiled programs of the named steps ("logps", "grpo", "ofsd", "sft"; "ofsd"
+        includes `ofsd_live`): their next call compiles again. On CPU each holds 0.1-0.4 GB of
+        host memory for a 135M model (one per length bucket)."""
+        for name in names:
+            for f in ((self.ofsd, self.ofsd_live) if name == "ofsd" else (getattr(self, name),)):
+                f.clear_cache()
 
 
 def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mesh=None) -> Steps:

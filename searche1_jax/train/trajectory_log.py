@@ -109,6 +109,11 @@ class TrajectoryLog:
             jnp.float32(self.temperature)))) for lo in range(0, arrays["tokens"].shape[0], self.rows)])
         return [kl[i, :len(groups[p.group].trajectories[p.student].response_ids)] for i, p in enumerate(pairs)]
 
+    def free(self) -> None:
+        """Drop the per-token KL's compiled programs (config.train.free_programs)."""
+        if self._kl is not None:
+            self._kl.clear_cache()
+
     def ofsd_round(self, groups, pairs, round_index: int, student_params=None, teacher_params=None) -> str:
         shown = list(pairs)[:self.limit]
         kl, note = None, "No per-token KL on this page (several processes, or no model given)."

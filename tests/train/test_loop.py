@@ -45,6 +45,8 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
                 "rollout_row_steps_per_token", "rollout_prefill_tokens_per_question", "rollout_decode_compiles",
                 "rollout_decode_s", "rollout_host_s"):
         assert key in rows[0], key
+    for r in rows:  # every row: the process's resident memory after it (a tiny model: under 8 GB)
+        assert 0.1 < r["host_rss_gb"] <= r["host_peak_rss_gb"] + 0.01 < 8, r
     # mini_batch counts trajectories (Search-R1's ppo_mini_batch_size): 2 questions x G=2 = 4
     # trajectories a step / mini-batch 2 = 2 updates a step, each at the step's lr (no warm-up:
     # floor(0.285 x 3 steps) = 0)

@@ -53,3 +53,34 @@ def test_compile_count_counts_rollouts_within_the_bucket_bound_and_a_replay_comp
     for questions, seed in runs:  # the same shapes again: every executable is in the cache
         agent.run(policy, questions, jax.random.key(seed), exp.sampling[0])
     assert exp.compile_count() == counts[-1]
+
+
+def test_freed_programs_are_dropped_and_compiled_again_with_the_same_results(monkeypatch):
+    """config.train.free_programs: `free_compiled` and `Steps.free` drop every rollout and step
+    executable (the counts fall to 0); the next rollout and log-prob step compile them again and
+    give the same trajectories and log-probs as before."""
+    import numpy as np
+
+    from searche1_jax.rollout.engine import free_compiled
+    from searche1_jax.train.setup import Experiment
+    monkeypatch.setattr("searche1_jax.train.setup.make_mesh", lambda shape: None)
+    exp = Experiment(tiny_config())
+    agent, params = exp.agent, exp.initial_params()
+    policy = exp.policy(params)
+    questions = [exp.train_data.examples[0].question] * exp.config.rollout.group_size
+    tokens = jax.numpy.asarray(np.arange(64, dtype=np.int32).reshape(2, 32) % 50)
+
+    def run():
+        trajs = agent.run(policy, questions, jax.random.key(3), exp.sampling[0])
+        lp = exp.steps.logps(params, tokens, tokens >= 0, exp.hyper(0))
+        return [t.response_ids for t in trajs], np.asarray(lp)
+
+    ids, lp = run()
+    assert sum(compiled_counts()) > 0 and exp.steps.compile_count() > 0
+    free_compiled()
+    exp.steps.free("logps", "grpo", "ofsd", "sft")
+    assert sum(compiled_counts()) == 0 and exp.steps.compile_count() == 0
+    ids2, lp2 = run()
+    assert sum(compiled_counts()) > 0 and exp.steps.compile_count() == 1
+    assert ids2 == ids
+    np.testing.assert_array_equal(lp2, lp)
