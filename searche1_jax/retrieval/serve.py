@@ -282,6 +282,16 @@ def warm_up(index: Index, query_tokens: int = WARM_UP_TOKENS) -> None:
     logging.info("warm-up: compiled %s in %.1f s (--no-warm-up skips it)", what, time.perf_counter() - t0)
 
 
+def use_compile_cache(path: str) -> None:
+    """JAX's persistent compilation cache in `path` (as train/compile_cache.py does for training),
+    for every shape however quick to compile (JAX's default skips those under 1 s): a restarted
+    dense server then reads all its warm-up shapes instead of compiling them. Call before any jit."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Serve an index over HTTP in Search-R1's /retrieve format.")
     ap.add_argument("--index", required=True, help="index directory made by searche1_jax.retrieval.build")
@@ -309,12 +319,7 @@ def main(argv=None) -> None:
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.compile_cache:
-        import jax
-
-        # as train/compile_cache.py does for training; every shape, however quick to compile (JAX's
-        # default skips those under 1 s): a restart then reads all 30 warm-up shapes
-        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        use_compile_cache(args.compile_cache)
     from searche1_jax.retrieval.store import load_index
 
     index = load_index(args.index, bm25_backend=args.bm25_backend)

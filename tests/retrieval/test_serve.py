@@ -365,3 +365,44 @@ def test_dense_server_warmed_up_compiles_nothing_for_requests(tiny_bert_dir, sma
         server.server_close()
         batcher.close()
         thread.join(timeout=5)
+
+
+# A fresh process each time (as a restarted server is): warm up a dense index's query encoder with
+# `--compile-cache DIR`; print the persistent cache's hits and misses (JAX's own counters).
+RESTART = r"""
+import sys
+import jax
+import numpy as np
+from searche1_jax.retrieval.serve import use_compile_cache, warm_up
+use_compile_cache(sys.argv[3])
+events = []
+jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
+from searche1_jax.retrieval.corpus import Corpus
+from searche1_jax.retrieval.encoder import Encoder
+from searche1_jax.retrieval.scann_index import ScannIndex
+corpus = Corpus(sys.argv[2])
+enc = Encoder.from_pretrained(sys.argv[1], max_length=128, batch_size=4)
+vectors = np.random.default_rng(0).normal(size=(len(corpus), enc.dim)).astype(np.float32)
+warm_up(ScannIndex.build(vectors, corpus, enc), query_tokens=24)
+print(enc.num_compilations, events.count("/jax/compilation_cache/cache_hits"),
+      events.count("/jax/compilation_cache/cache_misses"))
+"""
+
+
+def test_compile_cache_makes_a_restarted_dense_server_read_its_warm_up(tiny_bert_dir, small_corpus_path, tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "xla"
+
+    def start():
+        out = subprocess.run([sys.executable, "-c", RESTART, str(tiny_bert_dir), str(small_corpus_path), str(cache)],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return [int(x) for x in out.stdout.split()[-3:]]
+
+    shapes, hits, misses = start()
+    assert shapes == 6 and hits == 0 and misses >= 6      # rows 1, 2, 4 x widths 16, 24: all compiled
+    assert len(list(cache.iterdir())) >= 6                # and written, however quick they compiled
+    shapes, hits, misses = start()
+    assert shapes == 6 and hits >= 6 and misses == 0      # the restart reads every one of them
