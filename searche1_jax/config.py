@@ -162,7 +162,7 @@ def base() -> ml_collections.ConfigDict:
     # workdir included); absolute or a URI: shared by runs; "": off
     c.train.compilation_cache_dir = "xla_cache"
     # free each phase's compiled programs when the phase ends (train/loop.py: the warm start's
-    # after it, the rollout buckets after every eval and rollout phase, GRPO's before OFSD and
+    # after it, the rollout buckets after every eval and every rollout, GRPO's before OFSD and
     # OFSD's after it). On CPU the programs live in the same RAM as the arrays (0.1-0.4 GB each
     # for a 135M model, dozens of them); the phase that comes back compiles them again (or loads
     # them from the compilation cache: ~0.2 s against ~3.5 s for a decode bucket here). Off on

@@ -179,6 +179,7 @@ class Trainer:
                 groups.append(roll_out(exp.agent, policy, examples, group_size, self.layout.key(keys[i]),
                                        exp.sampling[i], self.c.rollout.max_rows))
             self.engine_metrics.append({f"rollout_{k}": v for k, v in exp.agent.take_stats().metrics().items()})
+        self._free_programs(rollouts=True)  # the update that follows is the step's peak: without them
         return groups
 
     def _orders(self, key, rows: list[int]):
@@ -347,7 +348,6 @@ class Trainer:
         # place; the frozen copy the updates need is made only when there is something to distil
         examples = exp.train_data.next_batch(lay.share(c.ofsd.questions, "config.ofsd.questions"))
         groups = self._roll_out(state.params, examples, c.ofsd.group_size, rkey)
-        self._free_programs(rollouts=True)  # the distillation is the round's peak: without them
         pairs = [distill.select_pairs(g, include_equal=c.ofsd.include_equal) for g in groups]
         self.progress.note(f"[ofsd] round {state.meta['round']}: teacher rolled out {len(groups[0])} groups, "
                            f"{[len(p) for p in pairs]} students, distilling")
@@ -447,7 +447,7 @@ class Trainer:
                     self.stop_if_preempted(state)
                 state.meta = (dict(state.meta, phase="ofsd") if c.ofsd.enabled else
                               dict(state.meta, round=state.meta["round"] + 1, round_step=0))
-                self._free_programs("logps", "grpo", rollouts=True)
+                self._free_programs("logps", "grpo")
                 self.ckpt.save(state, force=True)
             else:
                 state = self.ofsd_round(state)
