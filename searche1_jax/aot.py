@@ -153,10 +153,10 @@ class Programs:
         import jax
 
         from searche1_jax.model.sharding import make_mesh
-        from searche1_jax.rollout.weights import decode_rules
+        from searche1_jax.rollout.weights import decode_rules, replica_config
         replica = self.c.rollout.weights == "replica"
         rules = decode_rules(self.rules) if replica else self.rules
-        cfg = self.cfg.replace(param_dtype=self.cfg.dtype)
+        cfg = replica_config(self.cfg)  # compute dtype, layers unrolled (a process-local copy too)
         if self.s.processes == 1:
             if not replica:
                 return self.binder.bind(self.params), self.mesh, self.rules
@@ -166,9 +166,9 @@ class Programs:
         binder, params = abstract_params(cfg, mesh, rules)
         return binder.bind(params), mesh, rules
 
-    def _state(self, mesh, rules, rows: int):
+    def _state(self, cfg, mesh, rules, rows: int):
         """The engine's DecodeState between calls: cache, logits and stop states with their rows
-        over the batch axes (what a call returns: `rollout/engine.py`)."""
+        over the batch axes (what a call returns: `rollout/engine.py`), for a model of `cfg`."""
         import numpy as np
 
         import jax
@@ -176,7 +176,7 @@ class Programs:
         from searche1_jax.model.kv_cache import cache_shardings, init_cache
         from searche1_jax.model.sharding import named_sharding
         from searche1_jax.rollout.sampler import DecodeState
-        cfg, s = self.cfg, self.s
+        s = self.s  # cfg: the decoding model's (the replica's layers are unrolled)
         sh = cache_shardings(cfg, rows, s.cache_len, mesh, rules)
         # the cache's shapes in either layout (per layer, or stacked for scan_layers), nothing allocated
         shapes = jax.eval_shape(lambda: init_cache(cfg, rows, s.cache_len))
@@ -199,7 +199,7 @@ class Programs:
         states = _byte_aho_corasick([x.encode() for x in STOP_STRINGS])[0].shape[0]
         keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), b))
         params = SamplingParams(temperature=float(self.c.rollout.temperature), top_p=s.top_p, top_k=s.top_k)
-        state = self._state(mesh, rules, b)
+        state = self._state(model.cfg, mesh, rules, b)
         return decode.lower(model, state, _sds((b,), np.bool_), keys,
                             stop_table=_sds((states, v), np.int32),
                             stop_rank=_sds((states, len(STOP_STRINGS)), np.int32),
@@ -227,7 +227,7 @@ class Programs:
         model, mesh, rules = self._rollout_model()
         s = self.s
         b = s.rollout_rows
-        state = self._state(mesh, rules, b)
+        state = self._state(model.cfg, mesh, rules, b)
         return append.lower(model, state, _sds((b, s.append_width), np.int32),
                             _sds((b,), np.int32), _sds((), np.int32), window=s.cache_len,
                             rows=self._rows(state))
@@ -241,9 +241,9 @@ class Programs:
         b, u = s.rollout_rows, s.prefill_rows
         if self.c.rollout.engine != "packed":  # "padded": every row appends its own prompt
             from searche1_jax.rollout.sampler import append
-            return append.lower(model, self._state(mesh, rules, b), _sds((b, s.prompt_len), np.int32),
+            return append.lower(model, self._state(model.cfg, mesh, rules, b), _sds((b, s.prompt_len), np.int32),
                                 _sds((b,), np.int32), _sds((), np.int32), window=s.prefill_window)
-        return prefill_shared.lower(model, self._state(mesh, rules, b), _sds((u, s.prompt_len), np.int32),
+        return prefill_shared.lower(model, self._state(model.cfg, mesh, rules, b), _sds((u, s.prompt_len), np.int32),
                                     _sds((u,), np.int32), _sds((b,), np.int32), _sds((), np.int32),
                                     window=s.prefill_window)
 

@@ -104,10 +104,17 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     # scheduler issues every layer's gather before the first layer runs (the unrolled layers do
     # not depend on each other's weights), so the whole model is live at once: measured with
     # --aot (docs/SCALING.md). GPU / TPU schedulers that bound memory may keep fewer layers.
-    gathered = n * pb / t if f * d_ > 1 else 0.0
+    # With model.scan_layers the layers are one loop: a layer's gather sits inside its body, so
+    # two layers' weights are live (the one computing and the next, prefetched) beside the
+    # weights outside the layers (embedding / head, final norm), gathered whole. Measured with
+    # --aot at Qwen2.5-3B on fsdp 8 (RESULTS "a scan over layers"): the log-prob pass's temp 14.5 ->
+    # 1.9 GB, the GRPO update's 30.6 -> 10.3 GB.
+    outside = n - L * m.block_params
+    live = outside + 2 * m.block_params if m.scan_layers else n
+    gathered = live * pb / t if f * d_ > 1 else 0.0
     # an update also keeps the compute-dtype copies of the weights its backward multiplies by
     # (measured: the GRPO update's temp is 0.9x the estimate with them, 0.73x without)
-    compute_copy = n * cb / t
+    compute_copy = live * cb / t
     host_split = batch_dev if s.processes > 1 else 1   # one process: numpy batches, replicated
 
     def forward(rows: int, seq: int) -> dict[str, float]:
@@ -137,6 +144,16 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
                     "activations": fw["block"] + 2 * fw["hidden"],
                     "logits_chunk": run.grpo_chunk * v * 4 * 2 / t,
                     "resident": adam + params}  # AdamW and the other of params / reference params
+    if m.scan_layers and f * d_ > 1:
+        # scanned, the pass has two phases that do not overlap: the layers (two layers' weights
+        # and one block's activations) and the head (the gathered embedding / head and one
+        # [chunk, V] block, the log-softmax written over it): its peak is the larger. Measured at
+        # 3B, fsdp 8: XLA's peak 3.47 GB = params 1.54 + the head phase
+        layers = 2 * m.block_params * pb / t + fw["block"] + 2 * fw["hidden"]
+        head = outside * pb / t + run.grpo_chunk * v * 4 / t + fw["hidden"]
+        out["logps"].update(gathered_weights=(outside * pb / t if head > layers else 2 * m.block_params * pb / t),
+                            activations=fw["hidden"] if head > layers else fw["block"] + 2 * fw["hidden"],
+                            logits_chunk=run.grpo_chunk * v * 4 / t if head > layers else 0.0)
     # ---- OFSD update: + the frozen teacher (an argument) and its forward (stop-gradient: one
     # block live, and its hidden state kept)
     Ts, T2, R, M, mb = s.ofsd_len, s.teacher_len, s.response_len, s.ofsd_steps, s.ofsd_micro

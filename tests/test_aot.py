@@ -149,9 +149,10 @@ def test_padded_decode_keeps_the_cache_sharded():
 
 
 def test_scanned_padded_decode_keeps_the_stacked_cache_sharded():
-    """model.scan_layers: the stacked [L, ...] cache is built abstractly, and split as the
+    """model.scan_layers decoding from the training params (rollout.weights "train"; the
+    replica is unrolled): the stacked [L, ...] cache is built abstractly, and split as the
     per-layer one (its layers axis maps to no mesh axis)."""
-    c, model, run = tiny_config(rollout__engine="padded")
+    c, model, run = tiny_config(rollout__engine="padded", rollout__weights="train")
     model = model.replace(scan_layers=True)
     s = program_shapes(c, run, MESH)
     compiled = aot.Programs(c, model, MESH, s).lower("decode").compile()

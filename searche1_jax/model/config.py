@@ -46,15 +46,19 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
     @property
-    def num_params(self) -> int:
-        """Parameter count (embeddings counted once when tied)."""
+    def block_params(self) -> int:
+        """Parameters of one decoder layer (attention, MLP, its two norms)."""
         d, h, k, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
         attn = d * h * hd + 2 * d * k * hd + h * hd * d
         if self.qkv_bias:
             attn += h * hd + 2 * k * hd
-        block = attn + 3 * d * self.mlp_dim + 2 * d
-        head = 0 if self.tie_embeddings else self.vocab_size * d
-        return self.vocab_size * d + self.n_layers * block + d + head
+        return attn + 3 * d * self.mlp_dim + 2 * d
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (embeddings counted once when tied)."""
+        head = 0 if self.tie_embeddings else self.vocab_size * self.d_model
+        return self.vocab_size * self.d_model + self.n_layers * self.block_params + self.d_model + head
 
 
 PRESETS: dict[str, ModelConfig] = {

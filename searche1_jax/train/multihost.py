@@ -164,12 +164,14 @@ def rollout_replica(params: dict, cfg, rules=DEFAULT_RULES):
     """
     if not is_multi_process():
         return None
-    from searche1_jax.model.create import model_from_arrays
+    from searche1_jax.model.create import model_from_arrays, unstack_layers
+    from searche1_jax.rollout.weights import replica_config
     from searche1_jax.train.state import flatten
     flat = flatten(params)
     cast = caster(str(cfg.dtype))(flat)
     host = multihost_utils.process_allgather(cast, tiled=True)
     local = jax.local_devices()
     mesh = make_mesh({"fsdp": -1}, devices=local) if len(local) > 1 else None
-    return model_from_arrays(cfg.replace(param_dtype=cfg.dtype), host, mesh=mesh, rules=rules,
+    # layers unrolled, as the one-process replica (rollout/weights.py: a stacked decode copies them)
+    return model_from_arrays(replica_config(cfg), unstack_layers(host, cfg), mesh=mesh, rules=rules,
                              source="rollout replica")

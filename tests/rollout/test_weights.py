@@ -97,6 +97,26 @@ def test_the_replica_decodes_the_training_params_tokens():
     np.testing.assert_array_equal(greedy_tokens(replica, prompt, 6), greedy_tokens(model, prompt, 6))
 
 
+@pytest.mark.parametrize("mesh_shape", [None, {"fsdp": 8}])
+def test_a_scanned_model_decodes_from_an_unrolled_replica_with_its_own_tokens(mesh_shape):
+    """scan_layers trains with the layers stacked; the replica unrolls them (a decode slices no
+    stack): layer i of the copy is numpy's slice i of the stack, cast, and greedy decoding from
+    it gives the scanned training model's own tokens."""
+    from searche1_jax.model.create import unstack_layers
+    cfg = CFG.replace(scan_layers=True)
+    mesh = make_mesh(mesh_shape) if mesh_shape else None
+    model = create_model(cfg, mesh=mesh, seed=5)
+    replica = rollout_model(params_of(model), cfg, mesh, DEFAULT_RULES)
+    assert not replica.cfg.scan_layers and replica.cfg.param_dtype == "bfloat16"
+    want = unstack_layers({k: np.asarray(v) for k, v in flat_params(model).items()}, cfg)
+    got = flat_params(replica)
+    assert set(got) == set(want) and any(k.startswith("layers.1.") for k in got)
+    for k, w in want.items():
+        np.testing.assert_array_equal(np.asarray(got[k]), w.astype(ml_dtypes.bfloat16), err_msg=k)
+    prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, (8, 12), dtype=np.int32)
+    np.testing.assert_array_equal(greedy_tokens(replica, prompt, 6), greedy_tokens(model, prompt, 6))
+
+
 def weight_gathers(weights: str) -> tuple[int, int]:
     """(all-gathers of a weight-shaped array anywhere in the compiled decode, collectives of
     any kind inside its token loop) for the tiny config on fsdp 8 (plan --aot's decode program, with
