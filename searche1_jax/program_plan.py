@@ -149,11 +149,11 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
         # and one block's activations) and the head (the gathered embedding / head and one
         # [chunk, V] block, the log-softmax written over it): its peak is the larger. Measured at
         # 3B, fsdp 8: XLA's peak 3.47 GB = params 1.54 + the head phase
-        layers = 2 * m.block_params * pb / t + fw["block"] + 2 * fw["hidden"]
-        head = outside * pb / t + run.grpo_chunk * v * 4 / t + fw["hidden"]
-        out["logps"].update(gathered_weights=(outside * pb / t if head > layers else 2 * m.block_params * pb / t),
-                            activations=fw["hidden"] if head > layers else fw["block"] + 2 * fw["hidden"],
-                            logits_chunk=run.grpo_chunk * v * 4 / t if head > layers else 0.0)
+        layers = {"gathered_weights": 2 * m.block_params * pb / t,
+                  "activations": fw["block"] + 2 * fw["hidden"], "logits_chunk": 0.0}
+        head = {"gathered_weights": outside * pb / t, "activations": fw["hidden"],
+                "logits_chunk": run.grpo_chunk * v * 4 / t}
+        out["logps"].update(max(layers, head, key=lambda phase: sum(phase.values())))
     # ---- OFSD update: + the frozen teacher (an argument) and its forward (stop-gradient: one
     # block live, and its hidden state kept)
     Ts, T2, R, M, mb = s.ofsd_len, s.teacher_len, s.response_len, s.ofsd_steps, s.ofsd_micro

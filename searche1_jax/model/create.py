@@ -7,7 +7,7 @@ created or placed with its `NamedSharding` from the logical rules.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,19 @@ def _nest(flat: Mapping[str, object]) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
+    return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict (int or str keys) -> {"a.0.b": leaf}: the inverse of `_nest` (orbax wants string
+    keys; the weight maps and `stack_layers` / `unstack_layers` speak dotted paths)."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
     return out
 
 

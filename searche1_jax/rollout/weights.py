@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from searche1_jax.model.config import ModelConfig
-from searche1_jax.model.create import _nest, abstract_model, param_shardings
+from searche1_jax.model.create import _nest, abstract_model, flatten, param_shardings, unstack_layers
 from searche1_jax.model.sharding import hashable_rules
 
 WEIGHTS = ("train", "replica")
@@ -42,13 +42,6 @@ def decode_rules(rules) -> tuple:
     return tuple((name, None if name == "embed" else axes) for name, axes in rules)
 
 
-def _unstacked(tree: dict, n_layers: int) -> dict:
-    """A scan_layers model's params (nnx pure dict, `layers` holding [L, ...] arrays) in the
-    unrolled model's form (`layers` -> {i: the same tree at slice i})."""
-    stacked = tree["layers"]
-    return {**tree, "layers": {i: jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n_layers)}}
-
-
 @functools.lru_cache(maxsize=8)
 def _copier(cfg: ModelConfig, mesh: Mesh | None, rules: tuple):
     """One jitted cast (and, on a mesh, reshard; for scan_layers, unstacking) of the params (nnx
@@ -57,9 +50,8 @@ def _copier(cfg: ModelConfig, mesh: Mesh | None, rules: tuple):
     out = replica_config(cfg)
     shardings = _nest(param_shardings(out, mesh, rules)) if mesh is not None else None
 
-    def copy(tree):
-        tree = jax.tree.map(lambda v: v.astype(cfg.dtype), tree)
-        return _unstacked(tree, cfg.n_layers) if cfg.scan_layers else tree
+    def copy(tree):  # unstack_layers: layer i = slice i of a scan_layers stack (else unchanged)
+        return _nest(unstack_layers(flatten(jax.tree.map(lambda v: v.astype(cfg.dtype), tree)), cfg))
     return jax.jit(copy, out_shardings=shardings)
 
 

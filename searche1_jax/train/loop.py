@@ -329,11 +329,11 @@ class Trainer:
             policy = exp.policy(state.params, i)
             with failures_agreed("dev eval rollouts", rollout_failure(c.retrieval)):
                 em, trajs = greedy_em(exp.agent, policy, examples, batch=c.rollout.max_rows or 16)
-            self._free_programs(rollouts=True)  # greedy buckets: the next eval is a phase away
             rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs)})
             if jax.process_index() == 0:
                 name = f"{label}_member{i}" if exp.n > 1 else label
                 write_dev_answers(os.path.join(self.workdir, "evals", f"{name}.jsonl"), examples, em, trajs)
+        self._free_programs(rollouts=True)  # greedy buckets (members share them): the next eval is a phase away
         for r in self._write(state.step, "eval", rows_out):
             print(f"[eval] {label}: dev EM {r['dev_em']:.3f} (95% CI {r['dev_em_lo']:.3f}-{r['dev_em_hi']:.3f}, "
                   f"n={int(r['dev_n'])}; not yes/no {r['dev_em_open']:.3f}, n={int(r['dev_n_open'])}), "

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from searche1_jax.model.create import _nest
+from searche1_jax.model.create import _nest, flatten
 
 
 class Binder:
@@ -29,18 +29,6 @@ class Binder:
 
 def params_of(model: nnx.Module) -> dict:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict (int or str keys) -> {"a.0.b": leaf} (orbax wants string keys)."""
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def unflatten(flat: dict[str, Any]) -> dict:
