@@ -20,6 +20,12 @@ SLICES = {
     "v4-32": (16, 4),     # 4 TPU VMs x 4 v4 chips (launch/tpu_pod.sh)
     "v5e-64": (64, 16),   # 16 TPU VMs x 4 v5e chips
 }
+# rows a process decodes at once (rollout.max_rows): the chunk the planner picks for each slice,
+# `python -m searche1_jax.plan --config=configs/qwen3b.py:instruct,SLICE --mesh=fsdp:N --device=D`
+# (program_plan.pick_rollout_rows: the largest chunk whose decode / append / prefill fit beside the
+# train state; tests/launch/test_plan.py keeps these equal to its picks); plan --aot checks them
+# (16xh100: 160, below the 320 picked for 2 processes, so that one process a GPU, 160 rows each, runs it too)
+ROLLOUT_ROWS = {"8xh100": 320, "16xh100": 160, "v4-32": 80, "v5e-64": 20}
 
 
 def parse_arg(arg: str, name: str = "configs/qwen3b.py") -> tuple[str, str]:
@@ -39,15 +45,15 @@ def get_config(arg: str = "instruct"):
     c = base()
     c.model.checkpoint = ""            # a local HF directory of Qwen/Qwen2.5-3B(-Instruct): required
     c.model.architecture = "qwen2.5-3b"  # the checkpoint's shapes (plan.py); base and instruct share them
-    # layers unrolled for now (model.scan_layers; RESULTS "scan over layers"). Scanned, plan --aot
-    # on fsdp 8 compiles the GRPO update 19x faster (1,973 -> 102 s; log-probs 398 -> 31 s), its
-    # per-device XLA temp falls 30.6 -> 10.3 GB (log-probs 14.5 -> 1.9 GB: unrolled, about all 36
-    # layers' all-gathered fp32 weights are live at once), the padded decode's 121 -> 104 GB, and
-    # training steps run at the same speed (CPU). Off until the planner (program_plan.py) models the
-    # scan (it counts every layer's gathered weights) and a decode step is timed on the device (1.42x
-    # slower on CPU: each layer's weights and cache are sliced out of the stacked arrays). A
-    # train-state checkpoint restores only in its own layout.
-    c.model.scan_layers = False
+    # layers stacked and run by one lax.scan (model.scan_layers; RESULTS "scan over layers"): plan
+    # --aot on fsdp 8 compiles the GRPO update 19x faster (1,973 -> 102 s; log-probs 398 -> 31 s)
+    # and its per-device XLA temp falls 30.6 -> 10.3 GB (log-probs 14.5 -> 1.9 GB: unrolled, about
+    # all 36 layers' all-gathered fp32 weights are live at once); the planner models it
+    # (program_plan.py: two layers' gathered weights at a time). Rollouts decode from an unrolled
+    # bf16 replica (rollout/weights.py::replica_config), so the scan costs decoding nothing. HF
+    # checkpoints load and export per layer either way; a train-state checkpoint restores only in
+    # its own layout (--config.model.scan_layers=False for one written unrolled).
+    c.model.scan_layers = True
     # both variants render the prompt with the tokenizer's ChatML template (rollout.chat_template
     # "auto"): Qwen2.5 base tokenizers ship it and Search-R1's base runs used it (METHOD §1);
     # the variant only names which checkpoint you pass
@@ -86,5 +92,6 @@ def get_config(arg: str = "instruct"):
     c.train.rounds = 20                # 20 x 50 = 1000 GRPO steps
     c.mesh.fsdp = -1                   # FSDP over all devices; set tensor=2 for TP
     c.ofsd.micro_batch = devices       # students a forward/backward: one per device (4 left 8 GPUs replicated)
+    c.rollout.max_rows = ROLLOUT_ROWS[slice_]  # all 2,560 rows at once need ~5x an H100 (docs/SCALING.md)
     c.retrieval.kind = "scann"         # e5-base-v2 over wiki-18; bm25 as the sparse option
     return c

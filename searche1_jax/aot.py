@@ -15,6 +15,7 @@ speed paths (`SpeedPolicy()`: no few-row kernel copies, no logit barrier).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import time
@@ -47,12 +48,53 @@ def ensure_devices(n: int) -> None:
 
 
 def memory(compiled) -> dict[str, int]:
-    """XLA's per-device bytes of a compiled program; peak = argument + output - alias + temp."""
+    """XLA's per-device bytes of a compiled program; peak = argument + output - alias + temp;
+    cpu_upcast = the part of temp that is XLA:CPU's fp32 copy of bf16 arguments (`cpu_upcast_bytes`)."""
     ma = compiled.memory_analysis()
     out = {"argument": int(ma.argument_size_in_bytes), "output": int(ma.output_size_in_bytes),
            "alias": int(ma.alias_size_in_bytes), "temp": int(ma.temp_size_in_bytes)}
     out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    out["cpu_upcast"] = cpu_upcast_bytes(compiled.as_text())
     return out
+
+
+_INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[([\d,]*)\]\{[^}]*\} ([\w\-]+)\((.*?)\)(.*)$")
+_CAST_ONLY = {"parameter", "convert", "bitcast", "reshape", "copy", "transpose"}
+
+
+def cpu_upcast_bytes(hlo_text: str) -> int:
+    """Bytes of the fp32 copies XLA:CPU makes of bf16 / fp16 program arguments: values of the
+    entry computation computed from one such argument by converts alone (possibly fused with
+    bitcasts / reshapes / copies). XLA:CPU has no bf16 matmul: it converts a dot's bf16 operands to
+    fp32, and a loop-invariant one (a weight of the decode loop) is converted once, before the loop,
+    so a bf16 weight replica costs twice its bytes again as fp32 temporaries (3B: 12.3 GB). A GPU's
+    or TPU's bf16 dot reads bf16 directly. `hlo_text`: the compiled (optimised) module's text."""
+    comps: dict[str, list[str]] = {}
+    name = None
+    for line in hlo_text.splitlines():
+        head = re.match(r"^(ENTRY )?%([\w.\-]+) .*\{$", line)
+        if head:
+            name = "ENTRY" if head.group(1) else head.group(2)
+            comps[name] = []
+        elif line == "}":
+            name = None
+        elif name is not None:
+            comps[name].append(line)
+    rows = [m for m in map(_INSTR.match, comps.get("ENTRY", [])) if m]
+    half = {m.group(1) for m in rows if m.group(4) == "parameter" and m.group(2) in ("bf16", "f16")}
+
+    def cast_only(comp: str) -> bool:
+        return all(m is None or m.group(4) in _CAST_ONLY for m in map(_INSTR.match, comps.get(comp, ["?"])))
+
+    total = 0
+    for m in rows:
+        operands = [o.strip().lstrip("%") for o in m.group(5).split(",") if o.strip()]
+        if m.group(2) != "f32" or len(operands) != 1 or operands[0] not in half:
+            continue
+        called = re.search(r"calls=%([\w.\-]+)", m.group(6))
+        if m.group(4) == "convert" or (m.group(4) == "fusion" and called and cast_only(called.group(1))):
+            total += 4 * math.prod(int(d) for d in m.group(3).split(",") if d)
+    return total
 
 
 def _sds(shape, dtype, sharding=None):
@@ -266,7 +308,7 @@ def shape_label(name: str, s: ProgramShapes) -> str:
     """A program's array sizes in a few characters (global sizes; rows split over devices)."""
     return {"grpo": f"{s.grpo_steps} x [{s.grpo_micro}, {s.train_len}]",
             "logps": f"[{s.grpo_micro}, {s.train_len}]",
-            "ofsd": f"{s.ofsd_steps} x [{s.ofsd_micro}, {s.ofsd_len}|{s.teacher_len}]",
+            "ofsd": f"{s.ofsd_steps} x [{s.ofsd_micro}, {s.ofsd_len}; teacher {s.teacher_len}]",
             "decode": f"{s.rollout_rows} rows x {s.cache_len}, {s.max_new} new",
             "append": f"{s.rollout_rows} rows + {s.append_width}",
             "prefill": f"{s.prefill_rows} x {s.prompt_len} -> {s.rollout_rows}"}[name]
@@ -302,7 +344,8 @@ def verdicts(xla: dict, estimate: dict, s: ProgramShapes, dev) -> dict[str, dict
     rows = {}
     for name, x in xla.items():
         e = estimate[name]
-        total = x["peak"] + e["resident"]
+        # on the device: XLA's peak less the fp32 copy only XLA:CPU makes of bf16 weights
+        total = x["peak"] - x.get("cpu_upcast", 0) + e["resident"]
         rows[name] = {"shape": shape_label(name, s), "xla": x, "estimate": e["program"],
                       "estimate_parts": {k: v for k, v in e.items() if k not in ("program", "resident")},
                       "ratio": e["program"] / max(x["peak"], 1), "resident": e["resident"], "total": total,
@@ -311,14 +354,14 @@ def verdicts(xla: dict, estimate: dict, s: ProgramShapes, dev) -> dict[str, dict
 
 
 COLUMNS = ("program", "shape (global)", "argument", "output", "alias", "temp", "XLA peak", "planner",
-           "plan/XLA", "+ resident", "= total", "verdict")
+           "plan/XLA", "- CPU fp32 copy", "+ resident", "= total", "verdict")
 
 
 def _cells(name: str, r: dict) -> list[str]:
     gb = lambda b: f"{b / 1e9:.2f}"  # noqa: E731
     x = r["xla"]
     return [name, r["shape"], gb(x["argument"]), gb(x["output"]), gb(x["alias"]), gb(x["temp"]), gb(x["peak"]),
-            gb(r["estimate"]), f"{r['ratio']:.2f}", gb(r["resident"]), gb(r["total"]),
+            gb(r["estimate"]), f"{r['ratio']:.2f}", gb(x.get("cpu_upcast", 0)), gb(r["resident"]), gb(r["total"]),
             "fits" if r["fits"] else "DOES NOT FIT"]
 
 
@@ -333,14 +376,16 @@ def _header(rep: dict, title: str) -> list[str]:
             f"(fake CPU devices) beside the planner's estimate; GB = 1e9 bytes",
             f"device HBM {dev.hbm_bytes / 1e9:.2f} GB; JAX's allocator {dev.usable_bytes / 1e9:.2f} GB "
             f"({MEM_FRACTION[dev.platform]:.0%}); budget {dev.budget_bytes / 1e9:.2f} GB (90%); "
-            f"resident = train state outside the program; compile {rep['compile_s']:.0f} s",
+            f"total = XLA's peak - XLA:CPU's fp32 copy of bf16 weights (no bf16 matmul on CPU; a GPU or TPU "
+            f"multiplies bf16 as it is) + resident (train state outside the program); "
+            f"compile {rep['compile_s']:.0f} s",
             "overall: " + ("fits" if rep["fits"] else f"DOES NOT FIT ({', '.join(bad)})")]
 
 
 def format_aot(rep: dict, title: str = "") -> str:
     cells = [list(COLUMNS)] + [_cells(k, r) for k, r in rep["programs"].items()]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    table = ["  " + "  ".join(c.rjust(w) if 2 <= i <= 10 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    table = ["  " + "  ".join(c.rjust(w) if 2 <= i <= 11 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in cells]
     head = _header(rep, title)
     return "\n".join(head[:2] + table + ["  " + head[2]])

@@ -330,7 +330,16 @@ def format_plan(p: dict, title: str = "") -> str:
     lines.append(f"    {'device HBM':26s}{_gb(hbm)}")
     lines.append(f"    {'budget':26s}{_gb(p['budget_bytes'])}  ({HEADROOM:.0%} of the allocator's "
                  f"{MEM_FRACTION[DEVICES[p['device']].platform]:.0%} of HBM)")
-    if p["rollout_rows_that_fit"] < mem["rollout_rows"]:
+    pick = p.get("rollout_chunk")
+    if pick:
+        used = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in pick["totals"].items())
+        lines.append(f"  rollout chunk: config.rollout.max_rows = {pick['config']}; the planner picks "
+                     f"{pick['max_rows']} ({used} GB with the train state, budget {pick['budget'] / 1e9:.1f} GB"
+                     + ("" if pick["fits"] else ": DOES NOT FIT even so") + ")")
+        if pick["fits"] and (pick["config"] == 0 or pick["config"] > pick["max_rows"]):
+            lines.append(f"  WARNING: set --config.rollout.max_rows={pick['max_rows']}: the config's chunk does "
+                         f"not fit the device (plan --aot compiles it to check)")
+    if not pick and p["rollout_rows_that_fit"] < mem["rollout_rows"]:
         lines.append(f"  rollout: only ~{p['rollout_rows_that_fit']} of {int(mem['rollout_rows'])} rows fit "
                      f"one decode batch in the budget: roll out in chunks of rows (config.rollout.max_rows)")
     if mem["micro_batch_replicated"]:
@@ -376,6 +385,11 @@ def main(argv):
             print(markdown_aot(rep, title, command) if f.markdown else format_aot(rep, title))
         return
     p = plan(model, run, mesh, f.device, mfu=f.mfu, bw_util=f.bw_util)
+    from searche1_jax.program_plan import pick_rollout_rows
+    p["rollout_chunk"] = dict(pick_rollout_rows(c, model.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
+                                                                 remat=c.model.remat, scan_layers=c.model.scan_layers),
+                                                run, mesh, f.device, f.processes),
+                              config=c.rollout.max_rows)
     if f.json:
         print(json.dumps(p, indent=1))
     elif f.markdown:

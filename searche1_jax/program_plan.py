@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from searche1_jax.shapes import next_pow2, round_up, row_bucket
+from searche1_jax.shapes import next_pow2, round_up, row_bucket, rollout_chunk_ok
 
 PROGRAMS = ("grpo", "logps", "ofsd", "decode", "append", "prefill")
+ROLLOUT_PROGRAMS = ("decode", "append", "prefill")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +50,15 @@ class ProgramShapes:
     replica: bool = True    # rollout.weights "replica" (a compute-dtype copy whole over data x fsdp) or "train"
 
 
-def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_tokens: int = 128) -> ProgramShapes:
+def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_tokens: int = 128,
+                   max_rows: int | None = None) -> ProgramShapes:
     """The shapes of `c` (an ExperimentConfig) on `mesh` ({"data", "fsdp", "tensor"}) with
     `processes` processes; `run` is plan.RunShape (prompt and fill assumptions). With one
     process the rollout uses the train mesh (rows over data x fsdp); with several each rolls out
     its own rows on its own devices, FSDP over them (`multihost.rollout_replica`).
-    privileged_tokens: the context OFSD's teacher sequence adds (an assumption, like the prompt)."""
+    privileged_tokens: the context OFSD's teacher sequence adds (an assumption, like the prompt).
+    max_rows: the rollout chunk in place of c.rollout.max_rows (`pick_rollout_rows` tries them)."""
+    max_rows = c.rollout.max_rows if max_rows is None else max_rows
     devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
     g = c.grpo
     bucket = lambda n, b: max(b, round_up(n, b))  # noqa: E731  (batching.bucket_length)
@@ -62,7 +66,7 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
     rows = max(g.questions_per_step * c.rollout.group_size,
                c.ofsd.questions * c.ofsd.group_size if c.ofsd.enabled else 0) // processes
     group = c.rollout.group_size
-    chunk = rows if c.rollout.max_rows <= 0 else min(rows, max(1, c.rollout.max_rows // group) * group)
+    chunk = rows if max_rows <= 0 else min(rows, max(1, max_rows // group) * group)
     prompt = round_up(run.prompt_tokens, c.rollout.prompt_bucket)
     return ProgramShapes(
         train_len=bucket(run.seq_len, g.length_bucket), grpo_micro=g.micro_batch,
@@ -109,7 +113,13 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     # weights outside the layers (embedding / head, final norm), gathered whole. Measured with
     # --aot at Qwen2.5-3B on fsdp 8 (RESULTS "a scan over layers"): the log-prob pass's temp 14.5 ->
     # 1.9 GB, the GRPO update's 30.6 -> 10.3 GB.
+    # Outside the layers, the embedding (forward only: its gradient is a scatter into the shard)
+    # and the head (an untied model's own matrix) are used in different phases, so the larger
+    # one is live at a time (measured at 7B, untied: counting both put the scanned GRPO update at
+    # 1.21x XLA's, the log-prob pass at 1.20-1.36x)
     outside = n - L * m.block_params
+    if not m.tie_embeddings:
+        outside -= v * d
     live = outside + 2 * m.block_params if m.scan_layers else n
     gathered = live * pb / t if f * d_ > 1 else 0.0
     # an update also keeps the compute-dtype copies of the weights its backward multiplies by
@@ -162,7 +172,10 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     vc = min(VOCAB_CHUNK, v)
     logits = (run.ofsd_chunk * v * 4 * 3 + d * vc * 4 + d * v * 4) / t
     out["ofsd"] = {"params": params, "adam": adam, "teacher": params, "batch": batch, "grads_and_update": grads,
-                   "gathered_weights": 2 * gathered + compute_copy,  # student and teacher
+                   # student and teacher: unrolled, XLA:CPU gathers both models up front; scanned,
+                   # the teacher's forward loop and the student's do not overlap (measured at 3B,
+                   # fsdp 8: counting both put the estimate at 1.29x XLA's)
+                   "gathered_weights": (1 if m.scan_layers else 2) * gathered + compute_copy,
                    "activations": fw["saved"] + (fw["block"] if run.remat else 0.0) + tw["hidden"],
                    "logits_chunk": logits, "resident": params}
     # ---- rollout: the engine's calls on one chunk of rows
@@ -176,13 +189,13 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     # --aot. A GPU's or TPU's bf16 dots need no copy: there it is a pessimistic bound.
     upcast = n * 4 / t if cb < 4 else 0.0
     if s.processes == 1 and s.replica:
-        weights, resident, gathered = n * cb / t, 2 * params + adam, upcast
+        weights, resident, gathered, upcast = n * cb / t, 2 * params + adam, 0.0, upcast
     elif s.processes == 1:
-        weights, resident, gathered = params, adam + params, gathered
+        weights, resident, gathered, upcast = params, adam + params, gathered, 0.0
     elif s.replica:
-        weights, resident, gathered = n * cb, 2 * params + adam, upcast * t
+        weights, resident, gathered, upcast = n * cb, 2 * params + adam, 0.0, upcast * t
     else:
-        weights, resident, gathered = n * cb / r, 2 * params + adam, n * cb if r > 1 else 0.0
+        weights, resident, gathered, upcast = n * cb / r, 2 * params + adam, n * cb if r > 1 else 0.0, 0.0
     rt = t if s.processes == 1 else 1   # a process-local replica's mesh has no tensor axis
     kv = r * (rt if m.n_kv_heads % rt == 0 else 1)
     b, S = s.rollout_rows, s.cache_len
@@ -195,21 +208,67 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     # (measured, Qwen2.5-3B on 8 x H100: decode temp +51.5 GB over padded, the cache shard 51.5 GB;
     # issue 20). top-p sorts [B, V]
     working = (3 if s.packed else 2) * cache
-    out["decode"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
+    out["decode"] = {"weights": weights, "gathered_weights": gathered, "cpu_upcast": upcast, "cache": cache,
+                     "working_cache": working,
                      "row_logits": row_logits, "sampling": 6 * row_logits, "resident": resident}
     # append: + the fp32 scores of one query block of the appended tokens against every slot,
     # and their softmax (`attend_cached`: blocks of model.attn_block under a lax.map)
     w = min(s.append_width, m.attn_block) if m.attn_block > 0 else s.append_width
-    out["append"] = {"weights": weights, "gathered_weights": gathered, "cache": cache, "working_cache": working,
-                     "row_logits": row_logits, "scores": 2 * b * m.n_heads * w * S * 4 / heads,
+    # and the appended tokens' MLP gate and up projections [rows, width, mlp] in fp32 (measured:
+    # without them the estimate was 0.96x XLA's at 3B, 320 rows on 8 devices, 1.8 GB short)
+    mlp = 2 * b * s.append_width * m.mlp_dim * 4 / (r * (rt if m.mlp_dim % rt == 0 else 1))
+    out["append"] = {"weights": weights, "gathered_weights": gathered, "cpu_upcast": upcast, "cache": cache,
+                     "working_cache": working,
+                     "row_logits": row_logits, "scores": 2 * b * m.n_heads * w * S * 4 / heads, "mlp": mlp,
                      "resident": resident}
     # prefill: the distinct prompts' own cache (window slots), spread to every row ("padded":
     # every row appends its own prompt)
     u, W = (s.prefill_rows, s.prefill_window) if s.packed else (b, s.prefill_window)
-    out["prefill"] = {"weights": weights, "gathered_weights": gathered, "cache": cache,
+    out["prefill"] = {"weights": weights, "gathered_weights": gathered, "cpu_upcast": upcast, "cache": cache,
                       "prompt_cache": 2 * L * (u + b if s.packed else b) * W * m.n_kv_heads * m.head_dim * cb / kv,
                       "row_logits": row_logits + (u * v * 4 / r if s.packed else 0.0),
                       "scores": u * m.n_heads * s.prompt_len * W * 4 / heads, "resident": resident}
     for parts in out.values():
         parts["program"] = sum(x for k, x in parts.items() if k != "resident")
     return out
+
+
+def rollout_phases(c, processes: int = 1) -> list[tuple[int, int]]:
+    """(rows a process decodes, group size) of each phase that rolls out: GRPO's step and, when
+    enabled, OFSD's round (`train/geometry.py` checks max_rows against the same)."""
+    phases = [(c.grpo.questions_per_step, c.rollout.group_size)]
+    if c.ofsd.enabled:
+        phases.append((c.ofsd.questions, c.ofsd.group_size))
+    return [(q // processes * group, group) for q, group in phases if q % processes == 0]
+
+
+def pick_rollout_rows(c, m, run, mesh: dict[str, int], device: str, processes: int = 1,
+                      privileged_tokens: int = 128) -> dict:
+    """The rollout chunk the planner picks: the largest `rollout.max_rows` the run's geometry
+    allows (`shapes.rollout_chunk_ok`) whose decode, append and prefill calls, with the train
+    state they leave resident, each fit `device`'s budget by `program_memory`'s estimate (which
+    agrees with XLA's compiled bytes within a few percent for these calls: docs/SCALING.md), less
+    the fp32 weight copy only XLA:CPU makes ("cpu_upcast"; `aot.cpu_upcast_bytes`).
+
+    Returns {"max_rows", "fits" (False: not even the smallest valid chunk fits), "budget",
+    "totals" {program: bytes of the picked chunk}}. m: ModelConfig (with the run's dtypes and
+    scan_layers); run: plan.RunShape; mesh {"data", "fsdp", "tensor"}."""
+    from searche1_jax.plan import DEVICES
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {sorted(DEVICES)}, got {device!r}")
+    budget = DEVICES[device].budget_bytes
+    phases = rollout_phases(c, processes)
+    devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
+    r = mesh["data"] * mesh["fsdp"] if processes == 1 else devices // processes
+    most = max((rows for rows, _ in phases), default=0)
+    valid = [v for v in range(most, 0, -1) if rollout_chunk_ok(v, phases, r)]
+    if not valid:
+        raise ValueError(f"no rollout.max_rows splits the rows {[rows for rows, _ in phases]} into whole groups "
+                         f"over {r} devices: change the questions a step / round or the group sizes")
+    totals = {}
+    for v in valid:  # largest first
+        est = program_memory(m, run, mesh, program_shapes(c, run, mesh, processes, privileged_tokens, v))
+        totals = {p: est[p]["program"] - est[p]["cpu_upcast"] + est[p]["resident"] for p in ROLLOUT_PROGRAMS}
+        if max(totals.values()) <= budget:
+            return {"max_rows": v, "fits": True, "budget": budget, "totals": totals}
+    return {"max_rows": valid[-1], "fits": False, "budget": budget, "totals": totals}

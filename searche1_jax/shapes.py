@@ -6,7 +6,7 @@ plan.py may all use it (rl/ stays self-contained and does not).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -50,3 +50,16 @@ def nearest(value: int, ok: Callable[[int], bool], limit: int) -> list[int]:
 def row_bucket(n: int, n_rows: int) -> int:
     """The smallest of `row_buckets(n_rows)` that holds n rows (n <= n_rows)."""
     return next(b for b in row_buckets(n_rows) if b >= n)
+
+
+def rollout_chunk_ok(max_rows: int, phases: Sequence[tuple[int, int]], devices: int) -> bool:
+    """Whether `rollout.max_rows` cuts every phase's rows into equal chunks the rollout can run:
+    each phase is (rows a process decodes in it, its group size); a chunk is whole groups
+    (max_rows a multiple of each group size, 0 = all rows at once), split evenly over the
+    `devices` a process rolls out on, and a phase's rows are a whole number of chunks (one
+    decode program, not two)."""
+    for rows, group in phases:
+        chunk = rows if max_rows == 0 else max(1, max_rows // group) * group
+        if max_rows % group or chunk % devices or rows % chunk:
+            return False
+    return True

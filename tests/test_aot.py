@@ -123,6 +123,31 @@ def test_verdict_against_the_device_budget():
     assert P.DEVICES["v5e"].budget_bytes == pytest.approx(0.9 * 16e9)  # TPU: all of HBM
 
 
+def test_the_verdict_leaves_out_the_fp32_weight_copy_only_xla_cpu_makes():
+    c, model, run = tiny_config()
+    s = program_shapes(c, run, MESH)
+    est = program_memory(model, run, MESH, s)
+    xla = {"decode": {"argument": 10e9, "output": 9e9, "alias": 9e9, "temp": 20e9, "peak": 30e9,
+                      "cpu_upcast": 12e9}}
+    row = aot.verdicts(xla, est, s, P.DEVICES["h100"])["decode"]
+    assert row["total"] == 30e9 - 12e9 + est["decode"]["resident"]
+
+
+@pytest.mark.parametrize("dtype,copies", [(jnp.bfloat16, 1), (jnp.float16, 1), (jnp.float32, 0)])
+def test_cpu_upcast_is_the_fp32_copy_of_a_half_precision_loop_weight(dtype, copies):
+    """XLA:CPU converts a bf16 / fp16 weight that a loop multiplies by to fp32 once, before the
+    loop: 4 bytes an element of the weight (a hand count), counted within XLA's temp; an fp32
+    weight has no copy; nor has a bf16 argument that no dot reads."""
+    def f(w, x, unused):
+        return jax.lax.fori_loop(0, 10, lambda i, x: jnp.tanh(x @ w), x), unused * 2
+
+    compiled = jax.jit(f).lower(jax.ShapeDtypeStruct((384, 384), dtype), jax.ShapeDtypeStruct((4, 384), dtype),
+                                jax.ShapeDtypeStruct((300, 300), jnp.bfloat16)).compile()
+    got = aot.memory(compiled)
+    assert got["cpu_upcast"] == copies * 384 * 384 * 4
+    assert got["cpu_upcast"] <= got["temp"]
+
+
 def test_report_prints_does_not_fit_on_a_tiny_device(report):
     c, model, run = tiny_config()
     s = program_shapes(c, run, MESH)

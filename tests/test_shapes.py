@@ -24,3 +24,23 @@ def test_next_pow2(n, lo, want):
 def test_round_up_refuses_a_zero_multiple():
     with pytest.raises(ValueError, match="multiple must be >= 1"):
         round_up(3, 0)
+
+
+@pytest.mark.parametrize("max_rows,want", [
+    (0, True),      # all 640 rows at once: 640 / 16 devices
+    (80, True),     # 16 groups of 5, 5 per device, 8 chunks
+    (40, False),    # 8 groups = 40 rows do not split over 16 devices
+    (82, False),    # not whole groups
+    (160, True), (240, False),  # 640 / 240 is not a whole number of chunks
+])
+def test_a_rollout_chunk_is_whole_groups_split_over_the_devices_and_divides_the_rows(max_rows, want):
+    from searche1_jax.shapes import rollout_chunk_ok
+    assert rollout_chunk_ok(max_rows, [(640, 5)], 16) is want
+
+
+def test_a_rollout_chunk_must_suit_every_phase():
+    from searche1_jax.shapes import rollout_chunk_ok
+    # GRPO 40 rows in groups of 5, OFSD 32 rows in groups of 8, over 4 devices: 40 suits both
+    # (OFSD's chunk is 5 groups = 40 > 32 rows, which is not a whole number of chunks)
+    assert rollout_chunk_ok(40, [(40, 5)], 4) and not rollout_chunk_ok(40, [(40, 5), (32, 8)], 4)
+    assert rollout_chunk_ok(0, [(40, 5), (32, 8)], 4)

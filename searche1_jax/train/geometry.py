@@ -26,7 +26,7 @@ import math
 from typing import Callable, Mapping
 
 from searche1_jax.model.sharding import MESH_AXES
-from searche1_jax.shapes import nearest
+from searche1_jax.shapes import nearest, rollout_chunk_ok
 
 
 class GeometryError(ValueError):
@@ -109,11 +109,7 @@ def _rollout(problems: list, c, g: Geometry) -> None:
     r = g.rollout_devices
 
     def fits(max_rows: int) -> bool:
-        for _, rows, group in phases:
-            chunk = rows if max_rows == 0 else max(1, max_rows // group) * group
-            if max_rows % group or chunk % r or rows % chunk:
-                return False
-        return True
+        return rollout_chunk_ok(max_rows, [(rows, group) for _, rows, group in phases], r)
 
     if fits(c.rollout.max_rows):
         return

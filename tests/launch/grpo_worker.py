@@ -32,8 +32,8 @@ half = batch["tokens"].shape[1] // 2
 local = {k: v[:, pid * half:(pid + 1) * half] for k, v in batch.items()}
 binder = Binder(model_from_arrays(cfg, dict(np.load(f"{data}/params.npz")), mesh=mesh))
 
-# plain SGD(1.0) in place of AdamW, as in the one-process oracle (test_multiprocess.py)
-steps_module.adamw = lambda h: optax.sgd(1.0)
+# plain SGD(1.0) in place of AdamW (after the same global-norm clip), as in the one-process oracle
+steps_module._adamw_alone = lambda h: optax.sgd(1.0)
 steps = make_steps(binder, StepConfig(grpo_chunk=64))
 h = hyper(lr=1.0, weight_decay=0.0, grad_clip=1.0, kl_coef=0.001, entropy_coef=0.001, temperature=1.0,
           ofsd_temperature=1.0)

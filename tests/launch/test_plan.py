@@ -110,6 +110,86 @@ def test_cli_prints_the_qwen3b_plan():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "3.086B" in out.stdout and "AdamW m+v fp32" in out.stdout and "time/step" in out.stdout
+    assert "config.rollout.max_rows = 320; the planner picks 320" in out.stdout
+    assert "WARNING: set --config.rollout.max_rows" not in out.stdout
+
+
+def _picked(config: str, mesh: dict, device: str, processes: int) -> tuple:
+    from searche1_jax.config import load_config_file
+    from searche1_jax.program_plan import pick_rollout_rows
+    c = load_config_file(config)
+    m = P.model_config_for(c).replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
+                                      remat=c.model.remat, scan_layers=c.model.scan_layers)
+    run = P.run_shape_from_config(c)
+    return c, m, run, pick_rollout_rows(c, m, run, mesh, device, processes)
+
+
+# (config arg, mesh, device, processes): the slices configs/qwen3b.py names (launch/README.md)
+SLICES = {"8xh100": ({"data": 1, "fsdp": 8, "tensor": 1}, "h100", 1),
+          "16xh100": ({"data": 1, "fsdp": 16, "tensor": 1}, "h100", 2),
+          "v4-32": ({"data": 1, "fsdp": 16, "tensor": 1}, "v4", 4),
+          "v5e-64": ({"data": 1, "fsdp": 64, "tensor": 1}, "v5e", 16)}
+
+
+@pytest.mark.parametrize("model", ["qwen3b", "qwen7b"])
+@pytest.mark.parametrize("slice_", list(SLICES))
+def test_the_qwen_configs_roll_out_in_the_chunk_the_planner_picks(model, slice_):
+    """Each slice's rollout.max_rows is the planner's pick, and the run's startup check accepts it."""
+    import os
+
+    from searche1_jax.train.geometry import check_geometry
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    mesh, device, processes = SLICES[slice_]
+    c, _, _, pick = _picked(f"{root}/configs/{model}.py:instruct,{slice_}", mesh, device, processes)
+    if (model, slice_) == ("qwen3b", "16xh100"):  # also valid with one process a GPU (160 rows each)
+        assert (c.rollout.max_rows, pick["max_rows"]) == (160, 320)
+    else:
+        assert c.rollout.max_rows == pick["max_rows"], (model, slice_, pick)
+    check_geometry(c, mesh, processes)  # raises GeometryError if the chunk does not split the rows
+    # Qwen2.5-3B fits every slice; 7B's whole bf16 replica a chip does not fit the TPU slices
+    assert pick["fits"] == (model == "qwen3b" or slice_ not in ("v4-32", "v5e-64"))
+
+
+def test_the_picked_chunk_is_the_largest_valid_one_within_the_budget():
+    """Brute force over every max_rows the startup check accepts: the pick fits the budget by the
+    per-program estimate (less XLA:CPU's fp32 copy), and every larger accepted chunk does not."""
+    import os
+
+    from searche1_jax.program_plan import ROLLOUT_PROGRAMS, program_memory, program_shapes
+    from searche1_jax.train.geometry import GeometryError, check_geometry
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    mesh, device, processes = SLICES["v4-32"]
+    c, m, run, pick = _picked(f"{root}/configs/qwen3b.py:instruct,v4-32", mesh, device, processes)
+    budget = P.DEVICES[device].budget_bytes
+
+    def total(v):
+        est = program_memory(m, run, mesh, program_shapes(c, run, mesh, processes, max_rows=v))
+        return max(est[p]["program"] - est[p]["cpu_upcast"] + est[p]["resident"] for p in ROLLOUT_PROGRAMS)
+
+    def accepted(v):
+        c2 = c.copy_and_resolve_references()
+        c2.rollout.max_rows = v
+        try:
+            check_geometry(c2, mesh, processes)
+            return True
+        except GeometryError:
+            return False
+
+    rows = c.grpo.questions_per_step * c.rollout.group_size // processes
+    valid = [v for v in range(1, rows + 1) if accepted(v)]
+    assert pick["max_rows"] in valid and total(pick["max_rows"]) <= budget
+    assert all(total(v) > budget for v in valid if v > pick["max_rows"])
+    assert pick["max_rows"] == 80 and 640 in valid  # 8 chunks of 16 questions a process
+
+
+def test_a_run_whose_rollout_cannot_fit_is_told_so():
+    """qwen7b on v5e-64: the smallest chunk (one group a chip) still exceeds a 16 GB chip."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    mesh, device, processes = SLICES["v5e-64"]
+    _, _, _, pick = _picked(f"{root}/configs/qwen7b.py:instruct,v5e-64", mesh, device, processes)
+    assert not pick["fits"] and pick["max_rows"] == 20
+    assert min(pick["totals"].values()) > pick["budget"]
 
 
 def test_cli_refuses_a_mesh_that_cuts_the_query_heads():

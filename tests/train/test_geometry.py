@@ -60,7 +60,13 @@ def test_the_8xh100_config_fits_8_devices_and_names_both_micro_batches_elsewhere
     assert msg.count(f"nearest valid: {want}\n") + msg.endswith(f"nearest valid: {want}") == 2
     assert "replicated compute" in msg and f"x {processes} processes" in msg
     # the global counts split evenly: 512 questions, 256 / 64 trajectories over 4 or 16 processes
-    assert "questions_per_step" not in msg and "mini_batch =" not in msg and "max_rows" not in msg
+    assert "questions_per_step" not in msg and "mini_batch =" not in msg
+    # qwen3b's 8xh100 rollout chunk (320 rows) is more than a process's 160 rows on 16 processes
+    # (qwen7b's 80 divides them)
+    named = processes == 16 and name == "qwen3b.py"
+    assert ("config.rollout.max_rows = 320" in msg) == named
+    if named:
+        assert "decodes (160, 160); nearest valid: 160" in msg
 
 
 @pytest.mark.parametrize("name", ["qwen3b.py", "qwen7b.py"])
