@@ -173,6 +173,7 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 10
     c.checkpoint.keep = 3
     c.checkpoint.async_save = True
+    c.checkpoint.concurrent_gb = 96.0  # GB orbax writes / reads at once (its default); host memory a save adds
 
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True

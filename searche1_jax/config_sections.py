@@ -422,15 +422,19 @@ class TrainSection(_Section):
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection(_Section):
     """every_steps: save every this many GRPO steps (>= 1). keep: checkpoints kept (>= 1).
-    async_save: write in the background."""
+    async_save: write in the background. concurrent_gb: > 0, the GB of arrays orbax has in flight
+    at once while saving or restoring (its default 96); a save holds about this much host memory
+    beyond the state (train/checkpoint.py), so small hosts set it low."""
     SECTION: ClassVar[str] = "checkpoint"
     every_steps: int
     keep: int
     async_save: bool
+    concurrent_gb: float
 
     def __post_init__(self):
         _at_least("checkpoint", "every_steps", self.every_steps, 1)
         _at_least("checkpoint", "keep", self.keep, 1)
+        _positive("checkpoint", "concurrent_gb", self.concurrent_gb)
 
 
 @dataclasses.dataclass(frozen=True)

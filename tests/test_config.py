@@ -287,6 +287,7 @@ NUMERIC_OUT_OF_DOMAIN = {
     "train.seed": (-1, r"config.train.seed must be >= 0"),
     "checkpoint.every_steps": (0, r"config.checkpoint.every_steps must be >= 1, got 0"),
     "checkpoint.keep": (0, r"config.checkpoint.keep must be >= 1"),
+    "checkpoint.concurrent_gb": (0.0, r"config.checkpoint.concurrent_gb must be > 0"),
     "log.trajectory_groups": (-1, r"config.log.trajectory_groups must be >= 0"),
 }
 

@@ -93,20 +93,27 @@ def _set_aside(path: str) -> str:
 
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, meta_hook=None,
-                 reference_dir: str | None = None):
+                 reference_dir: str | None = None, concurrent_gb: float = 96.0):
         """meta_hook: () -> dict, more meta recorded with every save (the trainer's metrics row count).
         reference_dir: where a "saved" reference is written once (default: `reference` beside
-        `directory`, i.e. WORKDIR/reference for WORKDIR/checkpoints)."""
+        `directory`, i.e. WORKDIR/reference for WORKDIR/checkpoints).
+        concurrent_gb: the GB of arrays orbax has in flight at once while saving / restoring
+        (orbax's default 96): a save's host memory beyond the state itself is about this much
+        (measured, a 1.62 GB state on CPU: +1.44 GB at 96, +0.35 GB at 0.2, and 2.7x faster)."""
         self.directory = str(workdir_path(directory))  # a gs:// URI stays one
         self.meta_hook = meta_hook
-        self.reference = ReferenceStore(reference_dir or workdir_path(directory).parent / "reference")
+        self.reference = ReferenceStore(reference_dir or workdir_path(directory).parent / "reference",
+                                        concurrent_gb=concurrent_gb)
         self._fingerprinted = (None, None)  # (reference params object, its fingerprint)
         epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                  create=True),
-            item_names=("state", "meta"))
+            item_names=("state", "meta"),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(save_concurrent_gb=concurrent_gb,
+                                                                restore_concurrent_gb=concurrent_gb),
+                           "meta": ocp.JsonCheckpointHandler()})
 
     def save(self, state: TrainState, *, force: bool = False) -> bool:
         """Save under the next save index (OFSD rounds change the state without a GRPO step)."""
@@ -125,7 +132,7 @@ class Checkpointer:
             if kind == SAVED:  # once, complete before any checkpoint refers to it
                 self.reference.ensure_written(state.ref_params)
         return self.manager.save(index, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state.arrays()), meta=ocp.args.JsonSave(meta)), force=force)
+            state=ocp.args.PyTreeSave(state.arrays()), meta=ocp.args.JsonSave(meta)), force=force)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -182,7 +189,8 @@ class Checkpointer:
                   "rng": ocp.utils.to_shape_dtype_struct(np.asarray(jax.random.key_data(like.rng))),
                   "step": ocp.utils.to_shape_dtype_struct(np.asarray(0, np.int32))}
         try:
-            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
         except Exception as e:  # noqa: BLE001
             raise CheckpointUnreadable(step, e) from None
         arrays = out["state"]

@@ -129,6 +129,7 @@ class Trainer:
         self.tag_members = names is not None or exp.n > 1  # sweep rows carry `member` and `name`
         self.ckpt = Checkpointer(f"{workdir}/checkpoints", keep=self.c.checkpoint.keep,
                                  async_save=self.c.checkpoint.async_save,
+                                 concurrent_gb=self.c.checkpoint.concurrent_gb,
                                  meta_hook=lambda: {"metrics_rows": self.metrics.rows})  # metrics.py: resume
         self.preemption = Preemption()
         self.metrics = MetricsWriter(workdir, tensorboard=self.c.log.tensorboard and not self.layout.population)

@@ -54,9 +54,15 @@ def check_fingerprint(saved: dict, params: dict, what: str, fix: str) -> None:
 class ReferenceStore:
     """The saved-once reference: an orbax tree of the flattened params in `directory`."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, concurrent_gb: float = 96.0):
+        """concurrent_gb: the GB orbax has in flight while writing / reading (Checkpointer's)."""
         self.path = epath.Path(directory)
+        self.concurrent_gb = concurrent_gb
         self._written = None  # the params object last written or read: not written again
+
+    def _checkpointer(self) -> ocp.AsyncCheckpointer:
+        return ocp.AsyncCheckpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=self.concurrent_gb,
+                                                                   restore_concurrent_gb=self.concurrent_gb))
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -66,8 +72,8 @@ class ReferenceStore:
         until the files are complete, so no checkpoint refers to a half-written reference."""
         if self._written is params:
             return
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(self.path, flatten(params), force=True)
+        checkpointer = self._checkpointer()
+        checkpointer.save(self.path, args=ocp.args.StandardSave(flatten(params)), force=True)
         checkpointer.wait_until_finished()
         checkpointer.close()
         self._written = params
@@ -77,9 +83,9 @@ class ReferenceStore:
         if not self.exists():
             raise ValueError(f"the checkpoint's reference policy was saved in {self.path}, which is missing: "
                              f"restore that directory from a backup, or start afresh with a new --workdir")
-        checkpointer = ocp.StandardCheckpointer()
+        checkpointer = self._checkpointer()
         try:
-            params = unflatten(checkpointer.restore(self.path, abstract(flatten(like_params))))
+            params = unflatten(checkpointer.restore(self.path, args=ocp.args.StandardRestore(abstract(flatten(like_params)))))
         except Exception as e:  # noqa: BLE001  (orbax raises many kinds for a broken directory)
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise ValueError(f"the reference policy in {self.path} is unreadable ({type(e).__name__}: {first}): "
