@@ -85,7 +85,8 @@ class ReferenceStore:
                              f"restore that directory from a backup, or start afresh with a new --workdir")
         checkpointer = self._checkpointer()
         try:
-            params = unflatten(checkpointer.restore(self.path, args=ocp.args.StandardRestore(abstract(flatten(like_params)))))
+            target = abstract(flatten(like_params))
+            params = unflatten(checkpointer.restore(self.path, args=ocp.args.StandardRestore(target)))
         except Exception as e:  # noqa: BLE001  (orbax raises many kinds for a broken directory)
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise ValueError(f"the reference policy in {self.path} is unreadable ({type(e).__name__}: {first}): "
