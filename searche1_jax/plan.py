@@ -322,8 +322,8 @@ def format_plan(p: dict, title: str = "") -> str:
                        ("activations_remat", "activations, remat"),
                        ("grpo_logits_chunk", "GRPO logits chunk"), ("ofsd_logits_chunk", "OFSD logits chunk"),
                        ("rollout_weights", "rollout weights replica"),
-                       ("kv_cache", "rollout KV cache"), ("rollout_scores_transient", "rollout extend scores"),
-                       ("peak_rollout", "PEAK rollout"), ("peak_train", "PEAK GRPO update"),
+                       ("kv_cache", "KV cache, all rows"), ("rollout_scores_transient", "extend scores, all rows"),
+                       ("peak_rollout", "PEAK rollout, all rows"), ("peak_train", "PEAK GRPO update"),
                        ("peak_ofsd", "PEAK OFSD update")):
         flag = "  > budget" if key.startswith("peak") and mem[key] > p["budget_bytes"] else ""
         lines.append(f"    {label:26s}{_gb(mem[key])}{flag}")
