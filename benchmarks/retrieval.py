@@ -308,17 +308,19 @@ def main():
     c.add_argument("--corpus", default="/work/shared/data/corpus/wiki_small.jsonl")
     c.add_argument("--questions", default="/work/shared/data/train/multihop.val.jsonl")
     c.add_argument("--encode", type=int, default=24537, help="passages to encode with MiniLM")
-    from benchmarks.retrieval_real import add_parser, add_project_parser, project, real
+    from benchmarks.retrieval_real import (add_encode_rate_parser, add_parser, add_project_parser, encode_rate,
+                                           project, real)
     add_parser(sub)
     add_project_parser(sub)
-    for p in (s, c, qz, sub.choices["real"], sub.choices["project"]):
+    add_encode_rate_parser(sub)
+    for p in (s, c, qz, sub.choices["real"], sub.choices["project"], sub.choices["encode_rate"]):
         p.add_argument("--json", default=None, help="append result rows to this jsonl file")
         p.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up (best is kept)")
     args = ap.parse_args()
     global REPEAT
     REPEAT = args.repeat
     rows = {"synthetic": synthetic, "corpus": corpus_bench, "quantizers": quantizers, "real": real,
-            "project": project}[args.what](args)
+            "project": project, "encode_rate": encode_rate}[args.what](args)
     if args.json:
         with open(args.json, "a") as f:
             for r in rows:

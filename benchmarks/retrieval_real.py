@@ -193,3 +193,74 @@ def add_project_parser(sub) -> None:
     p.add_argument("--sample", type=int, default=50_000)
     p.add_argument("--leaves", type=int, default=450)
     p.add_argument("--dims-per-block", type=int, default=4)
+
+
+def encode_rate(args) -> list[dict]:
+    """Passage encoding rate of all-MiniLM-L6-v2 (its real weights) and of e5-base-v2's shapes
+    (BERT-base: 12 layers of 768, 12 heads, MLP 3,072; random weights, which do not change the
+    time) over the first --n shared passages, as Search-R1 builds its index (the "passage: " prefix,
+    256 tokens at most: its build_index.sh). Both use the same uncased WordPiece vocabulary
+    (e5-base-v2's bert-base-uncased and MiniLM's are the same 30,522 tokens), so the token counts
+    are e5's. The encoders alternate, --repeat timed passes each after an untimed one (compiles),
+    the best kept. Projected to Search-R1's 21,015,324 passages: hours on this machine (measured
+    rate) and, as an estimate, on GPUs from the FLOPs at an assumed MFU."""
+    from flax import nnx
+    from tokenizers import Tokenizer
+
+    from benchmarks.serve_burst import minilm_dir
+    from searche1_jax.retrieval.bert import BertConfig, BertModel
+    from searche1_jax.retrieval.corpus import Corpus
+    from searche1_jax.retrieval.encoder import Encoder, padded_length
+
+    os.makedirs(args.out, exist_ok=True)
+    corpus = Corpus(args.corpus, offsets_file=os.path.join(args.out, "corpus.offsets.npy"))
+    texts = corpus.texts(range(min(args.n, len(corpus))))
+    mini = Encoder.from_pretrained(minilm_dir(), batch_size=args.batch, max_length=256)
+    cfg = BertConfig()
+    e5 = Encoder(BertModel(cfg, rngs=nnx.Rngs(0)), Tokenizer.from_file(os.path.join(minilm_dir(), "tokenizer.json")),
+                 query_prefix="query: ", passage_prefix="passage: ", max_length=256, batch_size=args.batch,
+                 name="e5-base-v2 shapes (random weights)")
+    encoders = {"all-MiniLM-L6-v2": mini, "e5-base-v2 shapes": e5}
+    tokens = {k: [len(t) for t in enc.tokenize([enc.passage_prefix + x for x in texts])] for k, enc in encoders.items()}
+    for enc in encoders.values():
+        enc.encode_passages(texts)  # untimed: compiles every bucket these passages use
+    best = {k: float("inf") for k in encoders}
+    for _ in range(args.repeat):
+        for k, enc in encoders.items():
+            t = time.perf_counter()
+            enc.encode_passages(texts)
+            best[k] = min(best[k], time.perf_counter() - t)
+    rows = []
+    for k, enc in encoders.items():
+        c, n_tok = enc.cfg, np.asarray(tokens[k])
+        # padded tokens as `encode` runs them: sorted by length, batches padded to their bucket
+        srt = np.sort(n_tok)
+        padded = sum(padded_length(int(srt[min(s + args.batch, len(srt)) - 1]), 256) * len(srt[s:s + args.batch])
+                     for s in range(0, len(srt), args.batch))
+        block = 4 * c.d_model * c.d_model + 2 * c.d_model * c.mlp_dim   # q, k, v, o + MLP weights a layer
+        flops = 2 * c.n_layers * block * padded + 4 * c.n_layers * c.d_model * float(
+            sum(padded_length(int(srt[min(s + args.batch, len(srt)) - 1]), 256) ** 2 * len(srt[s:s + args.batch])
+                for s in range(0, len(srt), args.batch)))
+        rate = len(texts) / best[k]
+        row = {"encoder": k, "passages": len(texts), "batch": args.batch, "mean_tokens": round(float(n_tok.mean()), 1),
+               "padded/real tokens": round(padded / n_tok.sum(), 3), "passages_per_s": round(rate, 2),
+               "tokens_per_s": round(n_tok.sum() / best[k]), "gflop_per_passage": round(flops / len(texts) / 1e9, 2),
+               "achieved_gflop_s": round(flops / best[k] / 1e9, 1),
+               "hours_for_21M_here": round(SEARCH_R1_N / rate / 3600, 1),
+               # an estimate, not a measurement: one H100 at 989 TFLOP/s bf16 dense, 40% MFU
+               "est_h100_hours_at_40pct_mfu": round(SEARCH_R1_N * flops / len(texts) / (989e12 * 0.4) / 3600, 2),
+               "cpu": cpu_name(), "load_avg": os.getloadavg()}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    rows.append({"what": "e5-base-v2 shapes / MiniLM time a passage",
+                 "ratio": round(best["e5-base-v2 shapes"] / best["all-MiniLM-L6-v2"], 2)})
+    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def add_encode_rate_parser(sub) -> None:
+    p = sub.add_parser("encode_rate", help="passages/s of MiniLM and of e5-base-v2's shapes, projected to 21M")
+    p.add_argument("--corpus", default=f"{DATA}/corpus/wiki_small.jsonl")
+    p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "searche1_retrieval_real"))
+    p.add_argument("--n", type=int, default=256, help="passages to encode (the corpus's first)")
+    p.add_argument("--batch", type=int, default=32)
