@@ -36,6 +36,9 @@ SEARCH_FRACTION = 0.4
 REORDER_CANDIDATES = 200
 
 
+PARALLEL_MIN_QUERIES = 32  # batches at least this big search on every core (search_batched_parallel)
+
+
 def default_params(n: int) -> dict:
     """Leaves ~ sqrt(N) (ScaNN's guidance), search 40% of them, reorder 200 candidates exactly.
 
@@ -151,7 +154,15 @@ class ScannIndex(DenseIndex):
             kw["pre_reorder_num_neighbors"] = max(int(k), self.params["reorder"])
         if leaves_to_search is not None:
             kw["leaves_to_search"] = leaves_to_search
-        rows, scores = self.searcher.search_batched(q, **kw)
+        if len(q) >= PARALLEL_MIN_QUERIES:
+            # ScaNN's threaded batch search (one sub-batch a thread; per-query results are the
+            # serial ones). search_batched runs on one core while the exact index's matmul uses
+            # them all.
+            threads = max(1, os.cpu_count() or 1)
+            rows, scores = self.searcher.search_batched_parallel(
+                q, batch_size=int(min(256, max(16, -(-len(q) // threads)))), **kw)
+        else:
+            rows, scores = self.searcher.search_batched(q, **kw)
         return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
 
     def save(self, directory: str) -> None:

@@ -77,3 +77,22 @@ def test_compact_scann_variants_still_find_neighbours(clustered, reorder, dtype,
     _, approx = idx.search_vectors(q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, exact)])
     assert recall >= min_recall, recall
+
+
+def test_a_big_batch_searches_on_every_core_with_the_serial_results(clustered, scann_index, monkeypatch):
+    """Batches of PARALLEL_MIN_QUERIES or more go through ScaNN's threaded search; each query's
+    neighbours and scores are the one-thread search's."""
+    from searche1_jax.retrieval import scann_index as module
+    _, q = clustered
+    parallel = scann_index.search_vectors(q, 10)
+    calls = []
+    original = scann_index.searcher.search_batched_parallel
+    monkeypatch.setattr(scann_index.searcher, "search_batched_parallel",
+                        lambda *a, **kw: calls.append(kw) or original(*a, **kw))
+    scann_index.search_vectors(q, 10)
+    assert len(calls) == 1 and calls[0]["batch_size"] >= 16
+    monkeypatch.setattr(module, "PARALLEL_MIN_QUERIES", 10 ** 9)
+    serial = scann_index.search_vectors(q, 10)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(parallel[1], serial[1])
+    np.testing.assert_array_equal(parallel[0], serial[0])
