@@ -5,12 +5,12 @@ from searche1_jax.config import load_config_file
 
 VARIANTS = ("instruct", "base")  # the string args get_config takes: VARIANT[,SLICE] as configs/qwen3b.py
 SLICES = ("8xh100", "16xh100", "v4-32", "v5e-64")  # the hardware configs/qwen3b.py sizes micro-batches for
-# the rollout chunk the planner picks for 7B (configs/qwen3b.py ROLLOUT_ROWS). v4-32 and v5e-64:
-# the planner finds none that fits, so the smallest: each chip holds a whole bf16 7B replica
-# (15.2 GB) beside its share of the train state and the cache (v4-32: the planner's 28.9 GB append
-# against a 28.8 GB budget at 20 rows, XLA's 28.6 GB; a v5e chip has 16 GB). A replica split over a
-# process's chips (tensor-parallel decoding) is what 7B needs there (docs/SCALING.md)
-ROLLOUT_ROWS = {"8xh100": 80, "16xh100": 160, "v4-32": 20, "v5e-64": 20}
+# the rollout chunk the planner picks for 7B (configs/qwen3b.py ROLLOUT_ROWS). On the TPU slices a
+# whole bf16 7B replica (15.2 GB) a chip leaves too little room (v4-32: the planner's append 28.9
+# GB of a 28.8 GB budget at 20 rows; a v5e chip has 16 GB), so a process's chips split each replica
+# (rollout.replica_tensor, tensor-parallel decoding): 2 of a v4 host's 4 chips, all 4 of a v5e host's
+REPLICA_TENSOR = {"8xh100": 1, "16xh100": 1, "v4-32": 2, "v5e-64": 4}
+ROLLOUT_ROWS = {"8xh100": 80, "16xh100": 160, "v4-32": 40, "v5e-64": 20}
 
 
 def get_config(arg: str = "instruct"):
@@ -24,4 +24,5 @@ def get_config(arg: str = "instruct"):
     c.model.checkpoint = ""            # a local HF directory of Qwen/Qwen2.5-7B(-Instruct): required
     c.mesh.tensor = 1
     c.rollout.max_rows = ROLLOUT_ROWS[slice_ or "8xh100"]
+    c.rollout.replica_tensor = REPLICA_TENSOR[slice_ or "8xh100"]
     return c

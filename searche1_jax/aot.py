@@ -204,7 +204,8 @@ class Programs:
                 return self.binder.bind(self.params), self.mesh, self.rules
             binder, params = abstract_params(cfg, self.mesh, rules)
             return binder.bind(params), self.mesh, rules
-        mesh = make_mesh({"fsdp": -1}, devices=jax.devices()[:self.s.rollout_devices])
+        t = self.s.replica_tensor  # rollout.replica_tensor devices split each process-local replica
+        mesh = make_mesh({"fsdp": -1, "tensor": t}, devices=jax.devices()[:self.s.rollout_devices * t])
         binder, params = abstract_params(cfg, mesh, rules)
         return binder.bind(params), mesh, rules
 

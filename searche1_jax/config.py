@@ -99,6 +99,7 @@ def base() -> ml_collections.ConfigDict:
                                       # (METHOD §1); "never" = raw text (CHAT_TEMPLATE_MODES)
     c.rollout.reward_text = "policy"  # answer = last <answer> the policy sampled (METHOD §1);
                                       # "search_r1" [compat]: qa_em.py over prompt + response
+    c.rollout.replica_tensor = 1   # with several processes: a process's devices that split one decode replica
     c.rollout.max_rows = 0         # trajectories decoded at once, whole groups (0 = all): bounds memory
     c.rollout.engine = "packed"    # one prefill per question, finished rows leave the batch (issue 21);
                                    # "padded": every row computed to the end (same trajectories)

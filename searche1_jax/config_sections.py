@@ -227,6 +227,11 @@ class RolloutSection(_Section):
         compute dtype, whole over data x fsdp and split over tensor, made once a step; "train"
         from the training params as they lie (FSDP: weights gathered at every decode step).
         Same trajectories.
+    replica_tensor: >= 1; with several processes, each rolls out on its own devices from a
+        process-local replica: this many of them split one replica by heads / MLP / vocabulary
+        (tensor-parallel decoding) and the rows split over the rest (1: a whole replica on every
+        device). For a model a chip cannot hold beside its cache (Qwen2.5-7B on 16 GB v5e or
+        32 GB v4 chips). Must divide the devices a process has (train/geometry.py).
     """
     SECTION: ClassVar[str] = "rollout"
     group_size: int
@@ -244,6 +249,7 @@ class RolloutSection(_Section):
     max_rows: int
     engine: str
     weights: str
+    replica_tensor: int
 
     def __post_init__(self):
         _at_least("rollout", "group_size", self.group_size, 2,
@@ -260,6 +266,7 @@ class RolloutSection(_Section):
         _at_least("rollout", "max_rows", self.max_rows, 0, " (0 = every row in one call)")
         _one_of("rollout", "engine", self.engine, ENGINES)
         _one_of("rollout", "weights", self.weights, WEIGHTS)
+        _at_least("rollout", "replica_tensor", self.replica_tensor, 1)
 
 
 @dataclasses.dataclass(frozen=True)

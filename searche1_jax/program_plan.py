@@ -48,6 +48,7 @@ class ProgramShapes:
     top_k: int
     packed: bool            # rollout.engine "packed" (calls gather their rows) or "padded"
     replica: bool = True    # rollout.weights "replica" (a compute-dtype copy whole over data x fsdp) or "train"
+    replica_tensor: int = 1  # several processes: a process's devices that split one replica (rollout.replica_tensor)
 
 
 def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_tokens: int = 128,
@@ -76,7 +77,8 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
         response_len=bucket(response, c.ofsd.length_bucket), ofsd_micro=c.ofsd.micro_batch,
         ofsd_steps=max(c.ofsd.mini_batch // c.ofsd.micro_batch, 1),
         rollout_rows=chunk,
-        rollout_devices=mesh["data"] * mesh["fsdp"] if processes == 1 else devices // processes,
+        rollout_devices=(mesh["data"] * mesh["fsdp"] if processes == 1
+                         else max(1, devices // processes // c.rollout.replica_tensor)),
         prompt_len=prompt, cache_len=prompt + run.max_response_tokens, max_new=c.rollout.max_turn_tokens,
         append_width=round_up(c.rollout.max_obs_tokens, c.rollout.prompt_bucket),
         prefill_rows=row_bucket(max(chunk // group, 1), chunk),
@@ -84,7 +86,8 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
         processes=processes, top_p=float(c.rollout.top_p), top_k=int(c.rollout.top_k),
         packed=c.rollout.engine == "packed",
         # `rollout/weights.py` makes no copy where it would change nothing
-        replica=c.rollout.weights == "replica" and not (devices == 1 and c.model.param_dtype == c.model.dtype))
+        replica=c.rollout.weights == "replica" and not (devices == 1 and c.model.param_dtype == c.model.dtype),
+        replica_tensor=c.rollout.replica_tensor if processes > 1 else 1)
 
 
 def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, dict[str, float]]:
@@ -192,11 +195,13 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
         weights, resident, gathered, upcast = n * cb / t, 2 * params + adam, 0.0, upcast
     elif s.processes == 1:
         weights, resident, gathered, upcast = params, adam + params, gathered, 0.0
-    elif s.replica:
-        weights, resident, gathered, upcast = n * cb, 2 * params + adam, 0.0, upcast * t
+    elif s.replica:  # whole, or split over rollout.replica_tensor of the process's devices
+        rt_ = s.replica_tensor
+        weights, resident, gathered, upcast = n * cb / rt_, 2 * params + adam, 0.0, upcast * t / rt_
     else:
         weights, resident, gathered, upcast = n * cb / r, 2 * params + adam, n * cb if r > 1 else 0.0, 0.0
-    rt = t if s.processes == 1 else 1   # a process-local replica's mesh has no tensor axis
+    # a process-local replica's mesh splits over rollout.replica_tensor (1: no tensor axis)
+    rt = t if s.processes == 1 else s.replica_tensor
     kv = r * (rt if m.n_kv_heads % rt == 0 else 1)
     b, S = s.rollout_rows, s.cache_len
     cache = 2 * L * b * S * m.n_kv_heads * m.head_dim * cb / kv
@@ -259,7 +264,7 @@ def pick_rollout_rows(c, m, run, mesh: dict[str, int], device: str, processes: i
     budget = DEVICES[device].budget_bytes
     phases = rollout_phases(c, processes)
     devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
-    r = mesh["data"] * mesh["fsdp"] if processes == 1 else devices // processes
+    r = mesh["data"] * mesh["fsdp"] if processes == 1 else max(1, devices // processes // c.rollout.replica_tensor)
     most = max((rows for rows, _ in phases), default=0)
     valid = [v for v in range(most, 0, -1) if rollout_chunk_ok(v, phases, r)]
     if not valid:

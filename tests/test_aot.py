@@ -243,3 +243,19 @@ def test_qwen3b_on_v5e_64_compiles_on_a_process_mesh():
                    "--processes=16", "--programs=grpo,logps,decode,append,prefill")
     assert rep["shapes"]["rollout_rows"] == 20 and rep["shapes"]["rollout_devices"] == 4
     assert rep["fits"], {k: r["total"] for k, r in rep["programs"].items()}
+
+
+def test_a_process_local_replica_split_over_tensor_holds_its_share_of_the_weights():
+    """rollout.replica_tensor = 2 with 2 processes on 8 devices: each process's 4 devices are
+    (fsdp 2, tensor 2) and a decode's weight arguments are half those of a whole replica a
+    device (hand count: the replica's bf16 bytes / 2), the rows split over 2 devices, not 4."""
+    c, model, run = tiny_config(rollout__replica_tensor=2)
+    s2 = program_shapes(c, run, MESH, processes=2)
+    c1, _, _ = tiny_config()
+    s1 = program_shapes(c1, run, MESH, processes=2)
+    assert (s1.rollout_devices, s2.rollout_devices, s2.replica_tensor) == (4, 2, 2)
+    m2 = aot.memory(aot.Programs(c, model, MESH, s2).lower("decode").compile())
+    m1 = aot.memory(aot.Programs(c1, model, MESH, s1).lower("decode").compile())
+    replica = model.num_params * jnp.dtype(c.model.dtype).itemsize
+    # the arguments: weights (whole, or half a device) + the cache and the small row states
+    assert m1["argument"] - m2["argument"] == pytest.approx(replica / 2, rel=0.15)

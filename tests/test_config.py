@@ -252,6 +252,7 @@ NUMERIC_OUT_OF_DOMAIN = {
     "rollout.max_response_tokens": (-5, r"config.rollout.max_response_tokens must be >= 1"),
     "rollout.prompt_bucket": (0, r"config.rollout.prompt_bucket must be >= 1"),
     "rollout.max_rows": (-1, r"config.rollout.max_rows must be >= 0"),
+    "rollout.replica_tensor": (0, r"config.rollout.replica_tensor must be >= 1"),
     "grpo.steps_per_round": (0, r"config.grpo.steps_per_round must be >= 1"),
     "grpo.questions_per_step": (-4, r"config.grpo.questions_per_step must be >= 1, got -4"),
     "grpo.mini_batch": (0, r"config.grpo.mini_batch must be >= 1, got 0"),

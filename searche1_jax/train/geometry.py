@@ -39,6 +39,7 @@ class Geometry:
     fsdp: int
     tensor: int
     processes: int
+    replica_tensor: int = 1   # rollout.replica_tensor: a process's devices splitting one decode replica
 
     @property
     def devices(self) -> int:
@@ -51,8 +52,11 @@ class Geometry:
 
     @property
     def rollout_devices(self) -> int:
-        """Devices one process's rollout rows are split over."""
-        return self.batch_devices if self.processes == 1 else self.devices // self.processes
+        """Devices one process's rollout rows are split over (several processes: the process's
+        own devices, less the rollout.replica_tensor that share each row)."""
+        if self.processes == 1:
+            return self.batch_devices
+        return max(1, self.devices // self.processes // self.replica_tensor)
 
     def describe(self) -> str:
         return (f"mesh data:{self.data},fsdp:{self.fsdp},tensor:{self.tensor} ({self.devices} devices) "
@@ -130,10 +134,16 @@ def check_geometry(c, mesh: Mapping[str, int], processes: int) -> Geometry:
     """Refuse batch sizes that do not fit `mesh` ({"data", "fsdp", "tensor"} sizes, resolved)
     with `processes` processes: one GeometryError naming every field, why, and the nearest
     values that fit. `c` is an ExperimentConfig (or anything with its sections)."""
-    g = Geometry(int(mesh["data"]), int(mesh["fsdp"]), int(mesh["tensor"]), int(processes))
+    g = Geometry(int(mesh["data"]), int(mesh["fsdp"]), int(mesh["tensor"]), int(processes),
+                 int(getattr(c.rollout, "replica_tensor", 1)))
     if g.processes < 1 or g.devices % g.processes:
         raise GeometryError(f"{g.devices} devices cannot be shared by {g.processes} processes")
     problems: list[str] = []
+    local = g.devices // g.processes
+    if g.processes > 1 and local % g.replica_tensor:
+        problems.append(_problem("config.rollout.replica_tensor", g.replica_tensor,
+                                 f"it must divide the {local} devices a process rolls out on",
+                                 lambda v: local % v == 0, local, "use 1 for a whole replica on every device"))
     trajectories = c.grpo.questions_per_step * c.rollout.group_size
     _split(problems, "config.grpo.questions_per_step", c.grpo.questions_per_step, g, "questions a step",
            2 * c.grpo.questions_per_step + g.processes)

@@ -53,8 +53,8 @@ class SingleRun:
     population = False
     n = 1
 
-    def __init__(self, mesh: Mesh | None, rules=DEFAULT_RULES, weights: str = "replica"):
-        self.mesh, self.rules, self.weights = mesh, rules, weights
+    def __init__(self, mesh: Mesh | None, rules=DEFAULT_RULES, weights: str = "replica", replica_tensor: int = 1):
+        self.mesh, self.rules, self.weights, self.replica_tensor = mesh, rules, weights, replica_tensor
 
     def describe(self) -> str:
         return f"one run on {jax.device_count()} {jax.devices()[0].platform} device(s)"
@@ -87,7 +87,8 @@ class SingleRun:
         process-local replica (FSDP over the process's devices under "train")."""
         replica = self.weights == "replica"
         if is_multi_process():
-            return rollout_replica(params, model_cfg, decode_rules(self.rules) if replica else self.rules)
+            return rollout_replica(params, model_cfg, decode_rules(self.rules) if replica else self.rules,
+                                   tensor=self.replica_tensor)
         model = rollout_model(params, model_cfg, self.mesh, self.rules) if replica else None
         return model if model is not None else binder.bind(params)
 

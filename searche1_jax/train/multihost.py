@@ -153,14 +153,16 @@ def caster(dtype: str):
     return jax.jit(lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree))
 
 
-def rollout_replica(params: dict, cfg, rules=DEFAULT_RULES):
+def rollout_replica(params: dict, cfg, rules=DEFAULT_RULES, tensor: int = 1):
     """A process-local copy of the policy for rollouts (one process: None, bind the params).
 
     Rollouts are host-driven and differ per process (own questions, own retrieval), so they
     run on the process's own devices: the global params are all-gathered in the compute dtype
     (exact: every matmul and norm casts weights to it) and placed on a mesh of the local devices
     by `rules` (`rollout.weights.decode_rules`: whole on every local device; the run's rules:
-    FSDP over them, for a model one device cannot hold).
+    FSDP over them, for a model one device cannot hold). tensor > 1 (config.rollout.replica_tensor):
+    the local mesh is (fsdp: local / tensor, tensor), so `tensor` devices split each replica by
+    heads / MLP / vocabulary and the rows split over the fsdp axis.
     """
     if not is_multi_process():
         return None
@@ -171,7 +173,10 @@ def rollout_replica(params: dict, cfg, rules=DEFAULT_RULES):
     cast = caster(str(cfg.dtype))(flat)
     host = multihost_utils.process_allgather(cast, tiled=True)
     local = jax.local_devices()
-    mesh = make_mesh({"fsdp": -1}, devices=local) if len(local) > 1 else None
+    if len(local) % tensor:
+        raise ValueError(f"config.rollout.replica_tensor = {tensor} must divide this process's "
+                         f"{len(local)} devices")
+    mesh = make_mesh({"fsdp": -1, "tensor": tensor}, devices=local) if len(local) > 1 else None
     # layers unrolled, as the one-process replica (rollout/weights.py: a stacked decode copies them)
     return model_from_arrays(replica_config(cfg), unstack_layers(host, cfg), mesh=mesh, rules=rules,
                              source="rollout replica")

@@ -157,7 +157,7 @@ class Experiment:
         del model
 
         self.layout = (Population(self.n, member_mesh(self.n, devices)) if population
-                       else SingleRun(model_mesh, rules, c.rollout.weights))
+                       else SingleRun(model_mesh, rules, c.rollout.weights, c.rollout.replica_tensor))
         self._init_params = self.layout.stack(member_params)
         self.abstract_params = abstract(self._init_params)  # shapes, dtypes, shardings: restore targets
         del member_params

@@ -43,11 +43,18 @@ g = to_global({"tokens": local["tokens"][0], "valid": local["valid"][0]}, mesh)
 old0 = to_local(steps.logps(params, g["tokens"], g["valid"], h), mesh)
 replica = rollout_replica(params, cfg)             # the process-local policy of the rollouts
 rep_logits = np.asarray(replica(local["tokens"][0], local["valid"][0]))
+# rollout.replica_tensor = 2: the process's 4 devices as (fsdp 2, tensor 2), the replica split by heads
+from searche1_jax.model.sharding import DEFAULT_RULES  # noqa: E402
+from searche1_jax.rollout.weights import decode_rules  # noqa: E402
+tp = rollout_replica(params, cfg, decode_rules(DEFAULT_RULES), tensor=2)
+q_kernel = tp.layers[0].attn.q_proj.kernel.value   # [d, heads, head_dim]: heads over the tensor axis
+tp_split = q_kernel.addressable_shards[0].data.shape[1] * 2 == q_kernel.shape[1]
+tp_logits = np.asarray(tp(local["tokens"][0], local["valid"][0]))
 
 out, _, metrics = steps.grpo(params, steps.init(params, h), to_global(local, mesh, row_axis=1), h)
 host = jax.experimental.multihost_utils.process_allgather(flatten(out), tiled=True)
 loss = float(metrics["loss"])
 if pid == 0:
-    np.savez(f"{data}/out.npz", loss=loss, old0=old0, rep_logits=rep_logits,
+    np.savez(f"{data}/out.npz", loss=loss, old0=old0, rep_logits=rep_logits, tp_logits=tp_logits, tp_split=tp_split,
              **{f"param/{k}": np.asarray(v) for k, v in host.items()})
 print(f"process {pid} done, loss {loss}", flush=True)

@@ -84,6 +84,9 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path, monkeypatch):
     # the rollout replica on process 0's devices computes the same logits as the global model
     want = np.asarray(model(jnp.asarray(batch["tokens"][0, :4]), jnp.asarray(batch["valid"][0, :4])))
     np.testing.assert_allclose(got["rep_logits"], want, atol=1e-4)
+    # rollout.replica_tensor = 2: the replica split by heads over 2 of the process's 4 devices
+    assert bool(got["tp_split"])
+    np.testing.assert_allclose(got["tp_logits"], want, atol=1e-4)
 
 
 @pytest.mark.slow  # a few minutes: two processes roll out, train and checkpoint the tiny config

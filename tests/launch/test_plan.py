@@ -146,8 +146,8 @@ def test_the_qwen_configs_roll_out_in_the_chunk_the_planner_picks(model, slice_)
     else:
         assert c.rollout.max_rows == pick["max_rows"], (model, slice_, pick)
     check_geometry(c, mesh, processes)  # raises GeometryError if the chunk does not split the rows
-    # Qwen2.5-3B fits every slice; 7B's whole bf16 replica a chip does not fit the TPU slices
-    assert pick["fits"] == (model == "qwen3b" or slice_ not in ("v4-32", "v5e-64"))
+    # every slice's rollout fits (7B on the TPU slices with its replica split over a host's chips)
+    assert pick["fits"]
 
 
 def test_the_picked_chunk_is_the_largest_valid_one_within_the_budget():
@@ -183,13 +183,29 @@ def test_the_picked_chunk_is_the_largest_valid_one_within_the_budget():
 
 
 def test_a_run_whose_rollout_cannot_fit_is_told_so():
-    """qwen7b on v5e-64: the smallest chunk (one group a chip) still exceeds a 16 GB chip."""
+    """qwen7b on v5e-64 with a whole replica a chip (rollout.replica_tensor = 1): the smallest
+    chunk (one group a chip) still exceeds a 16 GB chip; split over the host's 4 chips it fits."""
     import os
+
+    from searche1_jax.config import load_config_file
+    from searche1_jax.program_plan import pick_rollout_rows
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     mesh, device, processes = SLICES["v5e-64"]
-    _, _, _, pick = _picked(f"{root}/configs/qwen7b.py:instruct,v5e-64", mesh, device, processes)
+    c = load_config_file(f"{root}/configs/qwen7b.py:instruct,v5e-64")
+    assert c.rollout.replica_tensor == 4
+    c.rollout.replica_tensor = 1
+    m = P.model_config_for(c).replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
+                                      remat=c.model.remat, scan_layers=c.model.scan_layers)
+    pick = pick_rollout_rows(c, m, P.run_shape_from_config(c), mesh, device, processes)
     assert not pick["fits"] and pick["max_rows"] == 20
     assert min(pick["totals"].values()) > pick["budget"]
+    # the replica's bytes a chip: the whole model in bf16, then a quarter of it
+    from searche1_jax.program_plan import program_memory, program_shapes
+    run = P.run_shape_from_config(c)
+    whole = program_memory(m, run, mesh, program_shapes(c, run, mesh, processes))["decode"]["weights"]
+    c.rollout.replica_tensor = 4
+    split = program_memory(m, run, mesh, program_shapes(c, run, mesh, processes))["decode"]["weights"]
+    assert whole == pytest.approx(m.num_params * 2) and split == pytest.approx(whole / 4)
 
 
 def test_cli_refuses_a_mesh_that_cuts_the_query_heads():

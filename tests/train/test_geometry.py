@@ -143,3 +143,13 @@ def test_an_experiment_refuses_replicated_compute_before_building_anything(monke
                                             r"nearest valid: 8"):
         setup.Experiment(c)
 
+
+
+def test_a_replica_split_that_does_not_divide_a_process_s_devices_is_refused():
+    c = config("qwen7b.py", "instruct,v5e-64", rollout__replica_tensor=3)
+    with pytest.raises(GeometryError) as e:
+        check(c, 64, 16)
+    assert "config.rollout.replica_tensor = 3: it must divide the 4 devices a process rolls out on; " \
+           "nearest valid: 2 or 4" in str(e.value)
+    g = check(config("qwen7b.py", "instruct,v5e-64"), 64, 16)  # the config's 4: rows over 1 device a process
+    assert (g.replica_tensor, g.rollout_devices) == (4, 1)
