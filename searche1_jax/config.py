@@ -183,6 +183,13 @@ def base() -> ml_collections.ConfigDict:
     return c
 
 
+def model_overrides(c) -> dict:
+    """The ModelConfig fields an experiment config `c` (typed or a ConfigDict) sets on top of the
+    architecture's preset or the checkpoint's shapes: dtypes, remat and the layer layout."""
+    return dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
+                scan_layers=c.model.scan_layers)
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py[:arg]` -> its `get_config(arg)` (absl's --config=path:arg, no sys.path)."""
     path, _, arg = spec.partition(":")

@@ -364,7 +364,7 @@ def main(argv):
     if f.aot:  # the fake CPU devices must be asked for before JAX starts its backends
         from searche1_jax.aot import ensure_devices
         ensure_devices(mesh["data"] * mesh["fsdp"] * mesh["tensor"])
-    from searche1_jax.config import from_config_dict
+    from searche1_jax.config import from_config_dict, model_overrides
     c, path = from_config_dict(f.config), config_flags.get_config_filename(f["config"])
     model = model_config_for(c, f.model)
     check_model_split(model, mesh, c.logical_axis_rules)  # a mesh that cuts a dimension: refused, not planned
@@ -373,10 +373,9 @@ def main(argv):
     if f.aot:
         from searche1_jax.aot import aot_report, format_aot, markdown_aot
         names = tuple(filter(None, f.programs.split(",")))
-        rep = aot_report(c, model.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
-                                       scan_layers=c.model.scan_layers),
-                         run, mesh, f.device, processes=f.processes, privileged_tokens=f.privileged_tokens,
-                         names=names, log=lambda line: print(line, file=sys.stderr, flush=True))
+        rep = aot_report(c, model.replace(**model_overrides(c)), run, mesh, f.device, processes=f.processes,
+                         privileged_tokens=f.privileged_tokens, names=names,
+                         log=lambda line: print(line, file=sys.stderr, flush=True))
         command = " ".join(["python -m searche1_jax.plan"] + argv_flags())
         if f.json:  # scripts/aot_tables.py renders saved reports as markdown
             print(json.dumps({**rep, "model": dataclasses.asdict(rep["model"]), "title": title, "command": command},
@@ -386,10 +385,8 @@ def main(argv):
         return
     p = plan(model, run, mesh, f.device, mfu=f.mfu, bw_util=f.bw_util)
     from searche1_jax.program_plan import pick_rollout_rows
-    p["rollout_chunk"] = dict(pick_rollout_rows(c, model.replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
-                                                                 remat=c.model.remat, scan_layers=c.model.scan_layers),
-                                                run, mesh, f.device, f.processes),
-                              config=c.rollout.max_rows)
+    p["rollout_chunk"] = dict(pick_rollout_rows(c, model.replace(**model_overrides(c)), run, mesh, f.device,
+                                                f.processes), config=c.rollout.max_rows)
     if f.json:
         print(json.dumps(p, indent=1))
     elif f.markdown:

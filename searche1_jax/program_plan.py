@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from searche1_jax.shapes import next_pow2, round_up, row_bucket, rollout_chunk_ok
+from searche1_jax.shapes import next_pow2, round_up, row_bucket, rollout_chunk_ok, rollout_devices, rollout_phases
 
 PROGRAMS = ("grpo", "logps", "ofsd", "decode", "append", "prefill")
 ROLLOUT_PROGRAMS = ("decode", "append", "prefill")
@@ -77,8 +77,7 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
         response_len=bucket(response, c.ofsd.length_bucket), ofsd_micro=c.ofsd.micro_batch,
         ofsd_steps=max(c.ofsd.mini_batch // c.ofsd.micro_batch, 1),
         rollout_rows=chunk,
-        rollout_devices=(mesh["data"] * mesh["fsdp"] if processes == 1
-                         else max(1, devices // processes // c.rollout.replica_tensor)),
+        rollout_devices=rollout_devices(mesh["data"] * mesh["fsdp"], devices, processes, c.rollout.replica_tensor),
         prompt_len=prompt, cache_len=prompt + run.max_response_tokens, max_new=c.rollout.max_turn_tokens,
         append_width=round_up(c.rollout.max_obs_tokens, c.rollout.prompt_bucket),
         prefill_rows=row_bucket(max(chunk // group, 1), chunk),
@@ -238,15 +237,6 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     return out
 
 
-def rollout_phases(c, processes: int = 1) -> list[tuple[int, int]]:
-    """(rows a process decodes, group size) of each phase that rolls out: GRPO's step and, when
-    enabled, OFSD's round (`train/geometry.py` checks max_rows against the same)."""
-    phases = [(c.grpo.questions_per_step, c.rollout.group_size)]
-    if c.ofsd.enabled:
-        phases.append((c.ofsd.questions, c.ofsd.group_size))
-    return [(q // processes * group, group) for q, group in phases if q % processes == 0]
-
-
 def pick_rollout_rows(c, m, run, mesh: dict[str, int], device: str, processes: int = 1,
                       privileged_tokens: int = 128) -> dict:
     """The rollout chunk the planner picks: the largest `rollout.max_rows` the run's geometry
@@ -262,9 +252,8 @@ def pick_rollout_rows(c, m, run, mesh: dict[str, int], device: str, processes: i
     if device not in DEVICES:
         raise ValueError(f"device must be one of {sorted(DEVICES)}, got {device!r}")
     budget = DEVICES[device].budget_bytes
-    phases = rollout_phases(c, processes)
-    devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
-    r = mesh["data"] * mesh["fsdp"] if processes == 1 else max(1, devices // processes // c.rollout.replica_tensor)
+    phases = [(rows, group) for _, rows, group in rollout_phases(c, processes)]
+    r = program_shapes(c, run, mesh, processes, privileged_tokens).rollout_devices
     most = max((rows for rows, _ in phases), default=0)
     valid = [v for v in range(most, 0, -1) if rollout_chunk_ok(v, phases, r)]
     if not valid:

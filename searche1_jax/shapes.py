@@ -52,6 +52,23 @@ def row_bucket(n: int, n_rows: int) -> int:
     return next(b for b in row_buckets(n_rows) if b >= n)
 
 
+def rollout_devices(batch_devices: int, devices: int, processes: int, replica_tensor: int = 1) -> int:
+    """Devices one process's rollout rows split over: one process, the mesh's batch devices
+    (data x fsdp); several, the process's own devices less the `replica_tensor`
+    (rollout.replica_tensor) that share each row."""
+    return batch_devices if processes == 1 else max(1, devices // processes // replica_tensor)
+
+
+def rollout_phases(c, processes: int = 1) -> list[tuple[str, int, int]]:
+    """(config field, rows a process decodes, group size) of each phase of experiment config `c`
+    that rolls out: GRPO's step and, when enabled, OFSD's round; a phase whose questions the
+    processes do not split evenly is left out (the batch-size check names it)."""
+    phases = [("config.grpo.questions_per_step", c.grpo.questions_per_step, c.rollout.group_size)]
+    if c.ofsd.enabled:
+        phases.append(("config.ofsd.questions", c.ofsd.questions, c.ofsd.group_size))
+    return [(f, q // processes * group, group) for f, q, group in phases if q % processes == 0]
+
+
 def rollout_chunk_ok(max_rows: int, phases: Sequence[tuple[int, int]], devices: int) -> bool:
     """Whether `rollout.max_rows` cuts every phase's rows into equal chunks the rollout can run:
     each phase is (rows a process decodes in it, its group size); a chunk is whole groups

@@ -13,6 +13,7 @@ import os
 import jax
 from flax import nnx
 
+from searche1_jax.config import model_overrides
 from searche1_jax.model.checkpoint import config_from_gguf, config_from_hf, load_pretrained, resolve_checkpoint
 from searche1_jax.model.config import ModelConfig, get_preset
 from searche1_jax.model.create import abstract_model, create_model, param_shardings
@@ -30,11 +31,6 @@ class Policy:
     model: nnx.Module
 
 
-def _model_overrides(c) -> dict:
-    return dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
-                scan_layers=c.model.scan_layers)
-
-
 def load_tokenizer(c) -> Tokenizer:
     path = resolve_checkpoint(c.model.tokenizer or c.model.checkpoint)
     if not path:
@@ -46,7 +42,7 @@ def load_tokenizer(c) -> Tokenizer:
 def model_config(c, tokenizer: Tokenizer) -> ModelConfig:
     """The architecture the config names, read from the preset or the checkpoint's metadata (no
     weights are loaded); a preset's vocabulary grows to the tokenizer's, as in training."""
-    overrides = _model_overrides(c)
+    overrides = model_overrides(c)
     if c.model.preset:
         cfg = get_preset(c.model.preset, **overrides)
         return cfg.replace(vocab_size=tokenizer.vocab_size) if cfg.vocab_size < tokenizer.vocab_size else cfg
@@ -120,7 +116,7 @@ def load_model(c, tokenizer: Tokenizer, workdir: str = "", mesh=None, log=print)
         return restore_workdir_params(workdir, model_config(c, tokenizer), mesh, log)
     if c.model.preset:
         return create_model(model_config(c, tokenizer), mesh=mesh, seed=c.train.seed)
-    model, _ = load_pretrained(resolve_checkpoint(c.model.checkpoint), mesh=mesh, **_model_overrides(c))
+    model, _ = load_pretrained(resolve_checkpoint(c.model.checkpoint), mesh=mesh, **model_overrides(c))
     return model
 
 

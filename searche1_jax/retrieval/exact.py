@@ -93,7 +93,7 @@ class ExactIndex(DenseIndex):
             tail = np.zeros((1, chunk, d), np.float32)
             tail[0, :n - full * chunk] = emb[full * chunk:]
             self._tail = jax.device_put(tail)
-        self._n, self._chunk = n, chunk
+        self._n, self._chunk, self._full_rows = n, chunk, full * chunk
         super().__init__(corpus, encoder, d)
 
     @property
@@ -105,8 +105,7 @@ class ExactIndex(DenseIndex):
         """The vectors [N, d] (a host copy, assembled on each call)."""
         parts = ([np.asarray(self._db).reshape(-1, self.dim)] if self._db is not None else [])
         if self._tail is not None:
-            parts.append(np.asarray(self._tail)[0, :self._n - (0 if self._db is None else self._db.shape[0]
-                                                               * self._chunk)])
+            parts.append(np.asarray(self._tail)[0, :self._n - self._full_rows])
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def search_vectors(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +121,7 @@ class ExactIndex(DenseIndex):
         if self._db is not None:
             found.append(chunked_top_k(qp, self._db, k=int(k), n=self._n))
         if self._tail is not None:
-            start = 0 if self._db is None else self._db.shape[0] * self._chunk
-            found.append(chunked_top_k(qp, self._tail, k=int(k), n=self._n, start=start))
+            found.append(chunked_top_k(qp, self._tail, k=int(k), n=self._n, start=self._full_rows))
         s, r = found[0] if len(found) == 1 else merge_top_k(*found[0], *found[1], k=int(k))
         return np.asarray(s)[:nq], np.asarray(r)[:nq].astype(np.int64)
 

@@ -26,7 +26,7 @@ import math
 from typing import Callable, Mapping
 
 from searche1_jax.model.sharding import MESH_AXES
-from searche1_jax.shapes import nearest, rollout_chunk_ok
+from searche1_jax.shapes import nearest, rollout_chunk_ok, rollout_devices, rollout_phases
 
 
 class GeometryError(ValueError):
@@ -54,9 +54,7 @@ class Geometry:
     def rollout_devices(self) -> int:
         """Devices one process's rollout rows are split over (several processes: the process's
         own devices, less the rollout.replica_tensor that share each row)."""
-        if self.processes == 1:
-            return self.batch_devices
-        return max(1, self.devices // self.processes // self.replica_tensor)
+        return rollout_devices(self.batch_devices, self.devices, self.processes, self.replica_tensor)
 
     def describe(self) -> str:
         return (f"mesh data:{self.data},fsdp:{self.fsdp},tensor:{self.tensor} ({self.devices} devices) "
@@ -106,10 +104,7 @@ def _micro(problems: list, field: str, value: int, of_field: str, of: int, g: Ge
 
 def _rollout(problems: list, c, g: Geometry) -> None:
     """rollout.max_rows against each phase's rows a process decodes in a step / round."""
-    phases = [("config.grpo.questions_per_step", c.grpo.questions_per_step, c.rollout.group_size)]
-    if c.ofsd.enabled:
-        phases.append(("config.ofsd.questions", c.ofsd.questions, c.ofsd.group_size))
-    phases = [(f, q // g.processes * group, group) for f, q, group in phases if q % g.processes == 0]
+    phases = rollout_phases(c, g.processes)
     r = g.rollout_devices
 
     def fits(max_rows: int) -> bool:

@@ -173,9 +173,6 @@ def rollout_replica(params: dict, cfg, rules=DEFAULT_RULES, tensor: int = 1):
     cast = caster(str(cfg.dtype))(flat)
     host = multihost_utils.process_allgather(cast, tiled=True)
     local = jax.local_devices()
-    if len(local) % tensor:
-        raise ValueError(f"config.rollout.replica_tensor = {tensor} must divide this process's "
-                         f"{len(local)} devices")
     mesh = make_mesh({"fsdp": -1, "tensor": tensor}, devices=local) if len(local) > 1 else None
     # layers unrolled, as the one-process replica (rollout/weights.py: a stacked decode copies them)
     return model_from_arrays(replica_config(cfg), unstack_layers(host, cfg), mesh=mesh, rules=rules,

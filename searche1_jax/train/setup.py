@@ -12,7 +12,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from searche1_jax.config import ExperimentConfig, from_config_dict
+from searche1_jax.config import ExperimentConfig, from_config_dict, model_overrides
 from searche1_jax.model.checkpoint import load_pretrained, resolve_checkpoint
 from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model
@@ -121,8 +121,7 @@ class Experiment:
             check_service(c.retrieval)
         rules = c.logical_axis_rules
         self.mesh = model_mesh
-        overrides = dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
-                         scan_layers=c.model.scan_layers)
+        overrides = model_overrides(c)
         tok_path = resolve_checkpoint(c.model.tokenizer or c.model.checkpoint)
         if not tok_path:
             raise ValueError("config.model.tokenizer (or config.model.checkpoint) must name a HF "

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from searche1_jax import plan as P
+from searche1_jax.config import model_overrides
 from searche1_jax.model.config import get_preset
 
 TINY = get_preset("tiny")  # V 512, d 64, L 2, 4 q / 2 kv heads x 16, mlp 128, qkv bias, tied
@@ -118,8 +119,7 @@ def _picked(config: str, mesh: dict, device: str, processes: int) -> tuple:
     from searche1_jax.config import load_config_file
     from searche1_jax.program_plan import pick_rollout_rows
     c = load_config_file(config)
-    m = P.model_config_for(c).replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
-                                      remat=c.model.remat, scan_layers=c.model.scan_layers)
+    m = P.model_config_for(c).replace(**model_overrides(c))
     run = P.run_shape_from_config(c)
     return c, m, run, pick_rollout_rows(c, m, run, mesh, device, processes)
 
@@ -194,8 +194,7 @@ def test_a_run_whose_rollout_cannot_fit_is_told_so():
     c = load_config_file(f"{root}/configs/qwen7b.py:instruct,v5e-64")
     assert c.rollout.replica_tensor == 4
     c.rollout.replica_tensor = 1
-    m = P.model_config_for(c).replace(dtype=c.model.dtype, param_dtype=c.model.param_dtype,
-                                      remat=c.model.remat, scan_layers=c.model.scan_layers)
+    m = P.model_config_for(c).replace(**model_overrides(c))
     pick = pick_rollout_rows(c, m, P.run_shape_from_config(c), mesh, device, processes)
     assert not pick["fits"] and pick["max_rows"] == 20
     assert min(pick["totals"].values()) > pick["budget"]
