@@ -235,12 +235,12 @@ def encode_rate(args) -> list[dict]:
         c, n_tok = enc.cfg, np.asarray(tokens[k])
         # padded tokens as `encode` runs them: sorted by length, batches padded to their bucket
         srt = np.sort(n_tok)
-        padded = sum(padded_length(int(srt[min(s + args.batch, len(srt)) - 1]), 256) * len(srt[s:s + args.batch])
-                     for s in range(0, len(srt), args.batch))
+        # (width, rows) of each batch: the batch's longest passage's bucket
+        batches = [(padded_length(int(srt[s:s + args.batch][-1]), 256), len(srt[s:s + args.batch]))
+                   for s in range(0, len(srt), args.batch)]
+        padded = sum(w * n for w, n in batches)
         block = 4 * c.d_model * c.d_model + 2 * c.d_model * c.mlp_dim   # q, k, v, o + MLP weights a layer
-        flops = 2 * c.n_layers * block * padded + 4 * c.n_layers * c.d_model * float(
-            sum(padded_length(int(srt[min(s + args.batch, len(srt)) - 1]), 256) ** 2 * len(srt[s:s + args.batch])
-                for s in range(0, len(srt), args.batch)))
+        flops = 2 * c.n_layers * block * padded + 4 * c.n_layers * c.d_model * float(sum(w * w * n for w, n in batches))
         rate = len(texts) / best[k]
         row = {"encoder": k, "passages": len(texts), "batch": args.batch, "mean_tokens": round(float(n_tok.mean()), 1),
                "padded/real tokens": round(padded / n_tok.sum(), 3), "passages_per_s": round(rate, 2),
