@@ -64,6 +64,9 @@ def get_config(arg: str = ""):
     # decode bucket) in ~0.2 s instead of compiling it again in ~3.5 s
     c.train.free_programs = True
     c.train.compilation_cache_dir = "xla_cache"
+    # the GRPO reference (540 MB) read back from its saved-once directory for each step's log-prob
+    # pass instead of held through rollouts and updates (train/reference.py)
+    c.train.reference_resident = False
     c.checkpoint.every_steps = 4
     c.checkpoint.async_save = False    # CPU: a save overlapping a rollout or a step adds its host memory
     c.checkpoint.concurrent_gb = 0.25  # a save's buffers: +0.35 GB, not +1.4 GB at orbax's 96 (and faster)

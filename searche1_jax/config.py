@@ -169,6 +169,11 @@ def base() -> ml_collections.ConfigDict:
     # them from the compilation cache: ~0.2 s against ~3.5 s for a decode bucket here). Off on
     # accelerators: their programs hold little memory.
     c.train.free_programs = False
+    # hold the GRPO reference policy only for its log-prob pass: between uses it lives in its
+    # saved-once directory (train/reference.py), read back once a step (veRL's reference
+    # param_offload in Search-R1's recipe). On CPU that is a params-sized cut of host memory
+    # for a read of the params a step; on accelerators keep it resident
+    c.train.reference_resident = True
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 10

@@ -405,7 +405,10 @@ class TrainSection(_Section):
     of random presets and the rollout rng. compilation_cache_dir: JAX's persistent compilation
     cache (`train/compile_cache.py`): a path relative to the workdir, an absolute path or URI, or
     "" for none. free_programs: free each phase's compiled programs when it ends (host memory on
-    CPU; the next phase that needs them compiles them again)."""
+    CPU; the next phase that needs them compiles them again, or loads them from the compilation
+    cache). reference_resident: hold the GRPO reference policy in memory; off: between its uses
+    it lives only in its saved-once directory (`reference.ParkedReference`), read back once a
+    GRPO step."""
     SECTION: ClassVar[str] = "train"
     rounds: int
     lr: float
@@ -415,6 +418,7 @@ class TrainSection(_Section):
     seed: int
     compilation_cache_dir: str
     free_programs: bool
+    reference_resident: bool
 
     def __post_init__(self):
         _at_least("train", "rounds", self.rounds, 0)

@@ -21,7 +21,8 @@ from etils import epath
 
 from searche1_jax.train.paths import workdir_path
 from searche1_jax.train.placement import abstract
-from searche1_jax.train.reference import INITIAL, KINDS, SAVED, ReferenceStore, check_fingerprint, fingerprint
+from searche1_jax.train.reference import (INITIAL, KINDS, SAVED, ParkedReference, ReferenceStore, check_fingerprint,
+                                          fingerprint)
 from searche1_jax.train.state import TrainState, flatten, unflatten
 
 FORMAT = 2  # 1: the reference params inside every checkpoint; 2: never (reference.py)
@@ -122,7 +123,12 @@ class Checkpointer:
         meta = dict(state.meta, **(self.meta_hook() if self.meta_hook else {}),
                     param_shapes=param_shapes(state.params), has_ref=state.ref_params is not None,
                     format=FORMAT)
-        if state.ref_params is not None:
+        if isinstance(state.ref_params, ParkedReference):  # written already, in this store
+            if state.ref_params.store.path != self.reference.path:
+                raise ValueError(f"the parked reference lives in {state.ref_params.store.path}, not in this "
+                                 f"checkpointer's {self.reference.path}")
+            meta.update(reference=SAVED, reference_fingerprint=state.ref_params.fingerprint)
+        elif state.ref_params is not None:
             kind = meta.setdefault("reference", SAVED)
             if kind not in KINDS:
                 raise ValueError(f"TrainState.meta['reference'] must be one of {KINDS}, got {kind!r}")
@@ -133,6 +139,13 @@ class Checkpointer:
                 self.reference.ensure_written(state.ref_params)
         return self.manager.save(index, args=ocp.args.Composite(
             state=ocp.args.PyTreeSave(state.arrays()), meta=ocp.args.JsonSave(meta)), force=force)
+
+    def park_reference(self, params: dict) -> ParkedReference:
+        """`params`, the run's reference, kept only in this checkpointer's reference directory
+        (written unless read from it): neither the store nor this object keeps a handle on them."""
+        known = self._fingerprinted[1] if self._fingerprinted[0] is params else None
+        self._fingerprinted = (None, None)
+        return ParkedReference.park(self.reference, params, known)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -23,6 +23,7 @@ waiting in the next collective, every process raises the same ProcessFailed nami
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -42,7 +43,7 @@ from searche1_jax.train.metrics import MetricsWriter, Progress
 from searche1_jax.train.multihost import failures_agreed
 from searche1_jax.train.paths import atomic_write_text, workdir_path
 from searche1_jax.train.preemption import Preempted, Preemption
-from searche1_jax.train.reference import SAVED
+from searche1_jax.train.reference import SAVED, ParkedReference
 from searche1_jax.train.rollouts import advantages, greedy_em, grpo_arrays, roll_out, rollout_metrics
 from searche1_jax.train.setup import Experiment
 from searche1_jax.train.state import TrainState
@@ -155,18 +156,52 @@ class Trainer:
         return [self.metrics.write(step, phase, {"member": i, "name": self.names[i], **m})
                 for i, m in enumerate(per_member)]
 
-    def _free_programs(self, *steps: str, rollouts: bool = False, pages: bool = False) -> None:
+    def _free_programs(self, *steps: str, rollouts: bool = False, pages: bool = False,
+                       everything: bool = False) -> None:
         """config.train.free_programs: drop the compiled programs a phase that just ended used
         (`Steps.free(*steps)`; with rollouts, every decode / append / prefill bucket; with pages,
-        the trajectory pages' KL) and give their memory back to the system."""
+        the trajectory pages' KL; with everything, every program of the process, the small
+        op-by-op ones its host code compiled included: `jax.clear_caches`) and give their memory
+        back to the system."""
         if not self.c.train.free_programs:
             return
         self.exp.steps.free(*steps)
         if rollouts:
             free_compiled()
+        if everything:
+            jax.clear_caches()
         if pages and self.pages:
             self.pages.free()
         release()
+
+    def _save(self, state: TrainState, *, force: bool = False) -> bool:
+        """Checkpoint `state`. A fresh optimiser state (None) is written as AdamW's initial state,
+        made for the save and dropped after it, so every checkpoint has the one layout."""
+        if state.opt_state is None:
+            state = dataclasses.replace(state, opt_state=self._optimizer(state))
+        return self.ckpt.save(state, force=force)
+
+    def _optimizer(self, state: TrainState):
+        """state's optimiser state; None (fresh: a run's start, RL after the warm start) becomes
+        AdamW's initial state here, at the first update, not while evals and rollouts run."""
+        if state.opt_state is not None:
+            return state.opt_state
+        return self.exp.steps.init(state.params, self.exp.hyper(0))
+
+    def _reference(self, params):
+        """The GRPO reference made from `params`: a copy, or with config.train.reference_resident
+        off, `params` written to the reference directory and described (no copy held)."""
+        if self.c.train.reference_resident:
+            return jax.tree.map(jnp.copy, params)
+        return self.ckpt.park_reference(params)
+
+    def _parked(self, state: TrainState) -> TrainState:
+        """state with its reference parked when config.train.reference_resident is off."""
+        ref = state.ref_params
+        if self.c.train.reference_resident or ref is None or isinstance(ref, ParkedReference):
+            return state
+        return dataclasses.replace(state, ref_params=self.ckpt.park_reference(ref),
+                                   meta=dict(state.meta, reference=SAVED))
 
     def _roll_out(self, params, examples, group_size: int, keys):
         """Each member's groups; its rollout engine's counters (`EngineStats.metrics`, prefixed
@@ -246,9 +281,12 @@ class Trainer:
         exp, lay = self.exp, self.layout
         batch.pop("_rows", None)
         batch["old_logps"] = lay.logps(exp.steps.logps, state.params, batch["tokens"], batch["valid"], hyper, rows)
-        batch["ref_logps"] = lay.logps(exp.steps.logps, state.ref_params, batch["tokens"], batch["valid"],
-                                       hyper, rows)
-        params, opt_state = state.params, state.opt_state
+        ref = state.ref_params
+        ref = ref.load() if isinstance(ref, ParkedReference) else ref  # read back for this pass only
+        batch["ref_logps"] = lay.logps(exp.steps.logps, ref, batch["tokens"], batch["valid"], hyper, rows)
+        del ref
+        self._free_programs("logps")  # (config.train.free_programs) the update is the step's peak
+        params, opt_state = state.params, self._optimizer(state)
         self.ckpt.wait()  # the updates donate the state an async save may still be reading
         n_rows = lay.rows(batch)
         perm_key, step_metrics = key, []
@@ -259,6 +297,7 @@ class Trainer:
                 mb = lay.take(batch, orders, lo, lo + traj_per_update, rows)
                 params, opt_state, m = exp.steps.grpo(params, opt_state, mb, hyper)
                 step_metrics.append(jax.device_get(m))
+        self._free_programs("grpo")  # the next rollout runs without it (config.train.free_programs)
         return params, opt_state, step_metrics
 
     # ---- the supervised warm start (config.sft) ----
@@ -282,9 +321,11 @@ class Trainer:
     def sft_phase(self, state: TrainState) -> TrainState:
         c, exp, lay = self.c, self.exp, self.layout
         trajs = self._warm_start_data()
+        # rendering compiled ~200 small engine programs (a script's shapes; 0.26 GB on the demo)
+        self._free_programs(everything=True)
         batch_rows = lay.share(c.sft.batch, "config.sft.batch")
         micro = lay.share(c.sft.micro_batch, "config.sft.micro_batch")
-        params, opt_state = state.params, state.opt_state
+        params, opt_state = state.params, state.opt_state  # None: made at the first step
         progress = Progress(c.sft.steps)
         while state.meta["sft_step"] < c.sft.steps:
             s, t0 = state.meta["sft_step"], time.time()
@@ -299,6 +340,8 @@ class Trainer:
             mb = lay.take(batch, [np.arange(n) for n in n_rows], 0, max(n_rows), micro)
             hyper = exp.sft_hyper(s)
             self.ckpt.wait()  # the step donates the state an async save may still be reading
+            if opt_state is None:
+                opt_state = self._optimizer(state)
             params, opt_state, m = exp.steps.sft(params, opt_state, mb, hyper)
             m = jax.device_get(m)
             dt = time.time() - t0
@@ -313,13 +356,14 @@ class Trainer:
             state = TrainState(params, opt_state, state.ref_params, state.step, state.rng,
                                dict(state.meta, sft_step=s + 1))
             if (s + 1) % c.checkpoint.every_steps == 0 and s + 1 < c.sft.steps:
-                self.ckpt.save(state)
+                self._save(state)
             self.stop_if_preempted(state)
         # RL starts here: the warm-started policy is the reference (saved once, with the next
-        # checkpoint: reference.py), with a fresh optimiser state
-        ref = jax.tree.map(jnp.copy, params)
-        return TrainState(params, exp.steps.init(params, exp.hyper(0)), ref, state.step, state.rng,
-                          dict(state.meta, phase="grpo", reference=SAVED))
+        # checkpoint, or now when it is not kept resident: reference.py), with a fresh optimiser
+        # state (None: made by the first update; the warm start's is dropped first)
+        state = TrainState(params, None, None, state.step, state.rng, dict(state.meta, phase="grpo", reference=SAVED))
+        del opt_state
+        return dataclasses.replace(state, ref_params=self._reference(params))
 
     def dev_eval(self, state: TrainState, label: str) -> list[dict]:
         """Greedy EM of each member on the first config.sft.eval_dev dev questions (phase "eval")."""
@@ -362,7 +406,7 @@ class Trainer:
                                    length_bucket=c.ofsd.length_bucket, rows_multiple=np.lcm(mini, micro))
                if p else None for p, g in zip(pairs, groups)]
         batch = lay.combine(per, OFSD_DTYPES, self.pad)  # None when no member (process) has a student
-        params, opt_state = state.params, state.opt_state  # same optimiser (METHOD §3.6)
+        params, opt_state = state.params, state.opt_state  # same optimiser (METHOD §3.6); None: fresh
         # the lr of the GRPO step this round follows, or config.ofsd.lr (METHOD §3.6)
         hyper = exp.hyper(max(state.step - 1, 0), ofsd=True)
         losses = [[] for _ in range(exp.n)]
@@ -371,6 +415,7 @@ class Trainer:
             n_rows = lay.rows(batch)
             snapshot = needs_teacher_copy(c.ofsd.teacher, c.ofsd.epochs, max(n_rows), mini)
             teacher_params = jax.tree.map(jnp.copy, params) if snapshot else None
+            opt_state = self._optimizer(state)
             for _ in range(c.ofsd.epochs):
                 pkey, sub = split_keys(pkey, 2)
                 orders = self._orders(sub, n_rows)
@@ -411,14 +456,14 @@ class Trainer:
             state = self.ckpt.restore_latest(exp.abstract_state(), initial_reference=exp.initial_params)
             exp.release_initial_params()  # held now only if it is the restored run's reference
         if state is None:
-            state = exp.initial_state()
+            state = exp.initial_state(optimizer=False)  # AdamW's state: made by the first update
             self.metrics.resume(0, 0)  # rows of a run killed before its first checkpoint are redone
         else:
             # orbax writes the JSON meta from process 0; every process is at the same position
             exp.train_data.set_state(dict(state.meta["data"], process_index=jax.process_index()))
             print(f"resumed from step {state.step} (round {state.meta['round']}, {state.meta['phase']})", flush=True)
             self.metrics.resume(state.meta.get("metrics_rows"), state.step)
-        return state
+        return self._parked(state)
 
     def run(self) -> TrainState:
         c = self.c
@@ -429,7 +474,7 @@ class Trainer:
             if c.sft.eval_dev > 0 and c.data.dev and label not in state.meta.get("evals", []):
                 self.dev_eval(state, label)
                 state.meta = dict(state.meta, evals=[*state.meta.get("evals", []), label])
-                self.ckpt.save(state, force=True)
+                self._save(state, force=True)
             return state
 
         if state.step == 0 and state.meta.get("sft_step", 0) == 0:
@@ -437,22 +482,22 @@ class Trainer:
         if state.meta["phase"] == "sft":
             state = self.sft_phase(state)
             self._free_programs("sft")
-            self.ckpt.save(state, force=True)
+            self._save(state, force=True)
             state = evaluate(state, "warm_start")
         while state.meta["round"] < c.train.rounds:
             if state.meta["phase"] == "grpo":
                 while state.meta["round_step"] < c.grpo.steps_per_round:
                     state = self.grpo_step(state)
                     if state.step % c.checkpoint.every_steps == 0:
-                        self.ckpt.save(state)
+                        self._save(state)
                     self.stop_if_preempted(state)
                 state.meta = (dict(state.meta, phase="ofsd") if c.ofsd.enabled else
                               dict(state.meta, round=state.meta["round"] + 1, round_step=0))
                 self._free_programs("logps", "grpo")
-                self.ckpt.save(state, force=True)
+                self._save(state, force=True)
             else:
                 state = self.ofsd_round(state)
-                self.ckpt.save(state, force=True)
+                self._save(state, force=True)
                 self.stop_if_preempted(state, saved=True)
         if c.train.rounds > 0:  # with no RL rounds, the warm start (or base) eval is the last one
             state = evaluate(state, "final")
@@ -464,7 +509,7 @@ class Trainer:
         """After an update: on SIGTERM (any process), save and raise Preempted (preemption.py)."""
         if self.preemption.agreed():
             if not saved:
-                self.ckpt.save(state, force=True)
+                self._save(state, force=True)
             self.ckpt.close()
             self.preemption.uninstall()
             raise Preempted(state)

@@ -6,11 +6,19 @@
   "saved" (the default for any other reference, e.g. the warm start's result): written once to
       its own directory (WORKDIR/reference) the first time a checkpoint needs it, read back at
       restore.
+With config.train.reference_resident off, the reference is not held between its uses at all: a
+`ParkedReference` names its saved copy, and each GRPO step reads it back for its one log-prob
+pass (Search-R1 offloads veRL's reference parameters the same way, `ref.fsdp_config.param_offload`;
+on CPU, host memory is the device's, so here it goes to the directory it is saved in anyway).
+
 Each checkpoint's meta holds the reference's fingerprint (per parameter, float32 sum of |x| and of
 x²), so a reference rebuilt from another base checkpoint, or a reference directory of another run,
 is refused by name instead of silently changing the KL term of every later update.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,19 +75,23 @@ class ReferenceStore:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def ensure_written(self, params: dict) -> None:
+    def ensure_written(self, params: dict, *, remember: bool = True) -> None:
         """Write `params` unless this very object was written (or read) by this store. Blocks
-        until the files are complete, so no checkpoint refers to a half-written reference."""
+        until the files are complete, so no checkpoint refers to a half-written reference.
+        remember=False: forget the object after (the store then holds no array of it)."""
         if self._written is params:
+            if not remember:
+                self._written = None
             return
         checkpointer = self._checkpointer()
         checkpointer.save(self.path, args=ocp.args.StandardSave(flatten(params)), force=True)
         checkpointer.wait_until_finished()
         checkpointer.close()
-        self._written = params
+        self._written = params if remember else None
 
-    def read(self, like_params: dict) -> dict:
-        """The saved reference, placed as `like_params` (abstract or concrete) are."""
+    def read(self, like_params: dict, *, remember: bool = True) -> dict:
+        """The saved reference, placed as `like_params` (abstract or concrete) are. remember:
+        the store knows the object as written (it holds it: a resident reference)."""
         if not self.exists():
             raise ValueError(f"the checkpoint's reference policy was saved in {self.path}, which is missing: "
                              f"restore that directory from a backup, or start afresh with a new --workdir")
@@ -93,5 +105,26 @@ class ReferenceStore:
                              f"restore it from a backup, or start afresh with a new --workdir") from None
         finally:
             checkpointer.close()
-        self._written = params
+        self._written = params if remember else None
         return params
+
+
+@dataclasses.dataclass(eq=False)
+class ParkedReference:
+    """The reference policy in its saved-once directory, not in memory (config.train.reference_resident
+    off): `load()` reads it back, placed as it was. Stands in `TrainState.ref_params`; a
+    checkpoint records its fingerprint and kind "saved" and writes nothing more."""
+    store: ReferenceStore
+    like: Any                           # abstract params: shapes, dtypes, shardings
+    fingerprint: dict[str, list[float]]
+
+    @classmethod
+    def park(cls, store: ReferenceStore, params: dict, known_fingerprint: dict | None = None) -> "ParkedReference":
+        """Write `params` to `store` (unless it holds them already) and describe them; nothing
+        here keeps them, so they are freed when the caller drops them. No copy is made."""
+        store.ensure_written(params, remember=False)
+        return cls(store, abstract(params), known_fingerprint or fingerprint(params))
+
+    def load(self) -> dict:
+        """The reference, read back for one use (the store keeps no handle on it)."""
+        return self.store.read(self.like, remember=False)

@@ -230,11 +230,13 @@ class Experiment:
             meta["reference"] = INITIAL  # rebuilt from config.model at a restart, never written
         return jax.random.wrap_key_data(rng), meta
 
-    def initial_state(self) -> TrainState:
+    def initial_state(self, *, optimizer: bool = True) -> TrainState:
         """The state a fresh run starts from. Once per Experiment: it takes the initial params,
-        which the first update donates. AdamW's state is created sharded like the params."""
+        which the first update donates. AdamW's state is created sharded like the params;
+        optimizer=False leaves it None (AdamW's initial state, made by the first update that
+        needs it: `Trainer`), so evals and rollouts before that hold no moments."""
         params = self.initial_params()
-        opt_state = self.steps.init(params, self.hyper(0))
+        opt_state = self.steps.init(params, self.hyper(0)) if optimizer else None
         # with a warm start the reference is its result (made at its end): no copy held before
         ref = None if self.config.sft.enabled else jax.tree.map(lambda x: x.copy(), params)
         self.release_initial_params()

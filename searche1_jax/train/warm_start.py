@@ -20,6 +20,7 @@ import numpy as np
 
 from searche1_jax.rl.rewards import normalize_answer
 from searche1_jax.rollout.agent import SearchAgent, Trajectory
+from searche1_jax.rollout.engine import free_compiled
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.scripted import ScriptedPolicy
 from searche1_jax.shapes import round_up
@@ -70,17 +71,28 @@ def script_turns(queries: Sequence[str], answer: str) -> list[str]:
 def render(agent: SearchAgent, tokenizer, scripts: Sequence[Sequence[str]], questions: Sequence[str],
            batch: int = 64) -> list[Trajectory]:
     """Run `agent` with a `ScriptedPolicy` emitting each question's turns (tokenised turn by
-    turn, as a policy samples them); returns the trajectories, in order."""
+    turn, as a policy samples them); returns the trajectories, in order.
+
+    Every batch has the same shapes (one script width for all, the last batch filled up with
+    repeats of its first row, dropped after), so the engine's decode / append programs are
+    compiled for the first batch and reused: measured on the demo's 160 questions, 268 programs
+    and ~0.65 GB of resident memory before, when each batch had its own widths. They are dropped
+    when the rendering ends (`free_compiled`): no model program ever runs a script."""
     eos = tokenizer.eos_ids[0]
+    rows = [sum((tokenizer.encode(t) for t in s), []) for s in scripts]
+    width = round_up(max(len(r) for r in rows) + 1, 64)
+    batch = min(batch, len(questions))
     out = []
     for lo in range(0, len(questions), batch):
-        rows = [sum((tokenizer.encode(t) for t in s), []) for s in scripts[lo:lo + batch]]
-        width = max(len(r) for r in rows) + 1
-        script = np.full((len(rows), width), eos, np.int32)
-        for i, r in enumerate(rows):
-            script[i, :len(r)] = r
+        idx = list(range(lo, min(lo + batch, len(questions))))
+        idx += [idx[0]] * (batch - len(idx))
+        script = np.full((batch, width), eos, np.int32)
+        for i, r in enumerate(idx):
+            script[i, :len(rows[r])] = rows[r]
         policy = ScriptedPolicy(script, tokenizer.vocab_size)
-        out += agent.run(policy, list(questions[lo:lo + batch]), jax.random.key(0), SamplingParams(greedy=True))
+        out += agent.run(policy, [questions[r] for r in idx], jax.random.key(0),
+                         SamplingParams(greedy=True))[:min(batch, len(questions) - lo)]
+    free_compiled()
     return out
 
 

@@ -54,8 +54,11 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert [r["updates"] for r in grpo] == [2, 2, 2]
     assert all(abs(r["lr"] - 1e-3) < 1e-9 for r in grpo)
 
-    # kill -9 right after the first step's checkpoint is on disk, then restart
-    proc = run_main(killed_dir)
+    # kill -9 right after the first step's checkpoint is on disk, then restart; this run keeps its
+    # reference parked on disk between steps (config.train.reference_resident off), so the final
+    # params' equality also says the parked reference gives the resident one's KL, bit for bit
+    parked = ["--config.train.reference_resident=False"]
+    proc = run_main(killed_dir, parked)
     first = os.path.join(killed_dir, "checkpoints", "1")  # index 0 = after step 1, 1 = after step 2
     deadline = time.time() + 900
     while not os.path.isdir(first) and time.time() < deadline and proc.poll() is None:
@@ -63,7 +66,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = run_main(killed_dir)
+    resumed = run_main(killed_dir, parked)
     out, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, out[-3000:]
     assert "resumed from step" in out
@@ -74,10 +77,13 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert meta_a["data"] == meta_b["data"]
     for k in a["params"]:
         np.testing.assert_allclose(np.asarray(b["params"][k]), np.asarray(a["params"][k]), atol=1e-6, err_msg=k)
-    # the reference is the initial model, rebuilt at the restart, never written into a checkpoint
-    assert meta_a["reference"] == meta_b["reference"] == "initial" and a["ref_params"] == b["ref_params"] == {}
+    # the reference is the initial model, never written into a checkpoint: rebuilt at a restart
+    # when resident; parked, written once beside the checkpoints and read back
+    assert meta_a["reference"] == "initial" and meta_b["reference"] == "saved"
+    assert a["ref_params"] == b["ref_params"] == {}
     assert meta_a["reference_fingerprint"] == meta_b["reference_fingerprint"]
     assert not os.path.exists(os.path.join(ref_dir, "reference"))
+    assert os.path.isdir(os.path.join(killed_dir, "reference"))
     # and training did something: the final params are not the reference (per-parameter sums)
     final = {k: [float(np.abs(v).sum()), float(np.square(v.astype(np.float64)).sum())] for k, v in a["params"].items()}
     assert any(not np.allclose(final[k], meta_a["reference_fingerprint"][k], rtol=1e-5) for k in final)
