@@ -3,7 +3,7 @@ inside a function) must be an edge of the ALLOWED table below. A new edge fails,
 file and the import; adding one is a decision made here, in review, not by accident.
 
 Units are the top-level packages (model, rollout, retrieval, rl, data, train, eval, sweep) and
-top-level modules (config, shapes, stats, hostmem, main, plan, program_plan, aot, plot;
+top-level modules (config, shapes, stats, hostmem, programs, main, plan, program_plan, aot, plot;
 `config_*.py` modules are parts of the config unit). An allowed entry is a unit ("model") or a
 dotted part of one ("train.checkpoint", "model.weight_map"): an import is allowed when the
 imported module is that entry or lies inside it. Imports inside the importing unit are always
@@ -22,11 +22,12 @@ ALLOWED = {
     "shapes": set(),                       # arithmetic on shapes: imports nothing of ours
     "stats": set(),                        # bootstrap intervals (numpy)
     "hostmem": set(),                      # glibc malloc settings (entry points) and trim (trainer)
+    "programs": set(),                     # jit wrappers that keep only executables (free_programs)
     "rl": set(),                           # pure losses, rewards and OFSD data: arrays and strings
     "data": set(),                         # question files, benchmarks, demo assets
     "plot": set(),
     "model": {"shapes"},                   # never rollout/, train/, retrieval/
-    "rollout": {"model", "shapes"},        # never rl/ (the protocol extracts answers), never train/
+    "rollout": {"model", "programs", "shapes"},        # never rl/ (the protocol extracts answers), never train/
     "retrieval": {"model.weight_map", "shapes"},  # the encoder's weights are a weight-map table
     "config": {"data", "model", "retrieval", "rl", "rollout", "shapes"},  # typed experiment config
     "plan": {"config", "model", "rl", "shapes",
@@ -34,7 +35,7 @@ ALLOWED = {
     "program_plan": {"plan", "rl", "shapes"},  # each compiled program's shapes and estimated bytes
     # plan --aot: compiles the real steps and rollout calls from abstract inputs
     "aot": {"config", "model", "plan", "program_plan", "rollout", "shapes", "train"},
-    "train": {"config", "data", "hostmem", "model", "retrieval", "rl", "rollout", "shapes", "stats"},
+    "train": {"config", "data", "hostmem", "model", "programs", "retrieval", "rl", "rollout", "shapes", "stats"},
     # inference only: a workdir's params (train.checkpoint); never the train state, steps or loop
     "eval": {"config", "data", "hostmem", "model", "retrieval", "rl", "rollout", "shapes", "stats",
              "train.checkpoint"},

@@ -31,6 +31,7 @@ from flax import nnx
 
 from searche1_jax.model.speed import SpeedPolicy
 from searche1_jax.model.kv_cache import KVCache, cache_prefix, cache_put_prefix, cache_rows
+from searche1_jax.programs import LeanJit
 from searche1_jax.rollout.packing import put_rows, take_rows
 from searche1_jax.rollout.stop import step as stop_step
 from searche1_jax.shapes import next_pow2
@@ -182,10 +183,11 @@ def _read_only_model_jit(*, static_argnames: tuple[str, ...] = ()):
     the weights are an input only, and nothing the model holds changes (decode and append
     mutate nothing in it)."""
     def wrap(fn):
-        @functools.partial(jax.jit, static_argnums=(0,), static_argnames=static_argnames,
-                           donate_argnums=(2,))
-        def pure(graphdef, weights, state, *args, **kw):
+        def run(graphdef, weights, state, *args, **kw):
             return fn(nnx.merge(graphdef, weights), state, *args, **kw)
+        # LeanJit: with config.train.free_programs, the executables alone are kept (programs.py)
+        pure = LeanJit(jax.jit(run, static_argnums=(0,), static_argnames=static_argnames, donate_argnums=(2,)),
+                       static_argnums=(0,), static_argnames=static_argnames)
 
         @functools.wraps(fn)
         def call(model, state, *args, **kw):

@@ -34,6 +34,7 @@ import numpy as np
 
 from searche1_jax.data.loader import epoch_order
 from searche1_jax.hostmem import memory_metrics, release
+from searche1_jax.programs import set_lean
 from searche1_jax.retrieval.client import RetrieverError
 from searche1_jax.rollout.engine import free_compiled
 from searche1_jax.rl.grpo import check_unique_group_ids, has_spread
@@ -125,6 +126,7 @@ class Trainer:
 
     def __init__(self, exp: Experiment, workdir: str, names: list[str] | None = None):
         self.exp, self.c = exp, exp.config
+        set_lean(self.c.train.free_programs)  # executables only, no jit caches beside them (programs.py)
         self.layout = exp.layout
         self.names = names or [f"member{i}" for i in range(exp.n)]
         self.tag_members = names is not None or exp.n > 1  # sweep rows carry `member` and `name`
@@ -168,7 +170,7 @@ class Trainer:
         self.exp.steps.free(*steps)
         if rollouts:
             free_compiled()
-        if everything:
+        if everything or rollouts:  # rollouts: also the small op-by-op programs their host code compiled
             jax.clear_caches()
         if pages and self.pages:
             self.pages.free()

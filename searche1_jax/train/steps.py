@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from searche1_jax.config import GRPO_AGG_MODES
 from searche1_jax.model.speed import SpeedPolicy
+from searche1_jax.programs import LeanJit
 from searche1_jax.rl.grpo import aggregate_count, grpo_loss
 from searche1_jax.rl.logprobs import token_logps_and_entropy
 from searche1_jax.rl.ofsd import fused_forward_kl
@@ -312,10 +313,11 @@ def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mes
     fns = member_functions(binder, cfg)
     if not population:
         ofsd = fns["ofsd"]
-        return Steps(logps=jax.jit(fns["logps"]), grpo=jax.jit(fns["grpo"], donate_argnums=(0, 1)),
-                     ofsd=jax.jit(lambda p, s, t, b, h: ofsd(p, s, t, b, h), donate_argnums=(0, 1)),
-                     ofsd_live=jax.jit(lambda p, s, b, h: ofsd(p, s, p, b, h), donate_argnums=(0, 1)),
-                     sft=jax.jit(fns["sft"], donate_argnums=(0, 1)), init=PlacedInit(fns["init"], adamw))
+        jit = lambda f, donate=(): LeanJit(jax.jit(f, donate_argnums=donate))  # noqa: E731 (programs.py)
+        return Steps(logps=jit(fns["logps"]), grpo=jit(fns["grpo"], (0, 1)),
+                     ofsd=jit(lambda p, s, t, b, h: ofsd(p, s, t, b, h), (0, 1)),
+                     ofsd_live=jit(lambda p, s, b, h: ofsd(p, s, p, b, h), (0, 1)),
+                     sft=jit(fns["sft"], (0, 1)), init=PlacedInit(fns["init"], adamw))
 
     def on_members(fn, donate=()):
         def per_device(*args):  # this device's block of members: every leaf [k, ...]
@@ -326,11 +328,11 @@ def make_steps(binder: Binder, cfg: StepConfig, *, population: bool = False, mes
             return jax.tree.map(lambda x: x[None], out)
 
         if mesh is None:
-            return jax.jit(per_device, donate_argnums=donate)
+            return LeanJit(jax.jit(per_device, donate_argnums=donate))
         spec = PartitionSpec("member")
         sharded = jax.shard_map(per_device, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
         placed = NamedSharding(mesh, spec)
-        return jax.jit(sharded, donate_argnums=donate, in_shardings=placed, out_shardings=placed)
+        return LeanJit(jax.jit(sharded, donate_argnums=donate, in_shardings=placed, out_shardings=placed))
 
     return Steps(logps=on_members(fns["logps"]), grpo=on_members(fns["grpo"], (0, 1)),
                  ofsd=on_members(fns["ofsd"], (0, 1)),

@@ -107,7 +107,8 @@ def test_warm_start_then_rl_with_dev_evals(tmp_path):
              "--config.sft.micro_batch=2", "--config.sft.lr=3e-3", "--config.sft.eval_dev=4",
              "--config.rollout.max_turn_tokens=48", "--config.rollout.max_response_tokens=320",
              "--config.grpo.steps_per_round=1", "--config.ofsd.enabled=False",
-             "--config.train.warmup_ratio=1.0"]  # floor(1.0 x 1 step) = 1: GRPO step 0 runs at lr 0
+             "--config.train.warmup_ratio=1.0",  # floor(1.0 x 1 step) = 1: GRPO step 0 runs at lr 0
+             "--config.train.free_programs=True"]  # as the demo: programs dropped, executables only
     proc = run_main(workdir, extra)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
