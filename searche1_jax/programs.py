@@ -15,6 +15,8 @@ from typing import Callable
 
 import jax
 
+from searche1_jax.hostmem import release
+
 _LEAN = False
 
 
@@ -51,6 +53,9 @@ class LeanJit:
         if executable is None:
             executable = self.jitted.lower(*args, **kw).compile()
             self.jitted.clear_cache()  # the trace and lowering it kept: not needed to run it
+            # and the compiler's freed heap, before the program's own temporaries join it (the
+            # demo's first warm-start step: 0.44 GB above the second one's start without this)
+            release()
             self._executables[key] = executable
         return executable(*dyn, **dyn_kw)
 

@@ -22,7 +22,7 @@ ALLOWED = {
     "shapes": set(),                       # arithmetic on shapes: imports nothing of ours
     "stats": set(),                        # bootstrap intervals (numpy)
     "hostmem": set(),                      # glibc malloc settings (entry points) and trim (trainer)
-    "programs": set(),                     # jit wrappers that keep only executables (free_programs)
+    "programs": {"hostmem"},               # jit wrappers that keep only executables (free_programs)
     "rl": set(),                           # pure losses, rewards and OFSD data: arrays and strings
     "data": set(),                         # question files, benchmarks, demo assets
     "plot": set(),
