@@ -89,6 +89,7 @@ class RunShape:
     dtype: str
     remat: bool
     rollout_weights: str = "replica"   # config.rollout.weights: "replica" (gathered once a step) or "train"
+    reference_resident: bool = True    # config.train.reference_resident (off: the reference parked on disk)
 
     @property
     def rows(self) -> int:
@@ -126,7 +127,7 @@ def run_shape_from_config(c, *, prompt_tokens: int = 256, fill: float = 1.0) -> 
         max_response_tokens=c.rollout.max_response_tokens, prompt_tokens=prompt_tokens, fill=fill,
         grpo_chunk=c.grpo.logit_chunk, ofsd_chunk=c.ofsd.logit_chunk,
         param_dtype=c.model.param_dtype, dtype=c.model.dtype, remat=bool(c.model.remat),
-        rollout_weights=c.rollout.weights)
+        rollout_weights=c.rollout.weights, reference_resident=bool(c.train.reference_resident))
 
 
 def model_config_for(c, name: str = "") -> ModelConfig:
@@ -198,7 +199,8 @@ def memory_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int]) -> dict[str
     out["adam_mv_fp32"] = n * 8 / shard
     # the scan in train/steps.py holds the accumulated gradients plus one micro-batch's gradients
     out["grads"] = 2 * n * pb / shard
-    out["ref_params"] = n * pb / shard                 # GRPO reference policy (TrainState.ref_params)
+    # GRPO reference policy (TrainState.ref_params); parked on disk with reference_resident off
+    out["ref_params"] = n * pb / shard if run.reference_resident else 0.0
     out["ofsd_teacher"] = n * pb / shard               # frozen theta_k snapshot, OFSD rounds only
 
     # sharding.py drops a mesh axis that does not divide a dim: such a micro-batch is replicated

@@ -142,6 +142,7 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     # ---- GRPO update: params and AdamW donated; grads = accumulator + one micro-batch's, and
     # the update optax builds (3 x params in the param dtype)
     T, M, mb = s.train_len, s.grpo_steps, s.grpo_micro
+    ref = params if run.reference_resident else 0.0  # config.train.reference_resident off: parked on disk
     fw = forward(mb, T)
     batch = M * mb * (T * (4 + 1 + 4) + (T - 1) * 8 + 4) / host_split
     logits = run.grpo_chunk * v * 4 * 3 / t
@@ -149,7 +150,7 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     out["grpo"] = {"params": params, "adam": adam, "batch": batch, "grads_and_update": grads,
                    "gathered_weights": gathered + compute_copy,
                    "activations": fw["saved"] + (fw["block"] if run.remat else 0.0), "logits_chunk": logits,
-                   "resident": params}  # the reference params
+                   "resident": ref}  # the reference params
     # ---- log-prob pass: forward only, one block live at a time, the hidden state and a chunk
     fw = forward(mb, T)
     out["logps"] = {"params": params, "batch": mb * T * 5 / host_split, "gathered_weights": gathered,
@@ -179,7 +180,7 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
                    # fsdp 8: counting both put the estimate at 1.29x XLA's)
                    "gathered_weights": (1 if m.scan_layers else 2) * gathered + compute_copy,
                    "activations": fw["saved"] + (fw["block"] if run.remat else 0.0) + tw["hidden"],
-                   "logits_chunk": logits, "resident": params}
+                   "logits_chunk": logits, "resident": ref}
     # ---- rollout: the engine's calls on one chunk of rows
     r = s.rollout_devices
     # rollout.weights: "replica" decodes from a compute-dtype copy whole on each device of the
@@ -191,14 +192,14 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     # --aot. A GPU's or TPU's bf16 dots need no copy: there it is a pessimistic bound.
     upcast = n * 4 / t if cb < 4 else 0.0
     if s.processes == 1 and s.replica:
-        weights, resident, gathered, upcast = n * cb / t, 2 * params + adam, 0.0, upcast
+        weights, resident, gathered, upcast = n * cb / t, params + ref + adam, 0.0, upcast
     elif s.processes == 1:
-        weights, resident, gathered, upcast = params, adam + params, gathered, 0.0
+        weights, resident, gathered, upcast = params, adam + ref, gathered, 0.0
     elif s.replica:  # whole, or split over rollout.replica_tensor of the process's devices
         rt_ = s.replica_tensor
-        weights, resident, gathered, upcast = n * cb / rt_, 2 * params + adam, 0.0, upcast * t / rt_
+        weights, resident, gathered, upcast = n * cb / rt_, params + ref + adam, 0.0, upcast * t / rt_
     else:
-        weights, resident, gathered, upcast = n * cb / r, 2 * params + adam, n * cb if r > 1 else 0.0, 0.0
+        weights, resident, gathered, upcast = n * cb / r, params + ref + adam, n * cb if r > 1 else 0.0, 0.0
     # a process-local replica's mesh splits over rollout.replica_tensor (1: no tensor axis)
     rt = t if s.processes == 1 else s.replica_tensor
     kv = r * (rt if m.n_kv_heads % rt == 0 else 1)

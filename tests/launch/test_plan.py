@@ -1,4 +1,5 @@
 """The capacity planner's formulas, against numbers worked out by hand from the presets' dims."""
+import dataclasses
 import math
 
 import numpy as np
@@ -55,6 +56,27 @@ def test_tiny_state_bytes_per_device():
     assert mem["grads"] == 2 * n * 4 / shard
     bf16 = P.memory_plan(TINY, shape(param_dtype="bfloat16"), {"data": 2, "fsdp": 2, "tensor": 2})
     assert bf16["params"] == n * 2 / shard and bf16["master_fp32"] == n * 4 / shard
+
+
+def test_a_parked_reference_leaves_the_state_and_the_programs_resident_bytes():
+    """config.train.reference_resident off: no reference bytes in the state, and every program
+    that held it beside its own (GRPO update, OFSD update, the rollout calls) holds one params
+    fewer; the log-prob pass still reads one of params / reference beside AdamW."""
+    import os
+
+    from searche1_jax.program_plan import program_memory, program_shapes
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+    c, m, run, _ = _picked(f"{root}/configs/qwen3b.py", mesh, "h100", 1)
+    parked = dataclasses.replace(run, reference_resident=False)
+    n, shard = m.num_params, 8
+    plan_on, plan_off = P.memory_plan(m, run, mesh), P.memory_plan(m, parked, mesh)
+    assert plan_on["ref_params"] == n * 4 / shard and plan_off["ref_params"] == 0.0
+    on = program_memory(m, run, mesh, program_shapes(c, run, mesh, 1))
+    off = program_memory(m, parked, mesh, program_shapes(c, parked, mesh, 1))
+    for prog in ("grpo", "ofsd", "decode", "append", "prefill"):
+        assert on[prog]["resident"] - off[prog]["resident"] == n * 4 / shard, prog
+    assert on["logps"]["resident"] == off["logps"]["resident"]
 
 
 def test_tiny_activations_kv_cache_and_logit_chunks():
