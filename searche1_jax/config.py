@@ -163,11 +163,13 @@ def base() -> ml_collections.ConfigDict:
     # workdir included); absolute or a URI: shared by runs; "": off
     c.train.compilation_cache_dir = "xla_cache"
     # free each phase's compiled programs when the phase ends (train/loop.py: the warm start's
-    # after it, the rollout buckets after every eval and every rollout, GRPO's before OFSD and
-    # OFSD's after it). On CPU the programs live in the same RAM as the arrays (0.1-0.4 GB each
-    # for a 135M model, dozens of them); the phase that comes back compiles them again (or loads
-    # them from the compilation cache: ~0.2 s against ~3.5 s for a decode bucket here). Off on
-    # accelerators: their programs hold little memory.
+    # after it, the rollout buckets after every eval and every rollout, the log-prob pass's after
+    # it and the update's after the updates, OFSD's after it), and keep each program's executable
+    # alone, without jax's trace and lowering caches beside it (programs.LeanJit). On CPU the
+    # programs live in the same RAM as the arrays (0.05-0.5 GB each for a 135M model, dozens of
+    # them); the phase that comes back compiles them again (or loads them from the compilation
+    # cache: ~0.2 s against ~3.5 s for a decode bucket here). Off on accelerators: their
+    # programs hold little memory.
     c.train.free_programs = False
     # hold the GRPO reference policy only for its log-prob pass: between uses it lives in its
     # saved-once directory (train/reference.py), read back once a step (veRL's reference
