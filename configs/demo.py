@@ -67,6 +67,8 @@ def get_config(arg: str = ""):
     # the GRPO reference (540 MB) read back from its saved-once directory for each step's log-prob
     # pass instead of held through rollouts and updates (train/reference.py)
     c.train.reference_resident = False
+    # AdamW's m and v (1.08 GB) on disk between updates: evals and rollouts run without them
+    c.train.optimizer_resident = False
     c.checkpoint.every_steps = 4
     c.checkpoint.async_save = False    # CPU: a save overlapping a rollout or a step adds its host memory
     c.checkpoint.concurrent_gb = 0.25  # a save's buffers: +0.35 GB, not +1.4 GB at orbax's 96 (and faster)

@@ -176,6 +176,11 @@ def base() -> ml_collections.ConfigDict:
     # param_offload in Search-R1's recipe). On CPU that is a params-sized cut of host memory
     # for a read of the params a step; on accelerators keep it resident
     c.train.reference_resident = True
+    # hold AdamW's state only while updates run: between them (rollouts, evals) it lives in
+    # WORKDIR/offload/optimizer, written after each GRPO step / OFSD round and read back for the
+    # next updates (veRL's optimizer_offload in Search-R1's recipe). CPU: 2 x params of host memory
+    # for a write and a read of them a step; on accelerators keep it resident
+    c.train.optimizer_resident = True
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 10

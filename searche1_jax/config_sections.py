@@ -408,7 +408,8 @@ class TrainSection(_Section):
     CPU; the next phase that needs them compiles them again, or loads them from the compilation
     cache). reference_resident: hold the GRPO reference policy in memory; off: between its uses
     it lives only in its saved-once directory (`reference.ParkedReference`), read back once a
-    GRPO step."""
+    GRPO step. optimizer_resident: hold AdamW's state in memory; off: between updates it lives in
+    WORKDIR/offload/optimizer (`reference.ParkedOptimizer`), read back for the next updates."""
     SECTION: ClassVar[str] = "train"
     rounds: int
     lr: float
@@ -419,6 +420,7 @@ class TrainSection(_Section):
     compilation_cache_dir: str
     free_programs: bool
     reference_resident: bool
+    optimizer_resident: bool
 
     def __post_init__(self):
         _at_least("train", "rounds", self.rounds, 0)

@@ -90,6 +90,7 @@ class RunShape:
     remat: bool
     rollout_weights: str = "replica"   # config.rollout.weights: "replica" (gathered once a step) or "train"
     reference_resident: bool = True    # config.train.reference_resident (off: the reference parked on disk)
+    optimizer_resident: bool = True    # config.train.optimizer_resident (off: AdamW parked between updates)
 
     @property
     def rows(self) -> int:
@@ -127,7 +128,8 @@ def run_shape_from_config(c, *, prompt_tokens: int = 256, fill: float = 1.0) -> 
         max_response_tokens=c.rollout.max_response_tokens, prompt_tokens=prompt_tokens, fill=fill,
         grpo_chunk=c.grpo.logit_chunk, ofsd_chunk=c.ofsd.logit_chunk,
         param_dtype=c.model.param_dtype, dtype=c.model.dtype, remat=bool(c.model.remat),
-        rollout_weights=c.rollout.weights, reference_resident=bool(c.train.reference_resident))
+        rollout_weights=c.rollout.weights, reference_resident=bool(c.train.reference_resident),
+        optimizer_resident=bool(c.train.optimizer_resident))
 
 
 def model_config_for(c, name: str = "") -> ModelConfig:

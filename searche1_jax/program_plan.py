@@ -143,6 +143,7 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     # the update optax builds (3 x params in the param dtype)
     T, M, mb = s.train_len, s.grpo_steps, s.grpo_micro
     ref = params if run.reference_resident else 0.0  # config.train.reference_resident off: parked on disk
+    held = adam if run.optimizer_resident else 0.0   # AdamW beside programs other than the updates
     fw = forward(mb, T)
     batch = M * mb * (T * (4 + 1 + 4) + (T - 1) * 8 + 4) / host_split
     logits = run.grpo_chunk * v * 4 * 3 / t
@@ -156,7 +157,7 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     out["logps"] = {"params": params, "batch": mb * T * 5 / host_split, "gathered_weights": gathered,
                     "activations": fw["block"] + 2 * fw["hidden"],
                     "logits_chunk": run.grpo_chunk * v * 4 * 2 / t,
-                    "resident": adam + params}  # AdamW and the other of params / reference params
+                    "resident": held + params}  # AdamW and the other of params / reference params
     if m.scan_layers and f * d_ > 1:
         # scanned, the pass has two phases that do not overlap: the layers (two layers' weights
         # and one block's activations) and the head (the gathered embedding / head and one
@@ -192,14 +193,14 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     # --aot. A GPU's or TPU's bf16 dots need no copy: there it is a pessimistic bound.
     upcast = n * 4 / t if cb < 4 else 0.0
     if s.processes == 1 and s.replica:
-        weights, resident, gathered, upcast = n * cb / t, params + ref + adam, 0.0, upcast
+        weights, resident, gathered, upcast = n * cb / t, params + ref + held, 0.0, upcast
     elif s.processes == 1:
-        weights, resident, gathered, upcast = params, adam + ref, gathered, 0.0
+        weights, resident, gathered, upcast = params, held + ref, gathered, 0.0
     elif s.replica:  # whole, or split over rollout.replica_tensor of the process's devices
         rt_ = s.replica_tensor
-        weights, resident, gathered, upcast = n * cb / rt_, params + ref + adam, 0.0, upcast * t / rt_
+        weights, resident, gathered, upcast = n * cb / rt_, params + ref + held, 0.0, upcast * t / rt_
     else:
-        weights, resident, gathered, upcast = n * cb / r, params + ref + adam, n * cb if r > 1 else 0.0, 0.0
+        weights, resident, gathered, upcast = n * cb / r, params + ref + held, n * cb if r > 1 else 0.0, 0.0
     # a process-local replica's mesh splits over rollout.replica_tensor (1: no tensor axis)
     rt = t if s.processes == 1 else s.replica_tensor
     kv = r * (rt if m.n_kv_heads % rt == 0 else 1)

@@ -44,7 +44,7 @@ from searche1_jax.train.metrics import MetricsWriter, Progress
 from searche1_jax.train.multihost import failures_agreed
 from searche1_jax.train.paths import atomic_write_text, workdir_path
 from searche1_jax.train.preemption import Preempted, Preemption
-from searche1_jax.train.reference import SAVED, ParkedReference
+from searche1_jax.train.reference import SAVED, ParkedOptimizer, ParkedReference
 from searche1_jax.train.rollouts import advantages, greedy_em, grpo_arrays, roll_out, rollout_metrics
 from searche1_jax.train.setup import Experiment
 from searche1_jax.train.state import TrainState
@@ -179,16 +179,25 @@ class Trainer:
     def _save(self, state: TrainState, *, force: bool = False) -> bool:
         """Checkpoint `state`. A fresh optimiser state (None) is written as AdamW's initial state,
         made for the save and dropped after it, so every checkpoint has the one layout."""
-        if state.opt_state is None:
+        if state.opt_state is None or isinstance(state.opt_state, ParkedOptimizer):
             state = dataclasses.replace(state, opt_state=self._optimizer(state))
         return self.ckpt.save(state, force=force)
 
     def _optimizer(self, state: TrainState):
         """state's optimiser state; None (fresh: a run's start, RL after the warm start) becomes
         AdamW's initial state here, at the first update, not while evals and rollouts run."""
+        if isinstance(state.opt_state, ParkedOptimizer):  # read back from its scratch directory
+            return state.opt_state.load()
         if state.opt_state is not None:
             return state.opt_state
         return self.exp.steps.init(state.params, self.exp.hyper(0))
+
+    def _park_optimizer(self, opt_state):
+        """opt_state, written to WORKDIR/offload/optimizer and replaced by its handle when
+        config.train.optimizer_resident is off (rollouts and evals then run without it)."""
+        if self.c.train.optimizer_resident or opt_state is None or isinstance(opt_state, ParkedOptimizer):
+            return opt_state
+        return ParkedOptimizer.park(f"{self.workdir}/offload/optimizer", opt_state, self.c.checkpoint.concurrent_gb)
 
     def _reference(self, params):
         """The GRPO reference made from `params`: a copy, or with config.train.reference_resident
@@ -267,7 +276,8 @@ class Trainer:
                            lr=float(np.asarray(hyper["lr"]).reshape(-1)[i]))
             rows_out.append(summary)
         meta = dict(state.meta, round_step=state.meta["round_step"] + 1, data=exp.train_data.get_state())
-        new = TrainState(params, opt_state, state.ref_params, state.step + 1, key, meta)
+        new = TrainState(params, self._park_optimizer(opt_state), state.ref_params, state.step + 1, key, meta)
+        del opt_state
         written = self._write(new.step, "grpo", rows_out)
         rewards = [r["reward"] for r in written]
         if exp.n == 1:
@@ -342,7 +352,7 @@ class Trainer:
             mb = lay.take(batch, [np.arange(n) for n in n_rows], 0, max(n_rows), micro)
             hyper = exp.sft_hyper(s)
             self.ckpt.wait()  # the step donates the state an async save may still be reading
-            if opt_state is None:
+            if opt_state is None or isinstance(opt_state, ParkedOptimizer):
                 opt_state = self._optimizer(state)
             params, opt_state, m = exp.steps.sft(params, opt_state, mb, hyper)
             m = jax.device_get(m)
@@ -442,7 +452,8 @@ class Trainer:
                              "ofsd_updates": float(len(losses[i]))})
         meta = dict(state.meta, phase="grpo", round=state.meta["round"] + 1, round_step=0,
                     data=exp.train_data.get_state())
-        new = TrainState(params, opt_state, state.ref_params, state.step, key, meta)
+        new = TrainState(params, self._park_optimizer(opt_state), state.ref_params, state.step, key, meta)
+        del opt_state
         self._free_programs("ofsd")
         self._write(new.step, "ofsd", rows_out)
         print(f"[ofsd] round {state.meta['round']}: students {[len(p) for p in pairs]}, loss "
@@ -465,7 +476,8 @@ class Trainer:
             exp.train_data.set_state(dict(state.meta["data"], process_index=jax.process_index()))
             print(f"resumed from step {state.step} (round {state.meta['round']}, {state.meta['phase']})", flush=True)
             self.metrics.resume(state.meta.get("metrics_rows"), state.step)
-        return self._parked(state)
+        state = self._parked(state)
+        return dataclasses.replace(state, opt_state=self._park_optimizer(state.opt_state))
 
     def run(self) -> TrainState:
         c = self.c

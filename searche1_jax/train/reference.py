@@ -128,3 +128,32 @@ class ParkedReference:
     def load(self) -> dict:
         """The reference, read back for one use (the store keeps no handle on it)."""
         return self.store.read(self.like, remember=False)
+
+
+@dataclasses.dataclass(eq=False)
+class ParkedOptimizer:
+    """AdamW's state on disk between the updates that use it (config.train.optimizer_resident
+    off; veRL's optimizer_offload in Search-R1's recipe): written to `directory` (a scratch
+    directory of the run, rewritten each time; checkpoints are where a restart reads it from),
+    `load()` reads it back placed as it was. Stands in `TrainState.opt_state`."""
+    directory: Any
+    like: Any  # abstract optimiser state: structure, shapes, dtypes, shardings
+    concurrent_gb: float
+
+    @classmethod
+    def park(cls, directory, opt_state, concurrent_gb: float = 96.0) -> "ParkedOptimizer":
+        path = epath.Path(directory)
+        checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(save_concurrent_gb=concurrent_gb))
+        try:
+            checkpointer.save(path, args=ocp.args.PyTreeSave(opt_state), force=True)
+        finally:
+            checkpointer.close()
+        return cls(path, abstract(opt_state), concurrent_gb)
+
+    def load(self):
+        checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(restore_concurrent_gb=self.concurrent_gb))
+        try:
+            return checkpointer.restore(self.directory, args=ocp.args.PyTreeRestore(
+                item=self.like, restore_args=ocp.checkpoint_utils.construct_restore_args(self.like)))
+        finally:
+            checkpointer.close()

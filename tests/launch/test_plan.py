@@ -77,6 +77,14 @@ def test_a_parked_reference_leaves_the_state_and_the_programs_resident_bytes():
     for prog in ("grpo", "ofsd", "decode", "append", "prefill"):
         assert on[prog]["resident"] - off[prog]["resident"] == n * 4 / shard, prog
     assert on["logps"]["resident"] == off["logps"]["resident"]
+    # and AdamW parked between updates: the log-prob pass and the rollout calls hold it no more
+    adam = n * 8 / shard
+    lean = program_memory(m, dataclasses.replace(parked, optimizer_resident=False), mesh,
+                          program_shapes(c, parked, mesh, 1))
+    for prog in ("logps", "decode", "append", "prefill"):
+        assert off[prog]["resident"] - lean[prog]["resident"] == adam, prog
+    for prog in ("grpo", "ofsd"):
+        assert lean[prog]["resident"] == off[prog]["resident"] and lean[prog]["adam"] == adam, prog
 
 
 def test_tiny_activations_kv_cache_and_logit_chunks():

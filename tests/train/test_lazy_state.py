@@ -102,3 +102,25 @@ def test_with_the_reference_parked_a_started_run_holds_the_params_alone(tmp_path
     assert isinstance(again.ref_params, ParkedReference)
     assert again.ref_params.fingerprint == state.ref_params.fingerprint
     assert again.opt_state is not None  # restored: AdamW's initial state as it was saved
+
+
+def test_a_parked_optimiser_state_is_read_back_bit_exact_and_placed(experiment, tmp_path):
+    """AdamW's state after one update (non-zero moments, count 1), parked and read back: the
+    same structure, values and placement (config.train.optimizer_resident off)."""
+    from searche1_jax.train.reference import ParkedOptimizer
+    exp = experiment
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda a: jax.device_put(rng.standard_normal(a.shape).astype(a.dtype), a.sharding),
+                          exp.abstract_params)
+    grads = jax.tree.map(lambda p: p * 0.5, params)
+    from searche1_jax.train.steps import adamw
+    opt = adamw(exp.hyper(0)).init(params)
+    _, opt = adamw(exp.hyper(0)).update(grads, opt, params)
+    parked = ParkedOptimizer.park(tmp_path / "offload" / "optimizer", opt)
+    back = parked.load()
+    assert jax.tree.structure(back) == jax.tree.structure(opt)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(opt)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+    mu, _, count = moments(back)
+    assert int(count) == 1 and any(np.asarray(x).any() for x in jax.tree.leaves(mu))

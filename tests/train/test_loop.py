@@ -55,9 +55,10 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert all(abs(r["lr"] - 1e-3) < 1e-9 for r in grpo)
 
     # kill -9 right after the first step's checkpoint is on disk, then restart; this run keeps its
-    # reference parked on disk between steps (config.train.reference_resident off), so the final
-    # params' equality also says the parked reference gives the resident one's KL, bit for bit
-    parked = ["--config.train.reference_resident=False"]
+    # reference and AdamW's state parked on disk between steps (config.train.reference_resident
+    # and optimizer_resident off), so the final params' equality also says the parked reference
+    # and optimiser state give the resident ones' updates, bit for bit
+    parked = ["--config.train.reference_resident=False", "--config.train.optimizer_resident=False"]
     proc = run_main(killed_dir, parked)
     first = os.path.join(killed_dir, "checkpoints", "1")  # index 0 = after step 1, 1 = after step 2
     deadline = time.time() + 900
