@@ -13,8 +13,11 @@ then the two sides alternate call by call `--repeat` times and the medians are c
 `agent`: `SearchAgent.run` on 16 multi-hop questions of the shipped demo, each G = 5 times
 (a GRPO rollout; BM25 over the demo corpus, the rollout budgets and sampling of
 `configs/demo.py`), with each rollout engine (`config.rollout.engine`: "packed" against the
-"padded" engine before issue 21): a warm-up run of each compiles and checks that both give the
-same trajectories, then the engines alternate call by call `--repeat` times on the same key;
+"padded" engine before issue 21; "padded:sort" is that engine with the top-p nucleus found by
+sorting the vocabulary, `SamplingParams(nucleus="sort")`, the rollout as it was when issue 21
+was filed): a warm-up run of each compiles and checks that all give the same trajectories (the
+sort and the bisection may part at a cutoff within f32 rounding of top-p: the rows that differ
+are counted), then the arms alternate call by call `--repeat` times on the same key;
 each run's counters (`EngineStats`) split its time into decode, append, retrieval and host.
 The policy is the base model, or with `--policy WORKDIR` the latest params of a training run
 (`python -m searche1_jax.main --workdir=WORKDIR`; WORKDIR/checkpoints also works), restored by
@@ -25,9 +28,10 @@ kind, rows computed (bucket) and cache window, how many calls, decode steps and 
 
     python benchmarks/sampler.py generate [--batch 16] [--new 256] [--repeat 3] [--only ours|torch]
                                           [--decode-kernels auto|on|off]
-    python benchmarks/sampler.py agent [--batch 16] [--group 5] [--repeat 3] [--engines packed,padded]
+    python benchmarks/sampler.py agent [--batch 16] [--group 5] [--repeat 3] [--engines packed,padded,padded:sort]
                                        [--policy WORKDIR] [--calls]
-    python benchmarks/sampler.py profile   # per-step decode time vs batch and budget (ours)
+    python benchmarks/sampler.py profile [--batches 1 4 16] [--sampling greedy|bisect|sort]
+                                         # per-step decode time vs batch (ours)
     python benchmarks/sampler.py append --batch 40 [--repeat 3]   # the agent run's observation append
 
 `append`: the call that dominates a trained policy's rollout besides decode (issue 21): every
@@ -269,6 +273,9 @@ def cmd_profile(args):
     model, cfg, tok = load_ours()
     print(f"{load_line()}")
     weight_bytes = 4 * cfg.num_params
+    params = (SamplingParams(greedy=True) if args.sampling == "greedy" else
+              SamplingParams(temperature=1.0, top_p=0.95, nucleus=args.sampling))
+    print(f"sampling: {params}")
     for b in args.batches:
         prompts = chat_prompts(tok, b)
         width = 64
@@ -282,8 +289,11 @@ def cmd_profile(args):
         state = jax.block_until_ready(append(model, state, jnp.asarray(toks), n, jnp.int32(0)))
         times = {}
         for steps in (args.new // 4, args.new):
-            f = functools.partial(decode, model, state, jnp.ones((b,), bool), jax.random.key(0), max_new=steps,
-                                  params=SamplingParams(greedy=True), speed=_speed(args, b), **no_stop)
+            # decode donates its state: each call decodes a fresh copy (the marginal cost per
+            # step below cancels the copy's time)
+            def f(steps=steps, state=state, b=b, no_stop=no_stop):
+                return decode(model, jax.tree.map(jnp.copy, state), jnp.ones((b,), bool), jax.random.key(0),
+                              max_new=steps, params=params, speed=_speed(args, b), **no_stop)
             jax.block_until_ready(f())
             t = time.perf_counter()
             jax.block_until_ready(f())
@@ -373,12 +383,13 @@ def cmd_agent(args):
     agents = {e: SearchAgent(tok, retriever, stop, AgentConfig(
         max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
         max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
-        max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket, engine=e),
+        max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket, engine=e.split(":")[0]),
         chat_template=r.chat_template) for e in engines}
     with open(c.data.train) as f:
         distinct = [json.loads(line)["question"] for line, _ in zip(f, range(args.batch))]
     questions = [q for q in distinct for _ in range(args.group)]  # question-major, as roll_out
-    sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
+    sampling = {e: SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                  nucleus=e.split(":")[1] if ":" in e else "bisect") for e in engines}
     calls = CallLog() if args.calls else None
     print(f"policy: {args.policy or 'base SmolLM2-135M-Instruct (GGUF)'}")
     print(f"{load_line()}; BM25 over {retriever.num_passages} demo passages built in {build:.1f} s")
@@ -389,7 +400,7 @@ def cmd_agent(args):
     trajs = {}
     for e, agent in agents.items():
         t = time.perf_counter()
-        trajs[e] = agent.run(model, questions, key, sampling)
+        trajs[e] = agent.run(model, questions, key, sampling[e])
         st = agent.take_stats()
         print(f"  warm-up {e}: {time.perf_counter() - t:.1f} s ({st.decode_compiles} decode + "
               f"{st.append_compiles} append/prefill executables built)  [{load_line()}]", flush=True)
@@ -397,6 +408,10 @@ def cmd_agent(args):
     same = all((x.response_ids, x.loss_mask) == (y.response_ids, y.loss_mask)
                for t2 in trajs.values() for x, y in zip(ref, t2))
     print(f"  same trajectories (tokens, loss masks) from every engine: {same}")
+    if not same:
+        for e, t2 in trajs.items():
+            differ = sum((x.response_ids, x.loss_mask) != (y.response_ids, y.loss_mask) for x, y in zip(ref, t2))
+            print(f"    {e}: {differ} of {len(ref)} rows differ from {engines[0]}'s")
 
     tables = {}
 
@@ -405,7 +420,7 @@ def cmd_agent(args):
             if calls:
                 calls.calls, calls.on = [], True
             t = time.perf_counter()
-            out = agents[e].run(model, questions, key, sampling)
+            out = agents[e].run(model, questions, key, sampling[e])
             print(f"    {e}: {time.perf_counter() - t:.1f} s  [{load_line()}]", flush=True)
             if calls:
                 calls.on, tables[e] = False, calls.table()
@@ -434,8 +449,8 @@ def cmd_agent(args):
         turns[t.num_searches] = turns.get(t.num_searches, 0) + 1
     print(f"  {sampled} kept sampled tokens, {sum(t.num_searches for t in last[engines[0]])} searches, "
           f"finish reasons {finish}, rows by searches {dict(sorted(turns.items()))}")
-    if len(engines) == 2:
-        a, b = engines
+    a = engines[0]
+    for b in engines[1:]:
         print(f"  {b} / {a} wall (medians of {args.repeat}, alternating): {med[b] / med[a]:.2f}x")
 
 
@@ -451,9 +466,13 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--group", type=int, default=5, help="agent: rows per question (GRPO's G)")
-    ap.add_argument("--engines", default="packed,padded", help="agent: config.rollout.engine values to compare")
+    ap.add_argument("--engines", default="packed,padded,padded:sort",
+                    help="agent: arms to compare, each config.rollout.engine[:nucleus] (SamplingParams.nucleus, "
+                         "default bisect); the first is the baseline of the ratios")
     ap.add_argument("--policy", default="", help="agent: a training run's workdir (or WORKDIR/checkpoints): "
                     "its latest params instead of the base model")
+    ap.add_argument("--sampling", choices=("greedy", "bisect", "sort"), default="greedy",
+                    help="profile: greedy, or temperature 1 and top-p 0.95 with that SamplingParams.nucleus")
     ap.add_argument("--calls", action="store_true", help="agent: per-call table of the device calls (profile)")
     args = ap.parse_args()
     {"generate": cmd_generate, "agent": cmd_agent, "profile": cmd_profile, "append": cmd_append}[args.what](args)

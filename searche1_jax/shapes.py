@@ -29,6 +29,23 @@ def next_pow2(n: int, lo: int = 1) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def append_width(n: int, bucket: int) -> int:
+    """Token width of an append of up to n tokens: the smaller of n rounded up to `bucket` (the
+    prompts' multiple) and the smallest 2^k or 3 x 2^(k-1) (at least 16) that holds n. An append
+    computes every position of its width, so 96 observation tokens cost 96, not the 128 of a
+    multiple of 64 (0.76x the append's time, RESULTS); the widths stay few (logarithmic in n)."""
+    half_steps = next(w for w in _doubling(16) if w >= n)
+    return min(round_up(n, bucket), half_steps)
+
+
+def _doubling(lo: int):
+    p = lo
+    while True:
+        yield p
+        yield 3 * p // 2
+        p *= 2
+
+
 def row_buckets(n_rows: int) -> list[int]:
     """The working-set sizes for a batch of n_rows, ascending: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
     below n_rows, then n_rows itself. Half-steps between the powers of two keep a call's padding

@@ -1,6 +1,6 @@
 import pytest
 
-from searche1_jax.shapes import ceil_div, next_pow2, round_up
+from searche1_jax.shapes import append_width, ceil_div, next_pow2, round_up
 
 
 @pytest.mark.parametrize("n,m,want", [(0, 4, 0), (1, 4, 4), (4, 4, 4), (5, 4, 8), (129, 64, 192), (7, 1, 7)])
@@ -44,3 +44,14 @@ def test_a_rollout_chunk_must_suit_every_phase():
     # (OFSD's chunk is 5 groups = 40 > 32 rows, which is not a whole number of chunks)
     assert rollout_chunk_ok(40, [(40, 5)], 4) and not rollout_chunk_ok(40, [(40, 5), (32, 8)], 4)
     assert rollout_chunk_ok(0, [(40, 5), (32, 8)], 4)
+
+
+@pytest.mark.parametrize("n, bucket, want", [
+    (96, 64, 96),     # an observation cut at 96 tokens: 96, not the multiple of 64 (128)
+    (97, 64, 128), (20, 64, 24), (16, 64, 16), (1, 64, 16), (64, 64, 64), (65, 64, 96),
+    (300, 64, 320),   # the multiple of 64 when it is the smaller: 320 < 384
+    (500, 64, 512), (8, 4, 8),
+])
+def test_append_width_is_the_smaller_of_the_multiple_and_the_half_step_power_of_two(n, bucket, want):
+    assert append_width(n, bucket) == want
+    assert append_width(n, bucket) >= n

@@ -12,9 +12,12 @@ Two engines, the same trajectories (tests/rollout/test_engine.py):
   On a mesh the cache's rows are split over devices and each device packs its own live rows
   into its part of the bucket (`packing.pack_rows`: buckets are per shard x shards, set by the
   fullest shard), so the gather never crosses devices (issue 20); the bounds above then hold
-  for the fullest shard.
+  for the fullest shard. A call whose bucket is the whole batch runs it in place (no gather of
+  the rows' windows), and an append's tokens are padded to `shapes.append_width` (96
+  observation tokens compute 96 positions, not 128).
 - "padded": the engine before issue 21, kept for comparison: every row prefills its own prompt,
-  and every row of the batch is computed in every decode step and every append, finished or not.
+  and every row of the batch is computed in every decode step and every append, finished or not,
+  appends padded to a multiple of the prompts' bucket.
 
 A row's i-th token of a turn is drawn with fold_in(fold_in(fold_in(key, turn), row), i) in both,
 so a row samples the same tokens whichever batch it runs in.
@@ -33,7 +36,7 @@ from searche1_jax.model.transformer import init_cache
 from searche1_jax.rollout.packing import pack_rows, row_shards
 from searche1_jax.rollout.sampler import (RUNNING, SamplingParams, append, decode, decode_window, empty_state,
                                           prefill_shared, rewind)
-from searche1_jax.shapes import round_up, row_bucket, row_buckets  # noqa: F401 (row_buckets: tests)
+from searche1_jax.shapes import append_width, round_up, row_bucket, row_buckets  # noqa: F401 (row_buckets: tests)
 
 ENGINES = ("packed", "padded")
 
@@ -162,13 +165,12 @@ class RowEngine:
         running = list(live)
         while running:
             t0 = time.perf_counter()
+            idx, rows, exit_below = np.arange(self.b, dtype=np.int32), None, 0
             if self.packed:  # leave when every shard's running rows fit the bucket below
                 blocks, exit_below = self._bucket(running)
-                idx, rows = blocks.reshape(-1), jnp.asarray(blocks)
-                active = idx < self.b
-            else:
-                idx, rows, exit_below = np.arange(self.b, dtype=np.int32), None, 0
-                active = np.isin(idx, running)
+                if blocks.size < self.b:  # (a full bucket runs the batch in place: no gather)
+                    idx, rows = blocks.reshape(-1), jnp.asarray(blocks)
+            active = np.isin(idx, running)
             nb, safe = len(idx), np.minimum(idx, self.b - 1)
             window = decode_window([self.length[r] + max_new - done[r] for r in running], 0, self.max_len)
             model, speed = self._decoder(nb)
@@ -207,19 +209,21 @@ class RowEngine:
 
     def append(self, rows: dict[int, list[int]], bucket: int):
         """Append token lists to some rows (fresh logits, stop automaton reset); "packed": only
-        those rows are computed."""
+        those rows are computed, their tokens padded to `shapes.append_width` ("padded": to a
+        multiple of `bucket`, the prompts' multiple)."""
         if not rows:
             return
         t0 = time.perf_counter()
-        width = round_up(max(len(v) for v in rows.values()), bucket)
+        longest = max(len(v) for v in rows.values())
+        width = append_width(longest, bucket) if self.packed else round_up(longest, bucket)
         ends = [self.length[r] + len(ids) for r, ids in rows.items()]
         window = decode_window(ends, 0, self.max_len)  # the filled part of the cache
+        seqs, kw = [rows.get(r, []) for r in range(self.b)], {}
         if self.packed:
             blocks, _ = self._bucket(sorted(rows))
-            seqs = [rows.get(int(r), []) for r in blocks.reshape(-1)]
-            kw = dict(rows=jnp.asarray(blocks))
-        else:
-            seqs, kw = [rows.get(r, []) for r in range(self.b)], {}
+            if blocks.size < self.b:  # (a full bucket appends in place: no gather)
+                seqs = [rows.get(int(r), []) for r in blocks.reshape(-1)]
+                kw = dict(rows=jnp.asarray(blocks))
         toks, n = _padded(seqs, len(seqs), width)
         self.state = append(self.model, self.state, jnp.asarray(toks), jnp.asarray(n), jnp.int32(self.start),
                             window=window, **kw)

@@ -37,15 +37,19 @@ from searche1_jax.rollout.stop import step as stop_step
 from searche1_jax.shapes import next_pow2
 
 RUNNING, STOPPED, EOS, BUDGET = 0, 1, 2, 3
+NUCLEUS = ("bisect", "sort")
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """greedy overrides the rest. top_k = 0 and top_p = 1.0 disable those filters."""
+    """greedy overrides the rest. top_k = 0 and top_p = 1.0 disable those filters. nucleus: how
+    the top-p set is found, one of NUCLEUS: "bisect" (default) or "sort" (a sort of the whole
+    vocabulary: the form as written, 30x slower on XLA:CPU; the rollout before issue 21)."""
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     greedy: bool = False
+    nucleus: str = "bisect"
 
     def __post_init__(self):
         if not self.greedy and self.temperature <= 0:
@@ -54,6 +58,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.nucleus not in NUCLEUS:
+            raise ValueError(f"nucleus must be one of {NUCLEUS}, got {self.nucleus!r}")
 
 
 class DecodeState(NamedTuple):
@@ -80,14 +86,20 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
         kth = jax.lax.top_k(logits, params.top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if params.top_p < 1.0:
-        order = jnp.argsort(-logits, axis=-1)
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        # keep a token if the mass strictly before it is < top_p (always keeps the first): the
-        # first n_keep tokens of the (stable) order, since that mass only grows along it
-        n_keep = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < params.top_p, axis=-1, keepdims=True)
-        logits = jnp.where(_first_in_order(logits, sorted_logits, n_keep), logits, -jnp.inf)
+        keep = (_nucleus if params.nucleus == "bisect" else _nucleus_sorted)(logits, params.top_p)
+        logits = jnp.where(keep, logits, -jnp.inf)
     return logits
+
+
+def _nucleus_sorted(logits: jax.Array, top_p: float) -> jax.Array:
+    """[B, V] bool: the top-p nucleus by a stable descending sort of each row: keep a token if
+    the mass strictly before it is < top_p (always keeps the first): the first n_keep tokens of
+    the order, since that mass only grows along it."""
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    n_keep = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < top_p, axis=-1, keepdims=True)
+    return _first_in_order(logits, sorted_logits, n_keep)
 
 
 def _first_in_order(logits, sorted_logits, n_keep):
@@ -101,6 +113,47 @@ def _first_in_order(logits, sorted_logits, n_keep):
     tied = logits == cutoff
     room = n_keep - jnp.sum(above, axis=-1, keepdims=True)
     return above | (tied & (jnp.cumsum(tied, axis=-1) <= room))
+
+
+def _ordered_keys(x: jax.Array) -> jax.Array:
+    """uint32 keys of f32 values in the same order as the values (-inf lowest, +inf highest; -0
+    and +0 one key, as they compare equal)."""
+    bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, 0.0, x).astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _nucleus(logits: jax.Array, top_p: float) -> jax.Array:
+    """[B, V] bool: the top-p nucleus of each row, without sorting the vocabulary.
+
+    The nucleus as written (Search-R1's, HF's): in the stable descending order, keep a token if
+    the probability mass strictly before it is < top_p. Its last value c* is the lowest logit
+    whose mass strictly above it, M(c*), is < top_p; since M only grows as the threshold falls,
+    a bisection over the 2^32 ordered keys of f32 finds c* exactly in 32 masked sums over the
+    vocabulary. Tokens above c* are kept; tokens tied at c* are kept in index order (the stable
+    sort's) while the mass before them stays < top_p. A sort of [B, V] was 430 ms a decode step
+    at 40 rows x 49,152 on XLA:CPU; this is 15 ms. The masses are summed in index order rather
+    than sorted order, so a cutoff within f32 rounding of top_p may fall one token apart."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    keys = _ordered_keys(logits)
+    hi = jnp.max(keys, axis=-1)            # M(max) = 0 < top_p: the predicate holds at hi
+    lo = jnp.min(keys, axis=-1) - 1        # M(below min) = 1 >= top_p: it fails at lo
+
+    def above(key):
+        return jnp.sum(jnp.where(keys > key[:, None], probs, 0.0), axis=-1)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        ok = above(mid) < top_p
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    _, cut = jax.lax.fori_loop(0, 32, halve, (lo, hi))   # hi - lo < 2^32 halves to 1 in 32
+    cut = cut[:, None]
+    tied = keys == cut
+    mass_above = jnp.sum(jnp.where(keys > cut, probs, 0.0), axis=-1, keepdims=True)
+    p_tied = jnp.max(jnp.where(tied, probs, 0.0), axis=-1, keepdims=True)
+    rank = jnp.cumsum(tied, axis=-1) - 1                  # 0, 1, ... among the tied, by index
+    return (keys > cut) | (tied & (mass_above + rank * p_tied < top_p))
 
 
 def sample(logits: jax.Array, key: jax.Array, params: SamplingParams):

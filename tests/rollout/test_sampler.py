@@ -1,4 +1,5 @@
 """The jitted decode loop against transformers' greedy generate, and its compile behaviour."""
+import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -286,3 +287,42 @@ def test_prefill_shared_equals_appending_each_rows_prompt(tiny):
     np.testing.assert_allclose(np.asarray(shared.logits), np.asarray(ref.logits), atol=1e-5)
     for x, y in zip(shared.cache.k + shared.cache.v, ref.cache.k + ref.cache.v):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+
+
+def mass_before(logits: np.ndarray) -> np.ndarray:
+    """[B, V] float64: each token's probability mass strictly before it in the stable
+    descending order."""
+    out = np.zeros(logits.shape)
+    for b, row in enumerate(logits.astype(np.float64)):
+        order = np.argsort(-row, kind="stable")
+        probs = np.exp(row[order] - row.max())
+        probs /= probs.sum()
+        out[b, order] = np.cumsum(probs) - probs
+    return out
+
+
+@pytest.mark.parametrize("p", [0.5, 0.95])
+def test_top_p_bisection_equals_the_sort_at_a_vocabulary_of_49152(p):
+    """The bisection (default) against the sort of the whole vocabulary and numpy's stable sort,
+    on rows of SmolLM2's vocabulary size: peaked and flat rows, a top-k cut, a temperature."""
+    rng = np.random.default_rng(1)
+    logits = (rng.normal(size=(6, 49152)) * np.array([[8.0], [3.0], [1.0], [0.3], [3.0], [3.0]])).astype(np.float32)
+    logits[4, :5] = logits[4].max() + 1.0        # five tied at the top
+    for params in (SamplingParams(top_p=p), SamplingParams(top_p=p, top_k=100, temperature=0.7)):
+        got = np.isfinite(np.asarray(filter_logits(jnp.asarray(logits), params)))
+        by_sort = np.isfinite(np.asarray(filter_logits(
+            jnp.asarray(logits), dataclasses.replace(params, nucleus="sort"))))
+        np.testing.assert_array_equal(got, by_sort)
+        scaled = logits / params.temperature
+        if params.top_k:
+            scaled = np.where(scaled < np.sort(scaled, axis=-1)[:, -params.top_k:-params.top_k + 1],
+                              -np.inf, scaled)
+        # numpy in float64: exact but where the mass before a token is within f32 rounding of
+        # p (a flat row's cutoff sums ~40,000 probabilities of ~2e-5: neighbours differ by less)
+        before = mass_before(scaled)
+        clear = np.abs(before - p) > 1e-5
+        np.testing.assert_array_equal(got[clear], (before < p)[clear])
+        assert (~clear).sum() <= 12                # of 294,912
+    assert 1 < got[3].sum() < got.shape[1]         # the flat row keeps many tokens, not all
+    with pytest.raises(ValueError, match="nucleus"):
+        SamplingParams(top_p=p, nucleus="heap")
