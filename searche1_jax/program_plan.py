@@ -8,8 +8,8 @@ these estimates. Pure functions of the config's numbers: no jax. Programs:
   ofsd     one OFSD update: ofsd.mini_batch students as [M, ofsd.micro_batch, ...]
   decode   a decode call of the rollout engine on every row of a rollout chunk (the first turn:
            all rows live), max_turn_tokens new tokens, window = the whole cache
-  append   an observation appended to every row of the chunk (width max_obs_tokens rounded up
-           to rollout.prompt_bucket), window = the whole cache
+  append   an observation appended to every row of the chunk (width max_obs_tokens padded as
+           the engine pads it: `shapes.append_width`), window = the whole cache
   prefill  each distinct prompt of the chunk prefilled once and copied to its G rows
 
 Sizes are worst cases at `--fill` (1 = the budgets used up): what the buffers must hold.
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from searche1_jax.shapes import next_pow2, round_up, row_bucket, rollout_chunk_ok, rollout_devices, rollout_phases
+from searche1_jax.shapes import (append_width, next_pow2, round_up, row_bucket, rollout_chunk_ok, rollout_devices,
+                                  rollout_phases)
 
 PROGRAMS = ("grpo", "logps", "ofsd", "decode", "append", "prefill")
 ROLLOUT_PROGRAMS = ("decode", "append", "prefill")
@@ -79,7 +80,8 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
         rollout_rows=chunk,
         rollout_devices=rollout_devices(mesh["data"] * mesh["fsdp"], devices, processes, c.rollout.replica_tensor),
         prompt_len=prompt, cache_len=prompt + run.max_response_tokens, max_new=c.rollout.max_turn_tokens,
-        append_width=round_up(c.rollout.max_obs_tokens, c.rollout.prompt_bucket),
+        append_width=(append_width if c.rollout.engine == "packed" else round_up)(
+            c.rollout.max_obs_tokens, c.rollout.prompt_bucket),
         prefill_rows=row_bucket(max(chunk // group, 1), chunk),
         prefill_window=min(next_pow2(run.prompt_tokens, 64), prompt + run.max_response_tokens),
         processes=processes, top_p=float(c.rollout.top_p), top_k=int(c.rollout.top_k),
