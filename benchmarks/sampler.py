@@ -303,7 +303,7 @@ def cmd_profile(args):
         print(f"  batch {b:3d}: {1e3 * per_step:6.1f} ms/step (marginal, {lo}->{hi} steps), "
               f"{b / per_step:7.1f} tok/s, weights {weight_bytes / per_step / 1e9:5.1f} GB/s; "
               f"{hi} steps {times[hi]:.2f} s; decode executables cached: "
-              f"{decode._cache_size() if hasattr(decode, '_cache_size') else '?'}  [{load_line()}]")
+              f"{decode.jitted._cache_size()}  [{load_line()}]")
 
 
 def cmd_append(args):
