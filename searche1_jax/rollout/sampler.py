@@ -44,7 +44,8 @@ NUCLEUS = ("bisect", "sort")
 class SamplingParams:
     """greedy overrides the rest. top_k = 0 and top_p = 1.0 disable those filters. nucleus: how
     the top-p set is found, one of NUCLEUS: "bisect" (default) or "sort" (a sort of the whole
-    vocabulary: the form as written, 30x slower on XLA:CPU; the rollout before issue 21)."""
+    vocabulary: the form as written, and the rollout before issue 21; on XLA:CPU it made a
+    40-row sampling step 8x slower)."""
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -139,7 +140,7 @@ def _nucleus(logits: jax.Array, top_p: float) -> jax.Array:
     sort's) while the mass before them stays < top_p. Every step is a row-wise pass, so rows
     split over devices communicate nothing (a `lax.top_k` pre-selection would: XLA gathers its
     rows; and a branch on any row's state needs every row's). At 16 rows x 49,152 on XLA:CPU a
-    decode step of SmolLM2 took 245 ms with the sort, 65 with this, 52 greedy (benchmarks/
+    decode step of SmolLM2 took 248 ms with the sort, 65 with this, 57 greedy (benchmarks/
     sampler.py profile). Masses are summed in index order rather than sorted order, so a cutoff
     within f32 rounding of top_p may fall one token apart."""
     lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
