@@ -169,17 +169,22 @@ def test_filter_logits_top_k_and_top_p_against_numpy():
         SamplingParams(top_p=0.0)
 
 
-def numpy_top_p(logits: np.ndarray, p: float) -> np.ndarray:
-    """The nucleus as written: sort each row (stable, descending), keep the tokens whose mass
-    strictly before them is < p, put the mask back in vocabulary order."""
-    keep = np.zeros(logits.shape, bool)
-    for b, row in enumerate(logits):
+def mass_before(logits: np.ndarray) -> np.ndarray:
+    """[B, V] float64: each token's probability mass strictly before it in the stable
+    descending order."""
+    out = np.zeros(logits.shape)
+    for b, row in enumerate(logits.astype(np.float64)):
         order = np.argsort(-row, kind="stable")
         probs = np.exp(row[order] - row.max())
         probs /= probs.sum()
-        before = np.cumsum(probs) - probs
-        keep[b, order] = before < p
-    return keep
+        out[b, order] = np.cumsum(probs) - probs
+    return out
+
+
+def numpy_top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """The nucleus as written: sort each row (stable, descending), keep the tokens whose mass
+    strictly before them is < p, in vocabulary order."""
+    return mass_before(logits) < p
 
 
 @pytest.mark.parametrize("p", [0.31, 0.81, 0.95])  # not multiples of 1/50: no rounding at the cutoff
@@ -287,18 +292,6 @@ def test_prefill_shared_equals_appending_each_rows_prompt(tiny):
     np.testing.assert_allclose(np.asarray(shared.logits), np.asarray(ref.logits), atol=1e-5)
     for x, y in zip(shared.cache.k + shared.cache.v, ref.cache.k + ref.cache.v):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
-
-
-def mass_before(logits: np.ndarray) -> np.ndarray:
-    """[B, V] float64: each token's probability mass strictly before it in the stable
-    descending order."""
-    out = np.zeros(logits.shape)
-    for b, row in enumerate(logits.astype(np.float64)):
-        order = np.argsort(-row, kind="stable")
-        probs = np.exp(row[order] - row.max())
-        probs /= probs.sum()
-        out[b, order] = np.cumsum(probs) - probs
-    return out
 
 
 @pytest.mark.parametrize("p", [0.5, 0.95])
