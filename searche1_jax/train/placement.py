@@ -28,6 +28,19 @@ def default_sharding() -> SingleDeviceSharding:
     return SingleDeviceSharding(jax.devices()[0])
 
 
+def committed(tree):
+    """`tree` with each uncommitted array leaf committed to the device it is on (no copy: the
+    same buffer). A jitted program's HLO records which of its arguments are committed, so an
+    array that becomes committed mid-run (any orbax restore is: the parked optimiser, the parked
+    reference, a resumed checkpoint; and any jit output computed from one) makes every program it
+    feeds compile again, with no hit in the persistent cache. Measured on the demo: after the
+    second GRPO update (the first to read the parked optimiser back), OFSD's rollouts and the
+    final eval compiled 28 programs again (113 s). A run's params start committed."""
+    def leaf(x):
+        return jax.device_put(x, x.sharding) if isinstance(x, jax.Array) and not x.committed else x
+    return jax.tree.map(leaf, tree)
+
+
 def abstract(tree):
     """Each array leaf as a ShapeDtypeStruct with its sharding (none: the default device).
     Concrete arrays are only described, never copied."""

@@ -25,7 +25,7 @@ from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
 from searche1_jax.train.geometry import check_geometry
 from searche1_jax.train.layout import Population, SingleRun, member_mesh
-from searche1_jax.train.placement import abstract
+from searche1_jax.train.placement import abstract, committed
 from searche1_jax.train.reference import INITIAL
 from searche1_jax.train.state import Binder, TrainState, params_of
 from searche1_jax.train.steps import HYPER_FIELDS, StepConfig, hyper_of, lr_at, make_steps
@@ -157,7 +157,8 @@ class Experiment:
 
         self.layout = (Population(self.n, member_mesh(self.n, devices)) if population
                        else SingleRun(model_mesh, rules, c.rollout.weights, c.rollout.replica_tensor))
-        self._init_params = self.layout.stack(member_params)
+        # committed, as every restored array is: programs then see one layout all run (placement.py)
+        self._init_params = committed(self.layout.stack(member_params))
         self.abstract_params = abstract(self._init_params)  # shapes, dtypes, shardings: restore targets
         del member_params
 

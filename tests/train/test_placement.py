@@ -138,3 +138,35 @@ def test_a_trainer_resumes_onto_abstract_targets_with_every_leaf_placed_like_its
     for got, want in ((state.params, s0.params), (state.opt_state, s0.opt_state), (state.ref_params, s0.ref_params)):
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_committed_params_lower_like_restored_ones_so_programs_do_not_compile_again(tmp_path):
+    """A program's HLO records which arguments are committed, and an orbax restore (the parked
+    optimiser, the parked reference, a resumed run) gives committed arrays: `committed` makes
+    fresh params lower to the same HLO as restored ones (one executable, one persistent-cache
+    entry), where the uncommitted ones lower to another. No copy is made."""
+    import orbax.checkpoint as ocp
+
+    from searche1_jax.train.placement import committed
+
+    params = params_of(create_model(CFG, seed=3))
+    assert not any(x.committed for x in jax.tree.leaves(params))  # as a fresh model comes
+    ocp.PyTreeCheckpointer().save(tmp_path / "p", params)
+    restored = ocp.PyTreeCheckpointer().restore(
+        tmp_path / "p", args=ocp.args.PyTreeRestore(
+            item=abstract(params), restore_args=ocp.checkpoint_utils.construct_restore_args(abstract(params))))
+    fixed = committed(params)
+    lower = lambda p: jax.jit(lambda q: jax.tree.map(lambda x: x * 2, q)).lower(p).as_text()  # noqa: E731
+    assert lower(fixed) == lower(restored)
+    assert lower(params) != lower(restored)  # the mismatch `committed` removes
+    for a, b in zip(jax.tree.leaves(fixed), jax.tree.leaves(params)):
+        assert a.committed and a.unsafe_buffer_pointer() == b.unsafe_buffer_pointer()
+    assert committed({"n": 3, "x": np.ones(2)})["n"] == 3  # non-jax leaves pass through
+
+
+def test_an_experiment_starts_with_committed_params():
+    from searche1_jax.train.setup import Experiment
+    from tests.train.test_bad_input import tiny_config
+
+    exp = Experiment(tiny_config())
+    assert all(x.committed for x in jax.tree.leaves(exp.initial_params()))
