@@ -33,7 +33,11 @@ def get_config(arg: str = ""):
     c.rollout.max_turn_tokens = 64
     c.rollout.max_obs_tokens = 96
     c.rollout.max_response_tokens = 448
-    c.rollout.max_rows = 8             # rows decoded at once (OFSD's 16 and the dev evals in 8s): memory
+    c.rollout.max_rows = 8             # rows decoded at once (OFSD's 32 and the dev evals in 8s): memory
+    # 1, 2, 4, 8 live rows, not 1, 2, 3, 4, 6, 8: at these batches a decode step's time is mostly
+    # reading the weights (8 rows 38 ms a step, 16 rows 58), and each bucket is one more program
+    # per window to compile (2-4 s) and to read back in every phase (free_programs, ~0.5 s)
+    c.rollout.row_buckets = "pow2"
     # the 135M model cannot follow the protocol zero-shot (reward 0, nothing to learn from):
     # a supervised warm start on trajectories rendered from the shipped questions' paragraphs
     c.sft.enabled = True

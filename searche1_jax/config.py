@@ -103,6 +103,7 @@ def base() -> ml_collections.ConfigDict:
     c.rollout.max_rows = 0         # trajectories decoded at once, whole groups (0 = all): bounds memory
     c.rollout.engine = "packed"    # one prefill per question, finished rows leave the batch (issue 21);
                                    # "padded": every row computed to the end (same trajectories)
+    c.rollout.row_buckets = "half"  # packed calls' row buckets: 1, 2, 3, 4, 6, 8, ...; "pow2": 1, 2, 4, 8, ...
     c.rollout.weights = "replica"  # decode from a compute-dtype copy whole over data x fsdp, made once a
                                    # step (issue 21): no weight all-gather in the decode loop; "train": the
                                    # FSDP params as they lie. No copy where it changes nothing (one device, fp32)

@@ -16,6 +16,7 @@ from searche1_jax.rl.grpo import KL_ESTIMATORS
 from searche1_jax.rollout.engine import ENGINES
 from searche1_jax.rollout.protocol import CHAT_TEMPLATE_MODES, REWARD_TEXT_MODES
 from searche1_jax.rollout.weights import WEIGHTS
+from searche1_jax.shapes import ROW_BUCKETS
 
 
 # The GRPO loss aggregations the trainer implements exactly under micro-batching (METHOD §2:
@@ -223,6 +224,11 @@ class RolloutSection(_Section):
         (0: 16). Chunked rollouts draw each chunk's keys from fold_in(key, chunk).
     engine: one of ENGINES (rollout/engine.py): "packed" prefills each distinct prompt once and
         computes only live rows; "padded" computes every row to the end. Same trajectories.
+    row_buckets: one of ROW_BUCKETS (shapes.py), the packed engine's working-set sizes: "half"
+        (1, 2, 3, 4, 6, 8, 12, ...: at most a third of a call's rows wasted) or "pow2" (1, 2, 4, 8,
+        ...: up to a half, a third fewer executables; for small batches on a CPU, where a decode
+        step's time is mostly reading the weights and each executable is a compile). Same
+        trajectories.
     weights: one of WEIGHTS (rollout/weights.py): "replica" decodes from a copy in the
         compute dtype, whole over data x fsdp and split over tensor, made once a step; "train"
         from the training params as they lie (FSDP: weights gathered at every decode step).
@@ -248,6 +254,7 @@ class RolloutSection(_Section):
     reward_text: str
     max_rows: int
     engine: str
+    row_buckets: str
     weights: str
     replica_tensor: int
 
@@ -265,6 +272,7 @@ class RolloutSection(_Section):
         _one_of("rollout", "reward_text", self.reward_text, REWARD_TEXT_MODES)
         _at_least("rollout", "max_rows", self.max_rows, 0, " (0 = every row in one call)")
         _one_of("rollout", "engine", self.engine, ENGINES)
+        _one_of("rollout", "row_buckets", self.row_buckets, ROW_BUCKETS)
         _one_of("rollout", "weights", self.weights, WEIGHTS)
         _at_least("rollout", "replica_tensor", self.replica_tensor, 1)
 

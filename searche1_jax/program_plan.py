@@ -82,7 +82,7 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
         prompt_len=prompt, cache_len=prompt + run.max_response_tokens, max_new=c.rollout.max_turn_tokens,
         append_width=(append_width if c.rollout.engine == "packed" else round_up)(
             c.rollout.max_obs_tokens, c.rollout.prompt_bucket),
-        prefill_rows=row_bucket(max(chunk // group, 1), chunk),
+        prefill_rows=row_bucket(max(chunk // group, 1), chunk, c.rollout.row_buckets),
         prefill_window=min(next_pow2(run.prompt_tokens, 64), prompt + run.max_response_tokens),
         processes=processes, top_p=float(c.rollout.top_p), top_k=int(c.rollout.top_k),
         packed=c.rollout.engine == "packed",

@@ -46,13 +46,20 @@ def _doubling(lo: int):
         p *= 2
 
 
-def row_buckets(n_rows: int) -> list[int]:
-    """The working-set sizes for a batch of n_rows, ascending: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
-    below n_rows, then n_rows itself. Half-steps between the powers of two keep a call's padding
-    and its early-exit waste under a third for twice the executables of powers of two alone."""
+ROW_BUCKETS = ("half", "pow2")  # config.rollout.row_buckets
+
+
+def row_buckets(n_rows: int, kind: str = "half") -> list[int]:
+    """The working-set sizes for a batch of n_rows, ascending, then n_rows itself. "half": 1, 2,
+    3, 4, 6, 8, 12, 16, 24, ... below n_rows: half-steps between the powers of two keep a call's
+    padding and its early-exit waste under a third, for twice the executables of powers of two
+    alone. "pow2": 1, 2, 4, 8, ...: waste up to a half, and a third fewer executables (each one
+    is a compile, and with config.train.free_programs a reload in every phase)."""
+    if kind not in ROW_BUCKETS:
+        raise ValueError(f"config.rollout.row_buckets must be one of {ROW_BUCKETS}, got {kind!r}")
     out, p = [], 1
     while p < n_rows:
-        out += [p] + ([3 * p // 2] if p >= 2 and 3 * p // 2 < n_rows else [])
+        out += [p] + ([3 * p // 2] if kind == "half" and p >= 2 and 3 * p // 2 < n_rows else [])
         p *= 2
     return out + [n_rows]
 
@@ -64,9 +71,9 @@ def nearest(value: int, ok: Callable[[int], bool], limit: int) -> list[int]:
     return [v for v in (below, above) if v is not None]
 
 
-def row_bucket(n: int, n_rows: int) -> int:
-    """The smallest of `row_buckets(n_rows)` that holds n rows (n <= n_rows)."""
-    return next(b for b in row_buckets(n_rows) if b >= n)
+def row_bucket(n: int, n_rows: int, kind: str = "half") -> int:
+    """The smallest of `row_buckets(n_rows, kind)` that holds n rows (n <= n_rows)."""
+    return next(b for b in row_buckets(n_rows, kind) if b >= n)
 
 
 def rollout_devices(batch_devices: int, devices: int, processes: int, replica_tensor: int = 1) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 from searche1_jax.rollout import protocol as P
 from searche1_jax.rollout.engine import ENGINES, EngineStats, RowEngine, compiled_counts
 from searche1_jax.rollout.sampler import SamplingParams
-from searche1_jax.shapes import round_up
+from searche1_jax.shapes import ROW_BUCKETS, round_up
 
 STOP_STRINGS = (P.SEARCH_CLOSE, P.ANSWER_CLOSE)
 
@@ -43,6 +43,7 @@ class AgentConfig:
     reward_text: str = "policy"   # where `Trajectory.answer` is read from: P.REWARD_TEXT_MODES
     engine: str = "packed"        # engine.ENGINES: "packed" (shared prefill, live rows only) or
                                   # "padded" (the engine before issue 21; same trajectories)
+    row_buckets: str = "half"     # shapes.ROW_BUCKETS: the packed engine's row buckets
 
     def __post_init__(self):
         for name in ("max_turns", "topk", "max_turn_tokens", "max_obs_tokens", "max_prompt_tokens",
@@ -51,6 +52,8 @@ class AgentConfig:
                 raise ValueError(f"config.rollout.{name} must be >= 1, got {getattr(self, name)}")
         if self.engine not in ENGINES:
             raise ValueError(f"config.rollout.engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.row_buckets not in ROW_BUCKETS:
+            raise ValueError(f"config.rollout.row_buckets must be one of {ROW_BUCKETS}, got {self.row_buckets!r}")
         if self.reward_text not in P.REWARD_TEXT_MODES:
             raise ValueError(f"config.rollout.reward_text must be one of {P.REWARD_TEXT_MODES}, "
                              f"got {self.reward_text!r}")
@@ -62,7 +65,7 @@ class AgentConfig:
         return cls(max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
                    max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
                    max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket,
-                   reward_text=r.reward_text, engine=r.engine)
+                   reward_text=r.reward_text, engine=r.engine, row_buckets=r.row_buckets)
 
 
 @dataclasses.dataclass
@@ -183,7 +186,7 @@ class SearchAgent:
         trajs = [Trajectory(*self.prompt_ids(q)) for q in questions]
         prompt_width = round_up(max(len(t.prompt_ids) for t in trajs), cfg.prompt_bucket)
         engine = RowEngine(model, b, prompt_width + cfg.max_response_tokens, self.start, engine=cfg.engine,
-                           stats=stats)
+                           stats=stats, buckets=cfg.row_buckets)
         engine.prefill([t.prompt_ids for t in trajs], cfg.prompt_bucket)
         room = lambda t: cfg.max_response_tokens - len(t.response_ids)  # noqa: E731
         # both closing tags end every turn; in the last one (searching disabled) a `</search>`

@@ -4,7 +4,7 @@ that prefill it, decode turns and append context on the rows that need it (issue
 Two engines, the same trajectories (tests/rollout/test_engine.py):
 - "packed" (default): each distinct prompt is prefilled once and its cache copied to the G rows
   of its group; a decode call runs only the rows still decoding, gathered into the next row
-  bucket (`row_buckets`: 2^k and 3 x 2^(k-1), at most the batch), and leaves the loop as soon as
+  bucket (`row_buckets`: 2^k and 3 x 2^(k-1), or 2^k alone, at most the batch), and leaves the loop as soon as
   the running rows fit the bucket below (they are re-packed and go on from where they were); an
   append computes only the rows that have something to append, in their own bucket. Decode
   cost follows live rows: a decode step computes at most 4/3 (3/2 for the smallest) of the rows
@@ -97,11 +97,13 @@ class RowEngine:
     each row's cache length on the host (`length`), from which it sizes every call's window.
     """
 
-    def __init__(self, model, n_rows: int, max_len: int, start: int, *, engine: str, stats: EngineStats):
+    def __init__(self, model, n_rows: int, max_len: int, start: int, *, engine: str, stats: EngineStats,
+                 buckets: str = "half"):
         if engine not in ENGINES:
             raise ValueError(f"config.rollout.engine must be one of {ENGINES}, got {engine!r}")
         self.model, self.b, self.start, self.stats = model, n_rows, start, stats
         self.packed = engine == "packed"
+        self.buckets = buckets  # shapes.ROW_BUCKETS: the packed calls' row buckets
         # created sharded on the model's mesh (a Transformer's own init_cache), rows over data x fsdp
         cache = (model.init_cache(n_rows, max_len) if hasattr(model, "init_cache")
                  else init_cache(model.cfg, n_rows, max_len))
@@ -124,7 +126,7 @@ class RowEngine:
     def _bucket(self, rows: list[int]) -> tuple[np.ndarray, int]:
         """(rows [shards, n] packed per shard and padded to the bucket n with the out-of-range
         index n_rows, the bucket below n): `packing.pack_rows`."""
-        return pack_rows(rows, self.b, self.shards)
+        return pack_rows(rows, self.b, self.shards, self.buckets)
 
     def prefill(self, prompts: list[list[int]], bucket: int):
         """Prefill row r with prompts[r]; "packed": each distinct prompt once."""
@@ -135,7 +137,7 @@ class RowEngine:
             distinct: dict[tuple, int] = {}
             owner = np.asarray([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], np.int32)
             uniq = [list(p) for p in distinct]
-            toks, n = _padded(uniq, row_bucket(len(uniq), self.b), width)
+            toks, n = _padded(uniq, row_bucket(len(uniq), self.b, self.buckets), width)
             self.state = prefill_shared(self.model, self.state, jnp.asarray(toks), jnp.asarray(n),
                                         jnp.asarray(owner), jnp.int32(self.start), window=window)
         else:

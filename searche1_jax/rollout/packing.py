@@ -29,12 +29,12 @@ def row_shards(x: jax.Array) -> int:
     return x.shape[0] // x.sharding.shard_shape(x.shape)[0]
 
 
-def pack_rows(live, n_rows: int, shards: int) -> tuple[np.ndarray, int]:
+def pack_rows(live, n_rows: int, shards: int, kind: str = "half") -> tuple[np.ndarray, int]:
     """The working rows of a call on rows `live` of a batch split into `shards` blocks.
 
     -> (rows [shards, n] int32, exit_below): block s holds the live rows of shard s (rows
     s*m .. (s+1)*m - 1, m = n_rows / shards) in `live`'s order, then padding (n_rows); n is the
-    smallest `row_buckets(m)` size that holds the fullest shard's rows, exit_below the bucket
+    smallest `row_buckets(m, kind)` size that holds the fullest shard's rows, exit_below the bucket
     below it (0 for the smallest): a decode can leave once no shard runs more rows than that,
     and the rows still running are re-packed into the smaller bucket. With one shard this is the
     single-device packing: live rows in order, padded to the next of `row_buckets(n_rows)`."""
@@ -49,7 +49,7 @@ def pack_rows(live, n_rows: int, shards: int) -> tuple[np.ndarray, int]:
     per = [[] for _ in range(shards)]
     for r in live:
         per[r // m].append(r)
-    buckets = row_buckets(m)
+    buckets = row_buckets(m, kind)
     i = bisect.bisect_left(buckets, max((len(p) for p in per), default=0))
     n = buckets[i]
     rows = np.asarray([p + [n_rows] * (n - len(p)) for p in per], np.int32)

@@ -156,6 +156,8 @@ def test_compilations_stay_within_the_bucket_bound_and_a_repeat_compiles_nothing
     slots = 32 * math.ceil(max(len(agent.prompt_ids(q)[0]) for q in QUESTIONS) / 32) + 150
     bound = len(row_buckets(16)) * (math.ceil(math.log2(slots / 64)) + 1)
     assert row_buckets(16) == [1, 2, 3, 4, 6, 8, 12, 16] and row_buckets(80)[-3:] == [48, 64, 80]
+    assert row_buckets(16, "pow2") == [1, 2, 4, 8, 16] and row_buckets(80, "pow2")[-3:] == [32, 64, 80]
+    assert row_buckets(12, "pow2") == [1, 2, 4, 8, 12] and row_buckets(1, "pow2") == [1]
     assert stats.decode_compiles == compiled_counts()[0] - before[0] <= bound
     agent.run(policy, questions, jax.random.key(0), SamplingParams(temperature=1.0))
     again = agent.take_stats()
@@ -163,6 +165,30 @@ def test_compilations_stay_within_the_bucket_bound_and_a_repeat_compiles_nothing
     m = again.metrics()
     assert m["row_steps_per_token"] >= 1.0 and m["prefill_tokens_per_question"] > 0
     assert m["decode_s"] > 0 and m["append_s"] > 0 and m["host_s"] >= 0
+
+
+def test_pow2_row_buckets_give_the_same_trajectories_from_fewer_bucket_sizes(tok):
+    """config.rollout.row_buckets = "pow2" changes which rows share a call, not what a row
+    computes: the same trajectories as "half", with at least as many row-steps, and decode
+    executables within the pow2 bound (5 row buckets for 12 rows, not 7)."""
+    from searche1_jax.rollout.engine import free_compiled
+    model = create_model(get_preset("tiny", vocab_size=tok.vocab_size), seed=3)
+    policy = steer(model, tok, SAMPLED, 1.0)
+    questions = [q for q in QUESTIONS for _ in range(3)]  # 12 rows: groups of 3
+    out = {}
+    for kind in ("half", "pow2"):
+        free_compiled()  # each kind's executables counted from none
+        agent = make_agent(tok, "packed", row_buckets=kind)
+        out[kind] = (agent.run(policy, questions, jax.random.key(4), SamplingParams(temperature=1.0)),
+                     agent.take_stats())
+    (half, s_half), (pow2, s_pow2) = out["half"], out["pow2"]
+    assert_same_trajectories(pow2, half)
+    assert len({turns_of(t) for t in half}) >= 2  # rows leave at different turns: buckets shrink
+    assert s_pow2.sampled_tokens == s_half.sampled_tokens and s_pow2.row_steps >= s_half.row_steps
+    slots = 32 * math.ceil(max(len(agent.prompt_ids(q)[0]) for q in QUESTIONS) / 32) + 220
+    assert s_pow2.decode_compiles <= len(row_buckets(12, "pow2")) * (math.ceil(math.log2(slots / 64)) + 1)
+    with pytest.raises(ValueError, match="config.rollout.row_buckets must be one of"):
+        make_agent(tok, "packed", row_buckets="thirds")
 
 
 def test_engine_stats_add_and_metrics():

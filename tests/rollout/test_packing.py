@@ -22,6 +22,19 @@ def test_one_shard_packs_live_rows_in_order_into_the_next_bucket():
     assert rows.tolist() == [[6]] and below == 0
 
 
+def test_pow2_buckets_pack_into_the_next_power_of_two():
+    # row_buckets(8, "pow2") = 1, 2, 4, 8: 3 live rows -> bucket 4 (one padding row), below 2
+    rows, below = pack_rows([5, 2, 7], 8, 1, "pow2")
+    assert rows.tolist() == [[5, 2, 7, 8]] and below == 2
+    rows, below = pack_rows([0, 1, 2, 3, 4], 8, 1, "pow2")  # 5 -> 8: the whole batch
+    assert rows.tolist() == [[0, 1, 2, 3, 4, 8, 8, 8]] and below == 4
+    # 16 rows on 2 shards of 8: the fullest shard's 3 rows set bucket 4 for both
+    rows, below = pack_rows([9, 0, 1, 2], 16, 2, "pow2")
+    assert rows.tolist() == [[0, 1, 2, 16], [9, 16, 16, 16]] and below == 2
+    with pytest.raises(ValueError, match=r"config.rollout.row_buckets must be one of \('half', 'pow2'\)"):
+        pack_rows([0], 8, 1, "thirds")
+
+
 def test_each_shard_packs_its_own_rows_into_a_common_bucket():
     # 16 rows on 4 shards of 4 (rows 0-3, 4-7, 8-11, 12-15); row_buckets(4) = 1, 2, 3, 4.
     # The fullest shard (0: rows 0, 1, 2) sets the bucket, 3; the others pad with 16.
