@@ -83,7 +83,9 @@ class PlacedInit:
         return self._jitted[key]
 
     def __call__(self, params, hyper):
-        return self._program(params, hyper)(params, hyper)
+        # committed on one device too, as the state reads back from disk (`committed`): the
+        # update's program is then the same before and after the optimiser is parked
+        return committed(self._program(params, hyper)(params, hyper))
 
     def abstract(self, params, hyper):
         """The state __call__ would create, as placed ShapeDtypeStructs: nothing is allocated."""

@@ -99,6 +99,7 @@ def test_one_device_state_is_created_and_described_on_that_device():
     target = steps.abstract_opt_state(abstract(params), HYPER)
     for t, r in zip(jax.tree.leaves(target), jax.tree.leaves(opt_state)):
         assert t.sharding.device_set == r.sharding.device_set == {jax.devices()[0]}
+        assert r.committed  # as a restored (parked) state is: one update program for both
     np.testing.assert_array_equal(np.asarray(moments(opt_state)[0]["embed"]), 0.0)
 
 
