@@ -33,7 +33,7 @@ def get_config(arg: str = ""):
     c.rollout.max_turn_tokens = 64
     c.rollout.max_obs_tokens = 96
     c.rollout.max_response_tokens = 448
-    c.rollout.max_rows = 8             # rows decoded at once (OFSD's 32 and the dev evals in 8s): memory
+    c.rollout.max_rows = 8             # rows decoded at once (OFSD's 32 in 8s; the dev evals: sft.eval_rows): memory
     # 1, 2, 4, 8 live rows, not 1, 2, 3, 4, 6, 8: at these batches a decode step's time is mostly
     # reading the weights (8 rows 38 ms a step, 16 rows 58), and each bucket is one more program
     # per window to compile (2-4 s) and to read back in every phase (free_programs, ~0.5 s)
@@ -48,6 +48,8 @@ def get_config(arg: str = ""):
     c.sft.micro_batch = 2              # 2 sequences per forward/backward: the step's activations (memory)
     c.sft.lr = 2e-4
     c.sft.eval_dev = 40                # greedy dev EM: base, after the warm start, at the end
+    c.sft.eval_rows = 20               # in 2 batches, not 5 of 8: fewer decode steps at 1-4 rows, where a
+                                       # step costs what 8 rows do; the cache +0.35 GB, below the warm start's peak
     c.grpo.steps_per_round = 2
     c.grpo.questions_per_step = 2
     c.grpo.mini_batch = 4              # trajectories per update: 2 x 4 = 8 a step, 2 updates

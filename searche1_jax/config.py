@@ -137,6 +137,7 @@ def base() -> ml_collections.ConfigDict:
     c.sft.warmup_steps = 2
     c.sft.length_bucket = 128
     c.sft.eval_dev = 0             # greedy dev EM on this many dev questions: base, warm, final
+    c.sft.eval_rows = 0            # rows such an eval decodes at once (0: rollout.max_rows, or 16)
     c.ofsd.enabled = True
     c.ofsd.questions = 512         # training questions rolled out per OFSD round
     c.ofsd.group_size = 5

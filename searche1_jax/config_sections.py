@@ -337,7 +337,9 @@ class SFTSection(_Section):
     contexts). steps: AdamW updates. batch: trajectories per update; micro_batch: per
     forward/backward. lr: its constant learning rate (after `warmup_steps` linear steps).
     length_bucket: padding multiple. eval_dev: greedy dev EM on this many config.data.dev
-    questions before the warm start, after it and at the end of the run (0 = none).
+    questions before the warm start, after it and at the end of the run (0 = none). eval_rows:
+    the rows such an eval decodes at once (0 = config.rollout.max_rows, or 16 when that is 0):
+    greedy evals compile programs of their own, so their batch need not be the rollouts'.
     """
     SECTION: ClassVar[str] = "sft"
     enabled: bool
@@ -350,11 +352,12 @@ class SFTSection(_Section):
     warmup_steps: int
     length_bucket: int
     eval_dev: int
+    eval_rows: int
 
     def __post_init__(self):
         for f in ("steps", "batch", "micro_batch", "length_bucket"):
             _at_least("sft", f, getattr(self, f), 1)
-        for f in ("questions", "warmup_steps", "eval_dev"):
+        for f in ("questions", "warmup_steps", "eval_dev", "eval_rows"):
             _at_least("sft", f, getattr(self, f), 0)
         _positive("sft", "lr", self.lr)
         _multiple("config.sft.batch", self.batch, "config.sft.micro_batch", self.micro_batch)

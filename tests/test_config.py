@@ -271,6 +271,7 @@ NUMERIC_OUT_OF_DOMAIN = {
     "sft.warmup_steps": (-1, r"config.sft.warmup_steps must be >= 0"),
     "sft.length_bucket": (0, r"config.sft.length_bucket must be >= 1"),
     "sft.eval_dev": (-1, r"config.sft.eval_dev must be >= 0"),
+    "sft.eval_rows": (-1, r"config.sft.eval_rows must be >= 0"),
     "ofsd.questions": (0, r"config.ofsd.questions must be >= 1"),
     "ofsd.group_size": (1, r"config.ofsd.group_size must be >= 2"),
     "ofsd.temperature": (0.0, r"config.ofsd.temperature must be > 0"),

@@ -385,7 +385,7 @@ class Trainer:
         for i in range(exp.n):
             policy = exp.policy(state.params, i)
             with failures_agreed("dev eval rollouts", rollout_failure(c.retrieval)):
-                em, trajs = greedy_em(exp.agent, policy, examples, batch=c.rollout.max_rows or 16)
+                em, trajs = greedy_em(exp.agent, policy, examples, batch=c.sft.eval_rows or c.rollout.max_rows or 16)
             rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs)})
             if jax.process_index() == 0:
                 name = f"{label}_member{i}" if exp.n > 1 else label

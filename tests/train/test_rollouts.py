@@ -45,3 +45,32 @@ def test_roll_out_chunks_whole_groups_with_folded_keys(max_rows):
     for i, gr in enumerate(groups):
         assert [t.answer for t in gr.trajectories] == [f"q{i}-0", f"q{i}-1"]
         np.testing.assert_array_equal(gr.rewards, [1.0, 0.0] if i % 2 == 0 else [0.0, 1.0])
+
+
+def test_greedy_em_is_the_same_whatever_its_batch():
+    """config.sft.eval_rows only changes how many rows a dev eval decodes at once: rows are
+    independent, so the trajectories and the EM are those of any other batch (5 questions, a
+    steered model that searches and answers, rows finishing at different turns)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from searche1_jax.model.checkpoint import smollm2_gguf_path
+    from searche1_jax.model.config import get_preset
+    from searche1_jax.model.create import create_model
+    from searche1_jax.model.tokenizer import Tokenizer
+    from searche1_jax.train.rollouts import greedy_em
+    from tests.rollout.test_engine import SAMPLED, make_agent, steer
+
+    tok = Tokenizer.from_gguf(smollm2_gguf_path())
+    model = create_model(get_preset("tiny", vocab_size=tok.vocab_size), seed=3)
+    nnx.update(model, jax.tree.map(lambda x: x * 8.0 if x.ndim >= 2 else jnp.asarray(x), nnx.state(model, nnx.Param)))
+    policy = steer(model, tok, {p: 1.0 for p in SAMPLED}, 1.0)
+    examples = [types.SimpleNamespace(question=q, golden_answers=[a]) for q, a in
+                [("Who wrote Hamlet?", "x"), ("Where is Paris?", "France"), ("What is 2+2?", "x"),
+                 ("Who painted the Mona Lisa?", "da Vinci"), ("Name a river.", "x")]]
+    agent = make_agent(tok, "packed", row_buckets="pow2")
+    em5, t5 = greedy_em(agent, policy, examples, batch=5)
+    em2, t2 = greedy_em(agent, policy, examples, batch=2)
+    assert [t.response_ids for t in t5] == [t.response_ids for t in t2]
+    np.testing.assert_array_equal(em5, em2)
+    assert len({len(t.sampled_segments()) for t in t5}) >= 2  # rows end at different turns
