@@ -221,12 +221,13 @@ class RolloutSection(_Section):
         policy's sampled text; "search_r1" [compat]: Search-R1's extraction over prompt + response).
     max_rows: the most trajectories one rollout call decodes at once (whole groups; >= 0, 0 = all
         at once): bounds the KV cache and the decode loop's memory. Also the greedy dev evals' batch
-        (0: 16). Chunked rollouts draw each chunk's keys from fold_in(key, chunk).
+        (0: 16) unless config.sft.eval_rows sets theirs. Chunked rollouts draw each chunk's keys
+        from fold_in(key, chunk).
     engine: one of ENGINES (rollout/engine.py): "packed" prefills each distinct prompt once and
         computes only live rows; "padded" computes every row to the end. Same trajectories.
     row_buckets: one of ROW_BUCKETS (shapes.py), the packed engine's working-set sizes: "half"
         (1, 2, 3, 4, 6, 8, 12, ...: at most a third of a call's rows wasted) or "pow2" (1, 2, 4, 8,
-        ...: up to a half, a third fewer executables; for small batches on a CPU, where a decode
+        ...: up to a half, fewer executables; for small batches on a CPU, where a decode
         step's time is mostly reading the weights and each executable is a compile). Same
         trajectories.
     weights: one of WEIGHTS (rollout/weights.py): "replica" decodes from a copy in the

@@ -53,8 +53,8 @@ def row_buckets(n_rows: int, kind: str = "half") -> list[int]:
     """The working-set sizes for a batch of n_rows, ascending, then n_rows itself. "half": 1, 2,
     3, 4, 6, 8, 12, 16, 24, ... below n_rows: half-steps between the powers of two keep a call's
     padding and its early-exit waste under a third, for twice the executables of powers of two
-    alone. "pow2": 1, 2, 4, 8, ...: waste up to a half, and a third fewer executables (each one
-    is a compile, and with config.train.free_programs a reload in every phase)."""
+    alone. "pow2": 1, 2, 4, 8, ...: waste up to a half, and fewer executables (4 for 8 rows, not
+    6; each is a compile, and with config.train.free_programs a reload in every phase)."""
     if kind not in ROW_BUCKETS:
         raise ValueError(f"config.rollout.row_buckets must be one of {ROW_BUCKETS}, got {kind!r}")
     out, p = [], 1

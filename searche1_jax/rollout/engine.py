@@ -4,11 +4,12 @@ that prefill it, decode turns and append context on the rows that need it (issue
 Two engines, the same trajectories (tests/rollout/test_engine.py):
 - "packed" (default): each distinct prompt is prefilled once and its cache copied to the G rows
   of its group; a decode call runs only the rows still decoding, gathered into the next row
-  bucket (`row_buckets`: 2^k and 3 x 2^(k-1), or 2^k alone, at most the batch), and leaves the loop as soon as
-  the running rows fit the bucket below (they are re-packed and go on from where they were); an
-  append computes only the rows that have something to append, in their own bucket. Decode
-  cost follows live rows: a decode step computes at most 4/3 (3/2 for the smallest) of the rows
-  that run at the call's start and at most 3/2 (2) of those still running at its end.
+  bucket (`row_buckets`: 2^k and 3 x 2^(k-1), at most the batch; config.rollout.row_buckets
+  "pow2": 2^k alone), and leaves the loop as soon as the running rows fit the bucket below (they
+  are re-packed and go on from where they were); an append computes only the rows that have
+  something to append, in their own bucket. Decode cost follows live rows: a decode step
+  computes at most 4/3 (3/2 for the smallest) of the rows that run at the call's start and at
+  most 3/2 (2) of those still running at its end ("pow2": at most 2x and 2x).
   On a mesh the cache's rows are split over devices and each device packs its own live rows
   into its part of the bucket (`packing.pack_rows`: buckets are per shard x shards, set by the
   fullest shard), so the gather never crosses devices (issue 20); the bounds above then hold
