@@ -47,6 +47,7 @@ def test_roll_out_chunks_whole_groups_with_folded_keys(max_rows):
         np.testing.assert_array_equal(gr.rewards, [1.0, 0.0] if i % 2 == 0 else [0.0, 1.0])
 
 
+@pytest.mark.slow  # ~45 s on a 2-core CPU (tokenizer, tiny model, 3 rollouts): CI's 25-minute budget
 def test_greedy_em_is_the_same_whatever_its_batch():
     """config.sft.eval_rows only changes how many rows a dev eval decodes at once: rows are
     independent, so the trajectories and the EM are those of any other batch (5 questions, a
