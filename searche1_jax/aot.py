@@ -160,18 +160,24 @@ class Programs:
         import numpy as np
         s = self.s
         m, b, t = s.grpo_steps, s.grpo_micro, s.train_len
-        batch = self._batch({"tokens": ((m, b, t), np.int32), "valid": ((m, b, t), np.bool_),
-                             "loss_mask": ((m, b, t), np.int32), "advantages": ((m, b), np.float32),
-                             "old_logps": ((m, b, t - 1), np.float32), "ref_logps": ((m, b, t - 1), np.float32)},
-                            row_axis=1)
-        return self.steps.grpo.lower(self.params, self.opt_state, batch, self.hyper)
+        k = s.head_len or t - 1  # the LM head's positions (config.train.head_on_loss_tokens), or every one
+        arrays = {"tokens": ((m, b, t), np.int32), "valid": ((m, b, t), np.bool_),
+                  "loss_mask": ((m, b, t), np.int32), "advantages": ((m, b), np.float32),
+                  "old_logps": ((m, b, k), np.float32), "ref_logps": ((m, b, k), np.float32)}
+        if s.head_len:
+            arrays["head_idx"] = ((m, b, k), np.int32)
+        return self.steps.grpo.lower(self.params, self.opt_state, self._batch(arrays, row_axis=1), self.hyper)
 
     def _lower_logps(self):
         import numpy as np
         s = self.s
-        batch = self._batch({"tokens": ((s.grpo_micro, s.train_len), np.int32),
-                             "valid": ((s.grpo_micro, s.train_len), np.bool_)}, row_axis=0)
-        return self.steps.logps.lower(self.params, batch["tokens"], batch["valid"], self.hyper)
+        arrays = {"tokens": ((s.grpo_micro, s.train_len), np.int32),
+                  "valid": ((s.grpo_micro, s.train_len), np.bool_)}
+        if s.head_len:
+            arrays["head_idx"] = ((s.grpo_micro, s.head_len), np.int32)
+        batch = self._batch(arrays, row_axis=0)
+        extra = (batch["head_idx"],) if s.head_len else ()
+        return self.steps.logps.lower(self.params, batch["tokens"], batch["valid"], self.hyper, *extra)
 
     def _lower_ofsd(self):
         import numpy as np

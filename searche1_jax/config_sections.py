@@ -421,7 +421,10 @@ class TrainSection(_Section):
     cache). reference_resident: hold the GRPO reference policy in memory; off: between its uses
     it lives only in its saved-once directory (`reference.ParkedReference`), read back once a
     GRPO step. optimizer_resident: hold AdamW's state in memory; off: between updates it lives in
-    WORKDIR/offload/optimizer (`reference.ParkedOptimizer`), read back for the next updates."""
+    WORKDIR/offload/optimizer (`reference.ParkedOptimizer`), read back for the next updates.
+    head_on_loss_tokens: run the LM head in the train steps only at the positions that predict a
+    loss token (`batching.head_positions`; OFSD: the sampled tokens), not at every position: the
+    same losses and gradients for less compute."""
     SECTION: ClassVar[str] = "train"
     rounds: int
     lr: float
@@ -433,6 +436,7 @@ class TrainSection(_Section):
     free_programs: bool
     reference_resident: bool
     optimizer_resident: bool
+    head_on_loss_tokens: bool
 
     def __post_init__(self):
         _at_least("train", "rounds", self.rounds, 0)

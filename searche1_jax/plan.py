@@ -91,6 +91,7 @@ class RunShape:
     rollout_weights: str = "replica"   # config.rollout.weights: "replica" (gathered once a step) or "train"
     reference_resident: bool = True    # config.train.reference_resident (off: the reference parked on disk)
     optimizer_resident: bool = True    # config.train.optimizer_resident (off: AdamW parked between updates)
+    head_on_loss_tokens: bool = True   # config.train.head_on_loss_tokens (off: the LM head at every position)
 
     @property
     def rows(self) -> int:
@@ -129,7 +130,7 @@ def run_shape_from_config(c, *, prompt_tokens: int = 256, fill: float = 1.0) -> 
         grpo_chunk=c.grpo.logit_chunk, ofsd_chunk=c.ofsd.logit_chunk,
         param_dtype=c.model.param_dtype, dtype=c.model.dtype, remat=bool(c.model.remat),
         rollout_weights=c.rollout.weights, reference_resident=bool(c.train.reference_resident),
-        optimizer_resident=bool(c.train.optimizer_resident))
+        optimizer_resident=bool(c.train.optimizer_resident), head_on_loss_tokens=bool(c.train.head_on_loss_tokens))
 
 
 def model_config_for(c, name: str = "") -> ModelConfig:
@@ -252,7 +253,9 @@ def time_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], dev: DeviceSp
     """Tokens and estimated seconds of one GRPO step (rollout + old/ref log-probs + update).
 
     N = num_params (a tied embedding counts once, as the LM-head matmul; lookups are free).
-    train FLOPs = epochs·(6N·tok + 3·A) + 2·(2N·tok + A)  (update; old and ref log-prob passes),
+    train FLOPs = epochs·(6N'·tok + 6H·head + 3·A) + 2·(2N'·tok + 2H·head + A)  (update; old and
+      ref log-prob passes), H = V·d the LM head, N' = N − H, head = the positions it runs at
+      (every token; with head_on_loss_tokens the sampled ones),
       A = 4·L·h·hd·T·keys per row (QKᵀ and PV over each query block's keys, `attended_keys`).
     rollout FLOPs = 2N per sampled or appended token + 4·L·h·hd·cache_len per token.
     Decode is bandwidth-bound: each of the (lockstep) decode steps reads the device's weights
@@ -268,7 +271,10 @@ def time_plan(m: ModelConfig, run: RunShape, mesh: dict[str, int], dev: DeviceSp
     seq = run.seq_len
     train_tokens = rows * seq
     attn = 4 * m.n_layers * m.n_heads * m.head_dim * seq * attended_keys(m, seq) * rows
-    train_flops = run.epochs * (6 * n * train_tokens + 3 * attn) + 2 * (2 * n * train_tokens + attn)
+    head = m.vocab_size * m.d_model
+    head_tokens = rows * run.sampled_tokens if run.head_on_loss_tokens else train_tokens
+    body = (n - head) * train_tokens + head * head_tokens
+    train_flops = run.epochs * (6 * body + 3 * attn) + 2 * (2 * body + attn)
     appended = run.prompt_tokens + run.obs_tokens
     rollout_tokens = rows * (run.sampled_tokens + appended)
     rollout_flops = rollout_tokens * (2 * n + 4 * m.n_layers * m.n_heads * m.head_dim * run.cache_len)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from searche1_jax.shapes import (append_width, next_pow2, round_up, row_bucket, rollout_chunk_ok, rollout_devices,
-                                  rollout_phases)
+from searche1_jax.shapes import (append_width, next_pow2, policy_token_bound, round_up, row_bucket,
+                                  rollout_chunk_ok, rollout_devices, rollout_phases)
 
 PROGRAMS = ("grpo", "logps", "ofsd", "decode", "append", "prefill")
 ROLLOUT_PROGRAMS = ("decode", "append", "prefill")
@@ -33,7 +33,8 @@ class ProgramShapes:
     grpo_steps: int         # M: micro-batches an update (mini_batch / micro_batch)
     ofsd_len: int           # student T, rounded up to ofsd.length_bucket
     teacher_len: int        # T2 = student + privileged context, rounded up likewise
-    response_len: int       # R: response positions the KL covers, rounded up likewise
+    response_len: int       # R: response positions the KL covers (the sampled ones with
+                            # train.head_on_loss_tokens), rounded up likewise
     ofsd_micro: int
     ofsd_steps: int
     rollout_rows: int       # rows one RowEngine holds (a chunk of a process's rows)
@@ -50,6 +51,8 @@ class ProgramShapes:
     packed: bool            # rollout.engine "packed" (calls gather their rows) or "padded"
     replica: bool = True    # rollout.weights "replica" (a compute-dtype copy whole over data x fsdp) or "train"
     replica_tensor: int = 1  # several processes: a process's devices that split one replica (rollout.replica_tensor)
+    head_len: int = 0       # K: positions the GRPO programs run the LM head at (`batching.head_positions`);
+                            # 0: every position (train.head_on_loss_tokens off)
 
 
 def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_tokens: int = 128,
@@ -70,12 +73,16 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
     group = c.rollout.group_size
     chunk = rows if max_rows <= 0 else min(rows, max(1, max_rows // group) * group)
     prompt = round_up(run.prompt_tokens, c.rollout.prompt_bucket)
+    train_len = bucket(run.seq_len, g.length_bucket)
+    head = c.train.head_on_loss_tokens   # the trainer's floor for K (train/loop.py)
+    floor = policy_token_bound(c.rollout.max_turns, c.rollout.max_turn_tokens, c.rollout.max_response_tokens)
     return ProgramShapes(
-        train_len=bucket(run.seq_len, g.length_bucket), grpo_micro=g.micro_batch,
+        train_len=train_len, grpo_micro=g.micro_batch,
         grpo_steps=max(g.mini_batch // g.micro_batch, 1),
         ofsd_len=bucket(run.seq_len, c.ofsd.length_bucket),
         teacher_len=bucket(run.seq_len + privileged_tokens, c.ofsd.length_bucket),
-        response_len=bucket(response, c.ofsd.length_bucket), ofsd_micro=c.ofsd.micro_batch,
+        response_len=bucket(run.sampled_tokens if head else response, c.ofsd.length_bucket),
+        ofsd_micro=c.ofsd.micro_batch,
         ofsd_steps=max(c.ofsd.mini_batch // c.ofsd.micro_batch, 1),
         rollout_rows=chunk,
         rollout_devices=rollout_devices(mesh["data"] * mesh["fsdp"], devices, processes, c.rollout.replica_tensor),
@@ -88,7 +95,8 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
         packed=c.rollout.engine == "packed",
         # `rollout/weights.py` makes no copy where it would change nothing
         replica=c.rollout.weights == "replica" and not (devices == 1 and c.model.param_dtype == c.model.dtype),
-        replica_tensor=c.rollout.replica_tensor if processes > 1 else 1)
+        replica_tensor=c.rollout.replica_tensor if processes > 1 else 1,
+        head_len=min(train_len - 1, bucket(floor, g.length_bucket)) if head else 0)
 
 
 def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, dict[str, float]]:
@@ -147,7 +155,8 @@ def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, 
     ref = params if run.reference_resident else 0.0  # config.train.reference_resident off: parked on disk
     held = adam if run.optimizer_resident else 0.0   # AdamW beside programs other than the updates
     fw = forward(mb, T)
-    batch = M * mb * (T * (4 + 1 + 4) + (T - 1) * 8 + 4) / host_split
+    K = s.head_len or T - 1   # old / ref log-probs at the head positions (and their int32 indices)
+    batch = M * mb * (T * (4 + 1 + 4) + K * 8 + s.head_len * 4 + 4) / host_split
     logits = run.grpo_chunk * v * 4 * 3 / t
     grads = 3 * n * pb / shard
     out["grpo"] = {"params": params, "adam": adam, "batch": batch, "grads_and_update": grads,

@@ -29,6 +29,12 @@ def next_pow2(n: int, lo: int = 1) -> int:
     return 1 << (n - 1).bit_length()
 
 
+def policy_token_bound(max_turns: int, max_turn_tokens: int, max_response_tokens: int) -> int:
+    """The most tokens the policy samples in one trajectory: max_turns searching turns and one
+    last turn (rollout/agent.py), each of at most max_turn_tokens, within max_response_tokens."""
+    return min((max_turns + 1) * max_turn_tokens, max_response_tokens)
+
+
 def append_width(n: int, bucket: int) -> int:
     """Token width of an append of up to n tokens: the smaller of n rounded up to `bucket` (the
     prompts' multiple) and the smallest 2^k or 3 x 2^(k-1) (at least 16) that holds n. An append

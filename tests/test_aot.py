@@ -66,9 +66,13 @@ def test_grpo_numbers_are_xla_memory_analysis_of_the_real_step(report):
     steps = make_steps(Binder(model), dataclasses.replace(StepConfig.from_config(c), logit_barrier=False))
     hyper = hyper_of(c)
     m, b, t = s["grpo_steps"], s["grpo_micro"], s["train_len"]
+    # the trainer's batch: the LM head at K = head_len positions (config.train.head_on_loss_tokens)
+    k = s["head_len"]
+    assert 0 < k < t - 1
     batch = {"tokens": np.zeros((m, b, t), np.int32), "valid": np.ones((m, b, t), bool),
              "loss_mask": np.ones((m, b, t), np.int32), "advantages": np.zeros((m, b), np.float32),
-             "old_logps": np.zeros((m, b, t - 1), np.float32), "ref_logps": np.zeros((m, b, t - 1), np.float32)}
+             "old_logps": np.zeros((m, b, k), np.float32), "ref_logps": np.zeros((m, b, k), np.float32),
+             "head_idx": np.zeros((m, b, k), np.int32)}
     want = xla_bytes(steps.grpo.lower(params, steps.init(params, hyper), batch, hyper).compile())
     got = report["programs"]["grpo"]["xla"]
     assert {k: got[k] for k in want} == want

@@ -54,8 +54,11 @@ def sibling_record(group, sibling: int, rendering: str) -> dict:
 
 
 def ofsd_arrays(pairs: list[Pair], groups, tokenizer, *, rendering: str, length_bucket: int,
-                rows_multiple: int) -> dict[str, np.ndarray]:
-    """Student tokens [B, T], teacher tokens [B, T2], aligned indices and KL mask [B, R]."""
+                rows_multiple: int, sampled_only: bool = False) -> dict[str, np.ndarray]:
+    """Student tokens [B, T], teacher tokens [B, T2], aligned indices and KL mask [B, R]: every
+    response position (R covers the longest response), or with sampled_only the positions of
+    the sampled tokens alone, the only ones the KL counts (the same loss; the LM heads run at
+    R positions: config.train.head_on_loss_tokens)."""
     students, teachers, s_idx, t_idx, kl = [], [], [], [], []
     for p in pairs:
         g = groups[p.group]
@@ -64,11 +67,15 @@ def ofsd_arrays(pairs: list[Pair], groups, tokenizer, *, rendering: str, length_
         teacher_ids, student_ids, offset = ofsd.privileged_prompt(
             tokenizer.encode, seq, stu.question_start, **sibling_record(g, p.sibling, rendering))
         si, ti = ofsd.aligned_positions(len(stu.prompt_ids), len(stu.response_ids), offset)
+        mask = np.asarray(stu.loss_mask, np.int32)  # sampled tokens only
+        if sampled_only:
+            keep = mask != 0
+            si, ti, mask = np.asarray(si)[keep], np.asarray(ti)[keep], mask[keep]
         students.append(student_ids)
         teachers.append(teacher_ids)
         s_idx.append(si)
         t_idx.append(ti)
-        kl.append(np.asarray(stu.loss_mask, np.int32))  # sampled tokens only
+        kl.append(mask)
     rows = round_up(len(pairs), rows_multiple)
     t_len = bucket_length(max(len(s) for s in students), length_bucket)
     t2_len = bucket_length(max(len(t) for t in teachers), length_bucket)

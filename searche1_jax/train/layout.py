@@ -105,12 +105,18 @@ class SingleRun:
         return to_global(to_micro({k: v[orders[0][lo:hi]] for k, v in batch.items()}, micro), self.mesh,
                          row_axis=1, rules=self.rules)
 
-    def logps(self, fn, params, tokens: np.ndarray, valid: np.ndarray, hyper, rows: int) -> np.ndarray:
-        """Log-probs of this process's rows, `rows` at a time (global batches across processes)."""
+    def logps(self, fn, params, tokens: np.ndarray, valid: np.ndarray, hyper, rows: int,
+              head_idx: np.ndarray | None = None) -> np.ndarray:
+        """Log-probs of this process's rows, `rows` at a time (global batches across processes):
+        [B, T-1], or [B, K] at head_idx [B, K] (`steps.member_functions`' logps)."""
         out = []
         for i in range(0, tokens.shape[0], rows):
-            g = to_global({"tokens": tokens[i:i + rows], "valid": valid[i:i + rows]}, self.mesh, rules=self.rules)
-            out.append(to_local(fn(params, g["tokens"], g["valid"], hyper), self.mesh, rules=self.rules))
+            part = {"tokens": tokens[i:i + rows], "valid": valid[i:i + rows]}
+            if head_idx is not None:
+                part["head_idx"] = head_idx[i:i + rows]
+            g = to_global(part, self.mesh, rules=self.rules)
+            extra = (g["head_idx"],) if head_idx is not None else ()
+            out.append(to_local(fn(params, g["tokens"], g["valid"], hyper, *extra), self.mesh, rules=self.rules))
         return np.concatenate(out, axis=0)
 
     def metric(self, m: dict, k: str, i: int) -> float:
@@ -181,10 +187,15 @@ class Population:
                for k, v in batch.items() if k != "_rows"}
         return self.place(out)
 
-    def logps(self, fn, params, tokens: np.ndarray, valid: np.ndarray, hyper, rows: int) -> np.ndarray:
-        """[N, B, T] -> [N, B, T-1] in row chunks of `rows` (the micro-batch)."""
-        out = [fn(params, *self.place((tokens[:, i:i + rows], valid[:, i:i + rows])), hyper)
-               for i in range(0, tokens.shape[1], rows)]
+    def logps(self, fn, params, tokens: np.ndarray, valid: np.ndarray, hyper, rows: int,
+              head_idx: np.ndarray | None = None) -> np.ndarray:
+        """[N, B, T] -> [N, B, T-1] (or [N, B, K] at head_idx [N, B, K]) in row chunks of `rows`
+        (the micro-batch)."""
+        out = []
+        for i in range(0, tokens.shape[1], rows):
+            tok, val = self.place((tokens[:, i:i + rows], valid[:, i:i + rows]))
+            extra = (self.place(head_idx[:, i:i + rows]),) if head_idx is not None else ()
+            out.append(fn(params, tok, val, hyper, *extra))
         return np.concatenate([np.asarray(o) for o in out], axis=1)
 
     def metric(self, m: dict, k: str, i: int) -> float:

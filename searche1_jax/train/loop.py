@@ -38,6 +38,7 @@ from searche1_jax.programs import set_lean
 from searche1_jax.retrieval.client import RetrieverError
 from searche1_jax.rollout.engine import free_compiled
 from searche1_jax.rl.grpo import check_unique_group_ids, has_spread
+from searche1_jax.shapes import policy_token_bound
 from searche1_jax.train import distill, warm_start
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
@@ -141,6 +142,14 @@ class Trainer:
         self.total_grpo = exp.total_grpo_steps
         self.progress = Progress(self.total_grpo)
         self.pad = {"tokens": exp.tokenizer.pad_id, "teacher_tokens": exp.tokenizer.pad_id}
+        # config.train.head_on_loss_tokens: the LM head at the positions that predict the policy's
+        # tokens, at least as many as a trajectory can have (then K depends on T alone: no extra
+        # programs); None: at every position
+        r = self.c.rollout
+        self.head_floor = (policy_token_bound(r.max_turns, r.max_turn_tokens, r.max_response_tokens)
+                           if self.c.train.head_on_loss_tokens else None)
+        self.grpo_dtypes = dict(GRPO_DTYPES, **({"head_idx": np.int32} if self.head_floor is not None else {}))
+        self.sft_dtypes = dict(SFT_DTYPES, **({"head_idx": np.int32} if self.head_floor is not None else {}))
         self._group_ids = [frozenset()] * exp.n  # per member: members share the questions
         # HTML pages of member 0's trajectories (WORKDIR/trajectories/), written by process 0
         self.pages = (TrajectoryLog.from_experiment(exp, workdir)
@@ -252,13 +261,14 @@ class Trainer:
         trained = [[g for g, s in zip(gs, has_spread([g.rewards for g in gs])) if s] if c.grpo.skip_flat_groups
                    else gs for gs in groups]
         per = [grpo_arrays(g, step=state.step, length_bucket=c.grpo.length_bucket,
-                           rows_multiple=np.lcm(traj_per_update, rows), pad_id=exp.tokenizer.pad_id) if g else None
+                           rows_multiple=np.lcm(traj_per_update, rows), pad_id=exp.tokenizer.pad_id,
+                           head_at_least=self.head_floor) if g else None
                for g in trained]
         for i, b in enumerate(per):  # METHOD §2: a group id never repeats across steps
             if b is not None:
                 ids = b.pop("group_ids")
                 self._group_ids[i] = check_unique_group_ids(ids[ids >= 0], self._group_ids[i])
-        batch = lay.combine(per, GRPO_DTYPES, self.pad)  # same shapes everywhere; None: no process has rows
+        batch = lay.combine(per, self.grpo_dtypes, self.pad)  # same shapes everywhere; None: no process has rows
         params, opt_state = state.params, state.opt_state
         hyper = exp.hyper(state.step)
         step_metrics = []
@@ -292,10 +302,12 @@ class Trainer:
         """The PPO mini-batch updates of one GRPO step over `batch` -> (params, opt_state, metrics)."""
         exp, lay = self.exp, self.layout
         batch.pop("_rows", None)
-        batch["old_logps"] = lay.logps(exp.steps.logps, state.params, batch["tokens"], batch["valid"], hyper, rows)
+        head = batch.get("head_idx")  # None: at every position
+        batch["old_logps"] = lay.logps(exp.steps.logps, state.params, batch["tokens"], batch["valid"], hyper, rows,
+                                       head)
         ref = state.ref_params
         ref = ref.load() if isinstance(ref, ParkedReference) else ref  # read back for this pass only
-        batch["ref_logps"] = lay.logps(exp.steps.logps, ref, batch["tokens"], batch["valid"], hyper, rows)
+        batch["ref_logps"] = lay.logps(exp.steps.logps, ref, batch["tokens"], batch["valid"], hyper, rows, head)
         del ref
         self._free_programs("logps")  # (config.train.free_programs) the update is the step's peak
         params, opt_state = state.params, self._optimizer(state)
@@ -346,8 +358,9 @@ class Trainer:
             orders = {e: epoch_order(n, c.train.seed, e) for e in {k // n for k in stream}}
             idx = [int(orders[k // n][k % n]) for k in stream]
             arrays = warm_start.sft_arrays([trajs[i] for i in idx], length_bucket=c.sft.length_bucket,
-                                           rows_multiple=micro, pad_id=exp.tokenizer.pad_id)
-            batch = lay.combine([arrays] * exp.n, SFT_DTYPES, self.pad)
+                                           rows_multiple=micro, pad_id=exp.tokenizer.pad_id,
+                                           head_at_least=self.head_floor)
+            batch = lay.combine([arrays] * exp.n, self.sft_dtypes, self.pad)
             n_rows = lay.rows(batch)
             mb = lay.take(batch, [np.arange(n) for n in n_rows], 0, max(n_rows), micro)
             hyper = exp.sft_hyper(s)
@@ -415,7 +428,8 @@ class Trainer:
         mini = lay.share(c.ofsd.mini_batch, "config.ofsd.mini_batch")
         micro = lay.share(c.ofsd.micro_batch, "config.ofsd.micro_batch")
         per = [distill.ofsd_arrays(p, g, exp.tokenizer, rendering=c.ofsd.rendering,
-                                   length_bucket=c.ofsd.length_bucket, rows_multiple=np.lcm(mini, micro))
+                                   length_bucket=c.ofsd.length_bucket, rows_multiple=np.lcm(mini, micro),
+                                   sampled_only=self.head_floor is not None)
                if p else None for p, g in zip(pairs, groups)]
         batch = lay.combine(per, OFSD_DTYPES, self.pad)  # None when no member (process) has a student
         params, opt_state = state.params, state.opt_state  # same optimiser (METHOD §3.6); None: fresh

@@ -14,7 +14,7 @@ from searche1_jax.rl.rewards import em_rewards
 from searche1_jax.rollout.agent import SearchAgent, Trajectory
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.shapes import round_up
-from searche1_jax.train.batching import bucket_length, pack, pad_rows
+from searche1_jax.train.batching import bucket_length, head_positions, pack, pad_rows
 
 
 @dataclasses.dataclass
@@ -70,9 +70,10 @@ def advantages(groups: list[Group], step: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def grpo_arrays(groups: list[Group], *, step: int, length_bucket: int, rows_multiple: int,
-                pad_id: int) -> dict[str, np.ndarray]:
+                pad_id: int, head_at_least: int | None = None) -> dict[str, np.ndarray]:
     """Packed [B, T] tokens/valid/loss_mask, advantages [B] and group_ids [B] (unique per question
-    and step, -1 on padding rows)."""
+    and step, -1 on padding rows); with head_at_least (not None), head_idx [B, K]: the positions
+    the update runs the LM head at (`batching.head_positions`, K at least that many)."""
     trajs = [t for g in groups for t in g.trajectories]
     group_ids, adv = advantages(groups, step)
     seqs = [t.prompt_ids + t.response_ids for t in trajs]
@@ -83,6 +84,8 @@ def grpo_arrays(groups: list[Group], *, step: int, length_bucket: int, rows_mult
     batch["advantages"] = pad_rows(adv, rows)
     # host-side only (the trainer checks them, METHOD §2, and drops them): -1 on padding rows
     batch["group_ids"] = np.concatenate([group_ids, np.full(rows - len(group_ids), -1)]).astype(np.int64)
+    if head_at_least is not None:
+        batch["head_idx"] = head_positions(batch["loss_mask"], bucket=length_bucket, at_least=head_at_least)
     return batch
 
 

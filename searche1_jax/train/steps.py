@@ -110,9 +110,22 @@ def _tempered(h, temperature):
     return (h / temperature).astype(h.dtype)
 
 
-def _shift(batch):
-    """Next-token view of a packed [B, T] batch: hidden at t predicts token t+1."""
-    return batch["tokens"][:, 1:], batch["loss_mask"][:, 1:].astype(jnp.float32)
+def _at(x, idx):
+    """x [B, T, ...] at positions idx [B, K] of each row -> [B, K, ...] (rows kept apart)."""
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _head_view(hidden, batch):
+    """The positions a step runs the LM head at: (hidden [B, P, d], targets [B, P], mask [B, P]).
+
+    With batch["head_idx"] [B, K] (`batching.head_positions`): the K positions that predict a
+    loss token (hidden at t predicts token t + 1); the gathers' backward scatters into the
+    hidden state. Without it: every position but the last (P = T - 1)."""
+    tokens, loss_mask = batch["tokens"], batch["loss_mask"]
+    if "head_idx" not in batch:
+        return hidden[:, :-1], tokens[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
+    idx = batch["head_idx"]
+    return _at(hidden, idx), _at(tokens, idx + 1), _at(loss_mask, idx + 1).astype(jnp.float32)
 
 
 def _accumulate(loss_fn, params, batch, extra):
@@ -156,10 +169,14 @@ def _apply(params, opt_state, grads, count, hyper):
 def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
     """The un-jitted steps of one member:
 
-    logps(params, tokens [B,T], valid [B,T], hyper) -> log π(token_t | <t) [B, T-1]
+    logps(params, tokens [B,T], valid [B,T], hyper[, head_idx [B,K]]) -> log π(token_t | <t)
+        [B, T-1], of tokens[:, 1:]; with head_idx, [B, K] of tokens[b, head_idx + 1] only.
     grpo(params, opt_state, batch, hyper) -> (params, opt_state, metrics); batch [M, mb, ...]:
         tokens, valid, loss_mask (1 on sampled tokens), old_logps and ref_logps [T-1] aligned
-        with tokens[:, 1:], advantages []. The loss is aggregated as cfg.agg says:
+        with tokens[:, 1:], advantages []. Optional head_idx [K] (`batching.head_positions`):
+        the LM head runs at those positions only, and old_logps / ref_logps are [K], aligned
+        with them (`logps` with the same head_idx); the loss is the same. The loss is
+        aggregated as cfg.agg says:
         "token-mean": the exact mean over every unmasked token of the batch (METHOD §2).
         "micro_token_mean" (compat): the plain mean, over the micro-batches [mb, ...] of the
             batch that have an unmasked token, of each one's token-mean of
@@ -184,26 +201,30 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         hidden state predicts each response token in either sequence), kl_mask [R] (1 on
         sampled tokens). The teacher is under stop-gradient. active=False keeps params and
         optimiser state (a population member that ran out of OFSD data).
-    sft(params, opt_state, batch, hyper) -> same; batch [M, mb, ...]: tokens, valid, loss_mask.
+    sft(params, opt_state, batch, hyper) -> same; batch [M, mb, ...]: tokens, valid, loss_mask
+        (and head_idx, as grpo's).
         The warm start's token-mean negative log-likelihood of the loss-masked tokens (T = 1).
     init(params, hyper) -> opt_state
     """
     if cfg.agg not in GRPO_AGG_MODES:
         raise ValueError(f"config.grpo.agg must be one of {GRPO_AGG_MODES}, got {cfg.agg!r}")
 
-    def logps(params, tokens, valid, hyper):
+    def logps(params, tokens, valid, hyper, head_idx=None):
         model = binder.bind(params)
         hidden = model(tokens, valid, return_hidden=True)
-        out, _ = token_logps_and_entropy(_tempered(hidden[:, :-1], hyper["temperature"]), model.head(),
-                                         tokens[:, 1:], chunk=cfg.grpo_chunk, temperature=1.0,
+        if head_idx is None:
+            hidden, targets = hidden[:, :-1], tokens[:, 1:]
+        else:
+            hidden, targets = _at(hidden, head_idx), _at(tokens, head_idx + 1)
+        out, _ = token_logps_and_entropy(_tempered(hidden, hyper["temperature"]), model.head(),
+                                         targets, chunk=cfg.grpo_chunk, temperature=1.0,
                                          barrier=cfg.logit_barrier, layout=model.layout())
         return out
 
     def grpo_loss_fn(params, mb, hyper):
         model = binder.bind(params)
-        hidden = model(mb["tokens"], mb["valid"], return_hidden=True)
-        targets, mask = _shift(mb)
-        lp, entropy = token_logps_and_entropy(_tempered(hidden[:, :-1], hyper["temperature"]), model.head(),
+        hidden, targets, mask = _head_view(model(mb["tokens"], mb["valid"], return_hidden=True), mb)
+        lp, entropy = token_logps_and_entropy(_tempered(hidden, hyper["temperature"]), model.head(),
                                               targets, chunk=cfg.grpo_chunk, temperature=1.0,
                                               barrier=cfg.logit_barrier, layout=model.layout())
         loss, metrics = grpo_loss(lp, mb["old_logps"], mb["ref_logps"], mb["advantages"], mask, entropy,
@@ -227,11 +248,10 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
         sh = student(mb["tokens"], mb["valid"], return_hidden=True)
         th = jax.lax.stop_gradient(teacher(mb["teacher_tokens"], mb["teacher_valid"], return_hidden=True))
         # [B, R, d]: the response positions of each row, rows kept apart (their batch sharding)
-        gather = lambda h, idx: jnp.take_along_axis(h, idx[..., None], axis=1)  # noqa: E731
         mask = mb["kl_mask"].astype(jnp.float32)
         tau = hyper["ofsd_temperature"]
-        loss = fused_forward_kl(_tempered(gather(sh, mb["student_idx"]), tau), student.head(),
-                                _tempered(gather(th, mb["teacher_idx"]), tau),
+        loss = fused_forward_kl(_tempered(_at(sh, mb["student_idx"]), tau), student.head(),
+                                _tempered(_at(th, mb["teacher_idx"]), tau),
                                 jax.lax.stop_gradient(teacher.head()), None, mask,
                                 chunk=cfg.ofsd_chunk, temperature=1.0, barrier=cfg.logit_barrier,
                                 layout=student.layout())
@@ -249,9 +269,8 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
 
     def sft_loss_fn(params, mb, hyper):
         model = binder.bind(params)
-        hidden = model(mb["tokens"], mb["valid"], return_hidden=True)
-        targets, mask = _shift(mb)
-        lp, _ = token_logps_and_entropy(hidden[:, :-1], model.head(), targets, chunk=cfg.grpo_chunk,
+        hidden, targets, mask = _head_view(model(mb["tokens"], mb["valid"], return_hidden=True), mb)
+        lp, _ = token_logps_and_entropy(hidden, model.head(), targets, chunk=cfg.grpo_chunk,
                                         temperature=1.0, barrier=cfg.logit_barrier, layout=model.layout())
         n = mask.sum()
         return -(lp * mask).sum(), ({}, n, n)  # token-mean NLL of the policy's turns

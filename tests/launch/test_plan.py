@@ -116,8 +116,14 @@ def test_step_time_from_flops_and_bandwidth():
     seq, rows = s.seq_len, 16
     assert seq == 120  # <= attn_block (128): one dense square
     attn = 4 * 2 * 4 * 16 * seq * seq * rows
-    train = 6 * n * rows * seq + 3 * attn + 2 * (2 * n * rows * seq + attn)
+    head = 512 * 64  # V x d: the LM head runs at the 24 sampled tokens a row only (head_on_loss_tokens)
+    assert s.sampled_tokens == int(0.5 * 3 * 16)
+    body = (n - head) * rows * seq + head * rows * s.sampled_tokens
+    train = 6 * body + 3 * attn + 2 * (2 * body + attn)
     assert t["train_tokens"] == rows * seq and t["train_flops"] == pytest.approx(train)
+    every = P.time_plan(TINY, dataclasses.replace(s, head_on_loss_tokens=False), mesh, P.DEVICES["h100"])
+    train_every = 6 * n * rows * seq + 3 * attn + 2 * (2 * n * rows * seq + attn)
+    assert every["train_flops"] == pytest.approx(train_every)
     assert t["train_s"] == pytest.approx(train / (8 * 989e12 * 0.5))
     assert t["decode_steps"] == int(0.5 * 3 * 16)
     assert t["step_s"] == pytest.approx(t["rollout_s"] + t["train_s"])
