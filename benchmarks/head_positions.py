@@ -6,7 +6,7 @@ remat, layers unrolled: the demo's model settings. Rows are laid out like the de
 trajectories (configs/demo.py: 2 searches, max_turn_tokens 64, max_obs_tokens 96): a prompt,
 then three policy turns (the loss tokens) with an observation after each of the first two, to
 `--length` tokens or less. K = `batching.head_positions` with the demo's floor
-(max_turns + 1) x max_turn_tokens = 192, rounded up to the length bucket: 256 of 511 positions.
+(max_turns + 1) x max_turn_tokens = 192: 192 of 511 positions.
 
     python benchmarks/head_positions.py [--length 512] [--rounds 3]
 

@@ -96,7 +96,7 @@ def program_shapes(c, run, mesh: dict[str, int], processes: int = 1, privileged_
         # `rollout/weights.py` makes no copy where it would change nothing
         replica=c.rollout.weights == "replica" and not (devices == 1 and c.model.param_dtype == c.model.dtype),
         replica_tensor=c.rollout.replica_tensor if processes > 1 else 1,
-        head_len=min(train_len - 1, bucket(floor, g.length_bucket)) if head else 0)
+        head_len=min(train_len - 1, floor) if head else 0)
 
 
 def program_memory(m, run, mesh: dict[str, int], s: ProgramShapes) -> dict[str, dict[str, float]]:

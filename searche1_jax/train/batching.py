@@ -42,10 +42,10 @@ def head_positions(loss_mask: np.ndarray, *, bucket: int, at_least: int = 0) -> 
     Row b lists, in order, each position t whose hidden state predicts a loss token
     (loss_mask[b, t + 1] != 0), then 0 up to K: position 0 predicts the prompt's second token,
     never a loss token, so a padded slot scores nothing (zero padding by `agree_shapes` and a
-    population's `pad_stack` is the same). K = max(most such positions in a row, at_least)
-    rounded up to `bucket`, at most T - 1. `at_least` (the rollout's bound on a trajectory's
-    sampled tokens) makes K a function of T alone, so the train steps compile no more programs
-    than before. The head is ~20% of a 135M model's FLOPs a token: a GRPO or warm-start row's
+    population's `pad_stack` is the same). K = at_least (the rollout's bound on a trajectory's
+    sampled tokens), or, where a row has more such positions (or at_least is 0), the most a row
+    has rounded up to `bucket`; at most T - 1. With the bound K is a function of T alone, so the
+    train steps compile no more programs than before. The head is ~20% of a 135M model's FLOPs a token: a GRPO or warm-start row's
     policy tokens are a fraction of its prompt and observations (METHOD §1: loss-masked)."""
     if loss_mask.ndim != 2 or loss_mask.shape[1] < 2:
         raise ValueError(f"head_positions: loss_mask must be [B, T] with T >= 2, got {loss_mask.shape}")
@@ -54,7 +54,8 @@ def head_positions(loss_mask: np.ndarray, *, bucket: int, at_least: int = 0) -> 
         raise ValueError("head_positions: a loss token at position 1; a trajectory's loss tokens follow its "
                          "prompt (at least 2 tokens), so position 0 can pad the head positions")
     counts = target.sum(axis=1)
-    k = min(target.shape[1], bucket_length(max(int(counts.max(initial=0)), at_least), bucket))
+    most = int(counts.max(initial=0))
+    k = min(target.shape[1], at_least if 0 < at_least and most <= at_least else bucket_length(most, bucket))
     out = np.zeros((loss_mask.shape[0], k), np.int32)
     for b in range(loss_mask.shape[0]):
         pos = np.flatnonzero(target[b])

@@ -27,10 +27,13 @@ def test_head_positions_by_hand():
                      [0, 0, 0, 0, 0, 0, 0, 1],     # token 7: at 6
                      [0, 0, 0, 0, 0, 0, 0, 0]])    # a padding row
     np.testing.assert_array_equal(head_positions(mask, bucket=4), [[1, 2, 4, 0], [6, 0, 0, 0], [0, 0, 0, 0]])
-    # K = the most positions a row has (3) or at_least, rounded up to the bucket, at most T - 1 = 7
+    # K = at_least, or the most positions a row has (3) rounded up to the bucket; at most T - 1 = 7
     assert head_positions(mask, bucket=2).shape == (3, 4)
-    assert head_positions(mask, bucket=2, at_least=5).shape == (3, 6)
-    assert head_positions(mask, bucket=4, at_least=5).shape == (3, 7)
+    assert head_positions(mask, bucket=4, at_least=5).shape == (3, 5)
+    assert head_positions(mask, bucket=4, at_least=3).shape == (3, 3)
+    assert head_positions(mask, bucket=2, at_least=2).shape == (3, 4)   # a row has more than at_least
+    assert head_positions(mask, bucket=8, at_least=2).shape == (3, 7)   # 8, capped at T - 1
+    assert head_positions(mask, bucket=4, at_least=9).shape == (3, 7)
     assert head_positions(mask[2:], bucket=4).shape == (1, 4)
     with pytest.raises(ValueError, match="position 1"):
         head_positions(np.array([[0, 1, 1, 0]]), bucket=2)
