@@ -45,8 +45,9 @@ def head_positions(loss_mask: np.ndarray, *, bucket: int, at_least: int = 0) -> 
     population's `pad_stack` is the same). K = at_least (the rollout's bound on a trajectory's
     sampled tokens), or, where a row has more such positions (or at_least is 0), the most a row
     has rounded up to `bucket`; at most T - 1. With the bound K is a function of T alone, so the
-    train steps compile no more programs than before. The head is ~20% of a 135M model's FLOPs a token: a GRPO or warm-start row's
-    policy tokens are a fraction of its prompt and observations (METHOD §1: loss-masked)."""
+    train steps compile no more programs than before. The head is ~20% of a 135M model's FLOPs
+    a token, and a GRPO or warm-start row's policy tokens are a fraction of it: the prompt and
+    the observations are context, loss-masked (METHOD §1)."""
     if loss_mask.ndim != 2 or loss_mask.shape[1] < 2:
         raise ValueError(f"head_positions: loss_mask must be [B, T] with T >= 2, got {loss_mask.shape}")
     target = loss_mask[:, 1:] != 0        # position t predicts token t + 1
