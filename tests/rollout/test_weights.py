@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from searche1_jax.model.config import get_preset
@@ -81,12 +82,29 @@ def test_decode_rules_only_unshard_the_weights_fsdp_axis():
 
 
 def greedy_tokens(model, prompt: np.ndarray, steps: int) -> np.ndarray:
-    """Greedy continuation by full forwards (no cache): the reference decoding."""
-    toks = jnp.asarray(prompt)
-    for _ in range(steps):
-        nxt = jnp.argmax(model(toks)[:, -1], axis=-1).astype(jnp.int32)
-        toks = jnp.concatenate([toks, nxt[:, None]], axis=1)
-    return np.asarray(toks[:, prompt.shape[1]:])
+    """Greedy continuation by full forwards (no cache): the reference decoding. Each forward
+    runs over the final width, one jitted program: attention is causal, so the zeros after
+    position p do not change position p's logits."""
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, t: jnp.argmax(nnx.merge(graphdef, s)(t), axis=-1).astype(jnp.int32))
+    b, p = prompt.shape
+    toks = np.zeros((b, p + steps), np.int32)
+    toks[:, :p] = prompt
+    for i in range(steps):
+        toks[:, p + i] = np.asarray(forward(state, toks))[:, p + i - 1]
+    return toks[:, p:]
+
+
+def assert_decodes_like(replica, model, prompt: np.ndarray, steps: int = 6):
+    """The replica's greedy tokens are the model's, and so are its logits on the continuation.
+    The logits carry the check: a random tiny model's greedy tokens mostly repeat its input
+    token (the tied embedding dominates), so another model's weights can give the same tokens;
+    its logits then differ by ~0.95 (max), where the replica's are within 0.003 of the model's
+    (bf16 compute on both sides; unrolled vs scanned layers sum in another order)."""
+    tokens = greedy_tokens(model, prompt, steps)
+    np.testing.assert_array_equal(greedy_tokens(replica, prompt, steps), tokens)
+    seq = jnp.asarray(np.concatenate([prompt, tokens], axis=1))
+    np.testing.assert_allclose(np.asarray(replica(seq), np.float32), np.asarray(model(seq), np.float32), atol=0.02)
 
 
 def test_the_replica_decodes_the_training_params_tokens():
@@ -94,7 +112,7 @@ def test_the_replica_decodes_the_training_params_tokens():
     model = create_model(CFG, mesh=mesh, seed=3)
     replica = rollout_model(params_of(model), CFG, mesh, DEFAULT_RULES)
     prompt = np.random.default_rng(0).integers(0, CFG.vocab_size, (8, 12), dtype=np.int32)
-    np.testing.assert_array_equal(greedy_tokens(replica, prompt, 6), greedy_tokens(model, prompt, 6))
+    assert_decodes_like(replica, model, prompt)
 
 
 @pytest.mark.parametrize("mesh_shape", [None, {"fsdp": 8}])
@@ -114,7 +132,7 @@ def test_a_scanned_model_decodes_from_an_unrolled_replica_with_its_own_tokens(me
     for k, w in want.items():
         np.testing.assert_array_equal(np.asarray(got[k]), w.astype(ml_dtypes.bfloat16), err_msg=k)
     prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, (8, 12), dtype=np.int32)
-    np.testing.assert_array_equal(greedy_tokens(replica, prompt, 6), greedy_tokens(model, prompt, 6))
+    assert_decodes_like(replica, model, prompt)
 
 
 def weight_gathers(weights: str) -> tuple[int, int]:
