@@ -396,10 +396,15 @@ class Trainer:
         examples = exp.dev_examples  # read and checked with the training data (setup.py)
         rows_out = []
         for i in range(exp.n):
+            t0 = time.time()
+            exp.agent.take_stats()
             policy = exp.policy(state.params, i)
             with failures_agreed("dev eval rollouts", rollout_failure(c.retrieval)):
                 em, trajs = greedy_em(exp.agent, policy, examples, batch=c.sft.eval_rows or c.rollout.max_rows or 16)
-            rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs)})
+            # the eval's rollouts carry the engine's counters, as a step's do (`_roll_out`)
+            engine = {f"rollout_{k}": v for k, v in exp.agent.take_stats().metrics().items()}
+            rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs),
+                             **engine, "eval_s": time.time() - t0})
             if jax.process_index() == 0:
                 name = f"{label}_member{i}" if exp.n > 1 else label
                 write_dev_answers(os.path.join(self.workdir, "evals", f"{name}.jsonl"), examples, em, trajs)

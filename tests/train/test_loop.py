@@ -124,6 +124,9 @@ def test_warm_start_then_rl_with_dev_evals(tmp_path):
     for r in rows:
         if r["phase"] == "eval":
             assert r["dev_n"] == 4 and r["dev_em_lo"] <= r["dev_em"] <= r["dev_em_hi"]
+            # an eval's rollouts carry the engine's counters, as a GRPO step's do
+            assert r["rollout_decode_calls"] >= 1 and r["rollout_prefill_tokens_per_question"] > 0
+            assert 0 < r["rollout_decode_s"] < r["eval_s"] and r["rollout_row_steps_per_token"] >= 1.0
     tree, meta = final_arrays(workdir)
     assert meta["phase"] == "grpo" and meta["sft_step"] == 3 and meta["evals"] == ["base", "warm_start", "final"]
     # the reference is the warm-started policy, saved once beside the checkpoints, never in them
