@@ -40,7 +40,7 @@ def make_batch(rng, vocab, rows, length):
 def torch_grpo_loss_sum(torch, logits, tokens, loss_mask, old_logps, ref_logps, adv, lc, h):
     """Σ over sampled tokens of the GRPO per-token loss (METHOD §2), and that token count.
 
-    logits [b, T, V]; the position t predicts token t+1, as in our `_shift`.
+    logits [b, T, V]; the position t predicts token t+1, as in our `steps._head_positions`.
     """
     z = logits[:, :-1].float() / float(h["temperature"])
     targets = tokens[:, 1:]

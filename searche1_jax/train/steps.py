@@ -115,17 +115,23 @@ def _at(x, idx):
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def _head_view(hidden, batch):
-    """The positions a step runs the LM head at: (hidden [B, P, d], targets [B, P], mask [B, P]).
+def _head_positions(hidden, tokens, head_idx=None):
+    """The positions a step runs the LM head at: (hidden [B, P, d], targets [B, P]).
 
-    With batch["head_idx"] [B, K] (`batching.head_positions`): the K positions that predict a
-    loss token (hidden at t predicts token t + 1); the gathers' backward scatters into the
-    hidden state. Without it: every position but the last (P = T - 1)."""
-    tokens, loss_mask = batch["tokens"], batch["loss_mask"]
-    if "head_idx" not in batch:
-        return hidden[:, :-1], tokens[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
-    idx = batch["head_idx"]
-    return _at(hidden, idx), _at(tokens, idx + 1), _at(loss_mask, idx + 1).astype(jnp.float32)
+    With head_idx [B, K] (`batching.head_positions`): the K positions that predict a loss
+    token (hidden at t predicts token t + 1); the gathers' backward scatters into the hidden
+    state. Without it: every position but the last (P = T - 1)."""
+    if head_idx is None:
+        return hidden[:, :-1], tokens[:, 1:]
+    return _at(hidden, head_idx), _at(tokens, head_idx + 1)
+
+
+def _head_view(hidden, batch):
+    """`_head_positions` of a train batch, and the loss mask there: (hidden, targets, mask [B, P])."""
+    idx = batch.get("head_idx")
+    hidden, targets = _head_positions(hidden, batch["tokens"], idx)
+    mask = batch["loss_mask"][:, 1:] if idx is None else _at(batch["loss_mask"], idx + 1)
+    return hidden, targets, mask.astype(jnp.float32)
 
 
 def _accumulate(loss_fn, params, batch, extra):
@@ -211,11 +217,7 @@ def member_functions(binder: Binder, cfg: StepConfig) -> dict[str, Callable]:
 
     def logps(params, tokens, valid, hyper, head_idx=None):
         model = binder.bind(params)
-        hidden = model(tokens, valid, return_hidden=True)
-        if head_idx is None:
-            hidden, targets = hidden[:, :-1], tokens[:, 1:]
-        else:
-            hidden, targets = _at(hidden, head_idx), _at(tokens, head_idx + 1)
+        hidden, targets = _head_positions(model(tokens, valid, return_hidden=True), tokens, head_idx)
         out, _ = token_logps_and_entropy(_tempered(hidden, hyper["temperature"]), model.head(),
                                          targets, chunk=cfg.grpo_chunk, temperature=1.0,
                                          barrier=cfg.logit_barrier, layout=model.layout())
