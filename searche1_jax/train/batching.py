@@ -64,6 +64,21 @@ def head_positions(loss_mask: np.ndarray, *, bucket: int, at_least: int = 0) -> 
     return out
 
 
+def pack_trajectories(trajs, *, length_bucket: int, rows_multiple: int, pad_id: int,
+                      head_at_least: int | None = None) -> dict[str, np.ndarray]:
+    """Whole trajectories (.prompt_ids, .response_ids, .loss_mask: 1 on the policy's tokens)
+    packed to [B, T] tokens / valid / loss_mask: T the longest rounded up to length_bucket, B the
+    count rounded up to rows_multiple. With head_at_least (not None), head_idx [B, K]: the
+    positions a train step runs the LM head at (`head_positions`, K at least that many)."""
+    seqs = [t.prompt_ids + t.response_ids for t in trajs]
+    masks = [[0] * len(t.prompt_ids) + t.loss_mask for t in trajs]
+    batch = pack(seqs, masks, length=bucket_length(max(len(s) for s in seqs), length_bucket),
+                 rows=round_up(len(seqs), rows_multiple), pad_id=pad_id)
+    if head_at_least is not None:
+        batch["head_idx"] = head_positions(batch["loss_mask"], bucket=length_bucket, at_least=head_at_least)
+    return batch
+
+
 def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     if x.shape[0] == rows:
         return x

@@ -40,6 +40,7 @@ from searche1_jax.rollout.engine import free_compiled
 from searche1_jax.rl.grpo import check_unique_group_ids, has_spread
 from searche1_jax.shapes import policy_token_bound
 from searche1_jax.train import distill, warm_start
+from searche1_jax.train.batching import pack_trajectories
 from searche1_jax.train.checkpoint import Checkpointer
 from searche1_jax.train.metrics import MetricsWriter, Progress
 from searche1_jax.train.multihost import failures_agreed
@@ -109,6 +110,12 @@ def rollout_failure(r):
     return describe
 
 
+def engine_metrics(agent) -> dict[str, float]:
+    """The rollout engine's counters since the agent's last `take_stats` (`EngineStats.metrics`),
+    prefixed `rollout_`, for a metrics row; the agent starts counting afresh."""
+    return {f"rollout_{k}": v for k, v in agent.take_stats().metrics().items()}
+
+
 def needs_teacher_copy(teacher: str, epochs: int, rows: int, mini_batch: int) -> bool:
     """Whether an OFSD round must hold a frozen copy of theta_k for its teacher: only a "snapshot"
     teacher over more than one update (epochs x ceil(rows / mini_batch)). With one update theta_k
@@ -148,8 +155,8 @@ class Trainer:
         r = self.c.rollout
         self.head_floor = (policy_token_bound(r.max_turns, r.max_turn_tokens, r.max_response_tokens)
                            if self.c.train.head_on_loss_tokens else None)
-        self.grpo_dtypes = dict(GRPO_DTYPES, **({"head_idx": np.int32} if self.head_floor is not None else {}))
-        self.sft_dtypes = dict(SFT_DTYPES, **({"head_idx": np.int32} if self.head_floor is not None else {}))
+        head = {"head_idx": np.int32} if self.head_floor is not None else {}
+        self.grpo_dtypes, self.sft_dtypes = dict(GRPO_DTYPES, **head), dict(SFT_DTYPES, **head)
         self._group_ids = [frozenset()] * exp.n  # per member: members share the questions
         # HTML pages of member 0's trajectories (WORKDIR/trajectories/), written by process 0
         self.pages = (TrajectoryLog.from_experiment(exp, workdir)
@@ -234,7 +241,7 @@ class Trainer:
             with failures_agreed("rollouts", rollout_failure(self.c.retrieval)):
                 groups.append(roll_out(exp.agent, policy, examples, group_size, self.layout.key(keys[i]),
                                        exp.sampling[i], self.c.rollout.max_rows))
-            self.engine_metrics.append({f"rollout_{k}": v for k, v in exp.agent.take_stats().metrics().items()})
+            self.engine_metrics.append(engine_metrics(exp.agent))
         self._free_programs(rollouts=True)  # the update that follows is the step's peak: without them
         return groups
 
@@ -357,9 +364,8 @@ class Trainer:
             n, stream = len(trajs), range(s * batch_rows, (s + 1) * batch_rows)
             orders = {e: epoch_order(n, c.train.seed, e) for e in {k // n for k in stream}}
             idx = [int(orders[k // n][k % n]) for k in stream]
-            arrays = warm_start.sft_arrays([trajs[i] for i in idx], length_bucket=c.sft.length_bucket,
-                                           rows_multiple=micro, pad_id=exp.tokenizer.pad_id,
-                                           head_at_least=self.head_floor)
+            arrays = pack_trajectories([trajs[i] for i in idx], length_bucket=c.sft.length_bucket,
+                                       rows_multiple=micro, pad_id=exp.tokenizer.pad_id, head_at_least=self.head_floor)
             batch = lay.combine([arrays] * exp.n, self.sft_dtypes, self.pad)
             n_rows = lay.rows(batch)
             mb = lay.take(batch, [np.arange(n) for n in n_rows], 0, max(n_rows), micro)
@@ -402,9 +408,8 @@ class Trainer:
             with failures_agreed("dev eval rollouts", rollout_failure(c.retrieval)):
                 em, trajs = greedy_em(exp.agent, policy, examples, batch=c.sft.eval_rows or c.rollout.max_rows or 16)
             # the eval's rollouts carry the engine's counters, as a step's do (`_roll_out`)
-            engine = {f"rollout_{k}": v for k, v in exp.agent.take_stats().metrics().items()}
             rows_out.append({"label": label, **dev_summary(em, [ex.golden_answers for ex in examples], trajs),
-                             **engine, "eval_s": time.time() - t0})
+                             **engine_metrics(exp.agent), "eval_s": time.time() - t0})
             if jax.process_index() == 0:
                 name = f"{label}_member{i}" if exp.n > 1 else label
                 write_dev_answers(os.path.join(self.workdir, "evals", f"{name}.jsonl"), examples, em, trajs)

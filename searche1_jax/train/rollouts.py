@@ -13,8 +13,7 @@ from searche1_jax.rl.grpo import group_advantages, has_spread
 from searche1_jax.rl.rewards import em_rewards
 from searche1_jax.rollout.agent import SearchAgent, Trajectory
 from searche1_jax.rollout.sampler import SamplingParams
-from searche1_jax.shapes import round_up
-from searche1_jax.train.batching import bucket_length, head_positions, pack, pad_rows
+from searche1_jax.train.batching import pack_trajectories, pad_rows
 
 
 @dataclasses.dataclass
@@ -73,19 +72,15 @@ def grpo_arrays(groups: list[Group], *, step: int, length_bucket: int, rows_mult
                 pad_id: int, head_at_least: int | None = None) -> dict[str, np.ndarray]:
     """Packed [B, T] tokens/valid/loss_mask, advantages [B] and group_ids [B] (unique per question
     and step, -1 on padding rows); with head_at_least (not None), head_idx [B, K]: the positions
-    the update runs the LM head at (`batching.head_positions`, K at least that many)."""
+    the update runs the LM head at (`batching.pack_trajectories`)."""
     trajs = [t for g in groups for t in g.trajectories]
     group_ids, adv = advantages(groups, step)
-    seqs = [t.prompt_ids + t.response_ids for t in trajs]
-    masks = [[0] * len(t.prompt_ids) + t.loss_mask for t in trajs]
-    length = bucket_length(max(len(s) for s in seqs), length_bucket)
-    rows = round_up(len(seqs), rows_multiple)
-    batch = pack(seqs, masks, length=length, rows=rows, pad_id=pad_id)
+    batch = pack_trajectories(trajs, length_bucket=length_bucket, rows_multiple=rows_multiple, pad_id=pad_id,
+                              head_at_least=head_at_least)
+    rows = batch["tokens"].shape[0]
     batch["advantages"] = pad_rows(adv, rows)
     # host-side only (the trainer checks them, METHOD §2, and drops them): -1 on padding rows
     batch["group_ids"] = np.concatenate([group_ids, np.full(rows - len(group_ids), -1)]).astype(np.int64)
-    if head_at_least is not None:
-        batch["head_idx"] = head_positions(batch["loss_mask"], bucket=length_bucket, at_least=head_at_least)
     return batch
 
 

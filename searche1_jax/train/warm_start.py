@@ -24,7 +24,6 @@ from searche1_jax.rollout.engine import free_compiled
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.scripted import ScriptedPolicy
 from searche1_jax.shapes import round_up
-from searche1_jax.train.batching import bucket_length, head_positions, pack
 
 
 def load_contexts(path: str) -> dict[str, list[tuple[str, str]]]:
@@ -126,16 +125,3 @@ def build_warm_start(agent: SearchAgent, tokenizer, examples: Sequence, contexts
         raise ValueError("config.sft: every rendered trajectory was cut by the rollout budgets; raise "
                          "config.rollout.max_turn_tokens / max_response_tokens")
     return kept
-
-
-def sft_arrays(trajs: Sequence[Trajectory], *, length_bucket: int, rows_multiple: int,
-               pad_id: int, head_at_least: int | None = None) -> dict[str, np.ndarray]:
-    """Packed [B, T] tokens / valid / loss_mask (1 on the policy's turns) of whole trajectories;
-    with head_at_least (not None), head_idx [B, K] as `rollouts.grpo_arrays` makes it."""
-    seqs = [t.prompt_ids + t.response_ids for t in trajs]
-    masks = [[0] * len(t.prompt_ids) + t.loss_mask for t in trajs]
-    batch = pack(seqs, masks, length=bucket_length(max(len(s) for s in seqs), length_bucket),
-                 rows=round_up(len(seqs), rows_multiple), pad_id=pad_id)
-    if head_at_least is not None:
-        batch["head_idx"] = head_positions(batch["loss_mask"], bucket=length_bucket, at_least=head_at_least)
-    return batch

@@ -15,7 +15,8 @@ from searche1_jax.retrieval.corpus import Corpus
 from searche1_jax.rollout import protocol as P
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
-from searche1_jax.train.warm_start import build_warm_start, load_contexts, plan_searches, script_turns, sft_arrays
+from searche1_jax.train.batching import pack_trajectories
+from searche1_jax.train.warm_start import build_warm_start, load_contexts, plan_searches, script_turns
 
 PARAS = [("Jaws (film)", "Jaws is a 1975 film directed by Steven Spielberg."),
          ("Steven Spielberg", "Steven Spielberg was born in Cincinnati, Ohio."),
@@ -72,7 +73,7 @@ def test_rendered_trajectories_are_agent_trajectories():
         assert P.INFO_OPEN not in sampled and sampled.endswith(f"<answer> {t.answer} </answer>")
     golds = {ex.golden_answers[0] for ex in examples}
     assert all(t.answer in golds for t in trajs)
-    arrays = sft_arrays(trajs, length_bucket=128, rows_multiple=4, pad_id=tok.pad_id)
+    arrays = pack_trajectories(trajs, length_bucket=128, rows_multiple=4, pad_id=tok.pad_id)
     assert arrays["tokens"].shape[0] % 4 == 0 and arrays["tokens"].shape[1] % 128 == 0
     n = len(trajs)
     np.testing.assert_array_equal(arrays["loss_mask"][:n].sum(1), [sum(t.loss_mask) for t in trajs])
