@@ -383,7 +383,8 @@ def append(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Array, sta
 
 @_read_only_model_jit(static_argnames=("window",))
 def prefill_shared(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Array, owner: jax.Array,
-                   start_state: jax.Array, *, window: int | None = None):
+                   start_state: jax.Array, *, window: int | None = None, prefix: jax.Array | None = None,
+                   prefix_n: jax.Array | None = None):
     """Prefill each distinct prompt once and give its cache to every row that has it.
 
     state: empty (every row's length 0), B rows; tokens [U, T] / n_valid [U]: the distinct
@@ -391,12 +392,23 @@ def prefill_shared(model, state: DecodeState, tokens: jax.Array, n_valid: jax.Ar
     row. Each row then holds exactly what `append` of its own prompt would give it (the same
     keys, values and next-token logits; the stop automaton at `start_state`), for U prompts'
     compute instead of B. window: as in `append`, the slots computed (>= the longest prompt).
+
+    prefix [1, P] / prefix_n (int32 scalar): tokens every prompt starts with (right-padded). They
+    are computed once, in one row; each of the U rows starts from a copy of that row's cache and
+    `tokens` are then the prompts' remaining tokens (each at least one). A token's key and value
+    depend on the tokens before it alone (causal attention), so this is the same cache as the
+    prompts' own prefill, for P + U x (T - P) tokens' compute instead of U x T.
     """
     u = tokens.shape[0]
-    # an empty u-row cache of the window's slots (either layout: zeros, the gather is dead code)
-    fresh = jax.tree.map(jnp.zeros_like, cache_rows(_working_set(state, None, window).cache,
-                                                     jnp.zeros((u,), jnp.int32)))
-    logits, cache = model.extend(tokens, n_valid, fresh)
+    # an empty cache of the window's slots (either layout: zeros, the gather is dead code)
+    empty = lambda n: jax.tree.map(jnp.zeros_like, cache_rows(_working_set(state, None, window).cache,  # noqa: E731
+                                                              jnp.zeros((n,), jnp.int32)))
+    if prefix is None:
+        start = empty(u)
+    else:
+        _, shared = model.extend(prefix, jnp.reshape(prefix_n, (1,)), empty(1))
+        start = cache_rows(shared, jnp.zeros((u,), jnp.int32))
+    logits, cache = model.extend(tokens, n_valid, start)
     spread = lambda x: jnp.take(x, owner, axis=0)  # noqa: E731
     shared = DecodeState(cache_rows(cache, owner), spread(logits),
                          jnp.full(owner.shape, start_state, jnp.int32))

@@ -15,7 +15,7 @@ from searche1_jax.model.config import get_preset
 from searche1_jax.model.create import create_model
 from searche1_jax.model.tokenizer import Tokenizer
 from searche1_jax.rollout.agent import STOP_STRINGS, AgentConfig, SearchAgent
-from searche1_jax.rollout.engine import EngineStats, compiled_counts, row_buckets
+from searche1_jax.rollout.engine import EngineStats, compiled_counts, row_buckets, shared_prefix
 from searche1_jax.rollout.sampler import SamplingParams
 from searche1_jax.rollout.stop import build_stop_automaton, token_bytes_from_tokenizer
 from tests.rollout.test_agent import ScriptedRetriever
@@ -116,7 +116,11 @@ def test_packed_engine_gives_the_padded_engines_trajectories_tiny_model(tok, gre
     assert s_pack.row_steps < s_pad.row_steps
     prompts = [len(t.prompt_ids) for t in packed]
     assert s_pad.prefill_tokens == sum(prompts)
-    assert s_pack.prefill_tokens == sum(dict(zip(questions, prompts)).values())
+    # packed: the instruction the prompts start with once, then each question's own tokens
+    distinct = list(dict.fromkeys(tuple(t.prompt_ids) for t in packed))
+    shared = next(i for i in range(min(map(len, distinct))) if len({p[i] for p in distinct}) > 1)
+    assert shared > 100  # (Search-R1's instruction, in SmolLM2's chat template)
+    assert s_pack.prefill_tokens == shared + sum(len(p) - shared for p in distinct)
     if not greedy:  # siblings of one group share the prompt, not the samples
         assert packed[0].response_ids != packed[1].response_ids
 
@@ -189,6 +193,18 @@ def test_pow2_row_buckets_give_the_same_trajectories_from_fewer_bucket_sizes(tok
     assert s_pow2.decode_compiles <= len(row_buckets(12, "pow2")) * (math.ceil(math.log2(slots / 64)) + 1)
     with pytest.raises(ValueError, match="config.rollout.row_buckets must be one of"):
         make_agent(tok, "packed", row_buckets="thirds")
+
+
+def test_shared_prefix_is_the_common_start_where_it_saves_positions():
+    a = list(range(100, 140))                                # 40 tokens every prompt starts with
+    assert shared_prefix([a + [1]], 1, 32) == 0                              # one prompt: nothing to share
+    # split: 48 (40 in a width of 48) + 2 rows x 16, against 2 x 64 whole
+    assert shared_prefix([a + [1], a + [2, 3]], 2, 32) == 40
+    assert shared_prefix([a, a + [2, 3]], 2, 32) == 39                       # each prompt keeps a token
+    assert shared_prefix([[1] + a, [2] + a], 2, 32) == 0                     # no common start
+    # 3 of 20 tokens shared: 16 + 2 x 24 = 64 positions split, 2 x 32 = 64 whole: no gain
+    assert shared_prefix([a[:3] + [1] * 17, a[:3] + [2] * 17], 2, 32) == 0
+    assert shared_prefix([a[:3] + [1] * 17, a[:3] + [2] * 17], 2, 64) == 3  # 16 + 2 x 24 < 2 x 64
 
 
 def test_engine_stats_add_and_metrics():

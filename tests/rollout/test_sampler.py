@@ -294,6 +294,27 @@ def test_prefill_shared_equals_appending_each_rows_prompt(tiny):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
 
 
+def test_prefill_shared_with_a_common_prefix_equals_appending_each_rows_prompt(tiny):
+    """The prompts' common start computed once in one row, its cache copied to the distinct
+    prompts' rows, then each prompt's own tokens: every row holds what `append` of its whole
+    prompt gives it (causal attention: a token's key and value depend on the tokens before it)."""
+    _, model, cfg = tiny
+    head = [3, 14, 15, 9, 2, 6, 5]
+    a, b, c = head + [8, 9, 7], head + [10], head + [11, 12]
+    prompts = [a, b, a, c, b, c]
+    ref = prefill(model, prompts, 40)
+    empty = empty_state(init_cache(model.cfg, 6, 40), model.cfg.vocab_size)
+    prefix = jnp.asarray([head + [0] * 9], jnp.int32)                 # 7 tokens padded to 16
+    toks = jnp.asarray([[8, 9, 7, 0], [10, 0, 0, 0], [11, 12, 0, 0], [0] * 4], jnp.int32)
+    shared = sampler.prefill_shared(model, empty, toks, jnp.array([3, 1, 2, 0], jnp.int32),
+                                    jnp.array([0, 1, 0, 2, 1, 2], jnp.int32), jnp.int32(0), window=16,
+                                    prefix=prefix, prefix_n=jnp.int32(7))
+    np.testing.assert_array_equal(np.asarray(shared.cache.length), [10, 8, 10, 9, 8, 9])
+    np.testing.assert_allclose(np.asarray(shared.logits), np.asarray(ref.logits), atol=1e-5)
+    for x, y in zip(shared.cache.k + shared.cache.v, ref.cache.k + ref.cache.v):  # (padding: never written)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+
+
 @pytest.mark.parametrize("p", [0.5, 0.95])
 def test_top_p_bisection_equals_the_sort_at_a_vocabulary_of_49152(p):
     """The bisection (default) against the sort of the whole vocabulary and numpy's stable sort,
