@@ -10,15 +10,16 @@ checks the counts. Both timings include the prefill (ours: `append` of the promp
 transformers: the whole `generate` call). Compilation / warm-up is a separate, earlier call;
 then the two sides alternate call by call `--repeat` times and the medians are compared.
 
-`agent`: `SearchAgent.run` on 16 multi-hop questions of the shipped demo, each G = 5 times
-(a GRPO rollout; BM25 over the demo corpus, the rollout budgets and sampling of
-`configs/demo.py`), with each rollout engine (`config.rollout.engine`: "packed" against the
-"padded" engine before issue 21; "padded:sort" is that engine with the top-p nucleus found by
-sorting the vocabulary, `SamplingParams(nucleus="sort")`, the rollout as it was when issue 21
-was filed): a warm-up run of each compiles and checks that all give the same trajectories (the
-sort and the bisection may part at a cutoff within f32 rounding of top-p: the rows that differ
-are counted), then the arms alternate call by call `--repeat` times on the same key;
-each run's counters (`EngineStats`) split its time into decode, append, retrieval and host.
+`agent`: `SearchAgent.run` on 16 multi-hop questions of the shipped demo, each G = 5 times (a
+GRPO rollout; BM25 over the demo corpus, the rollout budgets and sampling of `configs/demo.py`),
+with each rollout engine (`config.rollout.engine`: "packed" against the "padded" engine before
+issue 21; "packed-whole" is the packed engine with each distinct prompt prefilled whole, not its
+common start once (`engine.shared_prefix`); "padded:sort" is that engine with the top-p nucleus
+found by sorting the vocabulary, `SamplingParams(nucleus="sort")`, the rollout as it was when
+issue 21 was filed): a warm-up run of each compiles and checks that all give the same
+trajectories (the sort and the bisection may part at a cutoff within f32 rounding of top-p: the
+rows that differ are counted), then the arms alternate call by call `--repeat` times on the same
+key; each run's counters (`EngineStats`) split its time into decode, append, retrieval and host.
 The policy is the base model, or with `--policy WORKDIR` the latest params of a training run
 (`python -m searche1_jax.main --workdir=WORKDIR`; WORKDIR/checkpoints also works), restored by
 the evaluator's path (`eval.policy.load_model`: params only, onto abstract shapes), e.g. the
@@ -28,7 +29,8 @@ kind, rows computed (bucket) and cache window, how many calls, decode steps and 
 
     python benchmarks/sampler.py generate [--batch 16] [--new 256] [--repeat 3] [--only ours|torch]
                                           [--decode-kernels auto|on|off]
-    python benchmarks/sampler.py agent [--batch 16] [--group 5] [--repeat 3] [--engines packed,padded,padded:sort]
+    python benchmarks/sampler.py agent [--batch 16] [--group 5] [--repeat 3]
+                                       [--engines packed,packed-whole,padded,padded:sort]
                                        [--policy WORKDIR] [--calls]
     python benchmarks/sampler.py profile [--batches 1 4 16] [--sampling greedy|bisect|sort]
                                          # per-step decode time vs batch (ours)
@@ -43,6 +45,7 @@ of 64 = 128 wide), the packed engine's call when its bucket is the whole batch (
 tokens padded to 32 (96 wide).
 """
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -350,6 +353,21 @@ def cmd_append(args):
     print(f"  [{load_line()}]")
 
 
+@contextlib.contextmanager
+def whole_prompts(arm: str):
+    """Arm "packed-whole": the packed engine with `engine.shared_prefix` answering 0, so each
+    distinct prompt is prefilled whole (the packed engine before the shared-prefix prefill)."""
+    from searche1_jax.rollout import engine
+    if "-whole" not in arm:
+        yield
+        return
+    saved, engine.shared_prefix = engine.shared_prefix, lambda *a: 0
+    try:
+        yield
+    finally:
+        engine.shared_prefix = saved
+
+
 def cmd_agent(args):
     """GRPO-shaped rollout: --batch questions x --group G rows, the demo's budgets, each engine of
     --engines (config.rollout.engine) in turn on the same key: the same trajectories (checked),
@@ -380,10 +398,11 @@ def cmd_agent(args):
     stop = build_stop_automaton(list(STOP_STRINGS), token_bytes_from_tokenizer(tok.backend))
     r = c.rollout
     engines = args.engines.split(",")
+    base = {e: e.split(":")[0].removesuffix("-whole") for e in engines}
     agents = {e: SearchAgent(tok, retriever, stop, AgentConfig(
         max_turns=r.max_turns, topk=c.retrieval.topk, max_turn_tokens=r.max_turn_tokens,
         max_obs_tokens=r.max_obs_tokens, max_prompt_tokens=r.max_prompt_tokens,
-        max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket, engine=e.split(":")[0]),
+        max_response_tokens=r.max_response_tokens, prompt_bucket=r.prompt_bucket, engine=base[e]),
         chat_template=r.chat_template) for e in engines}
     with open(c.data.train) as f:
         distinct = [json.loads(line)["question"] for line, _ in zip(f, range(args.batch))]
@@ -400,7 +419,8 @@ def cmd_agent(args):
     trajs = {}
     for e, agent in agents.items():
         t = time.perf_counter()
-        trajs[e] = agent.run(model, questions, key, sampling[e])
+        with whole_prompts(e):
+            trajs[e] = agent.run(model, questions, key, sampling[e])
         st = agent.take_stats()
         print(f"  warm-up {e}: {time.perf_counter() - t:.1f} s ({st.decode_compiles} decode + "
               f"{st.append_compiles} append/prefill executables built)  [{load_line()}]", flush=True)
@@ -420,7 +440,8 @@ def cmd_agent(args):
             if calls:
                 calls.calls, calls.on = [], True
             t = time.perf_counter()
-            out = agents[e].run(model, questions, key, sampling[e])
+            with whole_prompts(e):
+                out = agents[e].run(model, questions, key, sampling[e])
             print(f"    {e}: {time.perf_counter() - t:.1f} s  [{load_line()}]", flush=True)
             if calls:
                 calls.on, tables[e] = False, calls.table()
@@ -468,7 +489,8 @@ def main():
     ap.add_argument("--group", type=int, default=5, help="agent: rows per question (GRPO's G)")
     ap.add_argument("--engines", default="packed,padded,padded:sort",
                     help="agent: arms to compare, each config.rollout.engine[:nucleus] (SamplingParams.nucleus, "
-                         "default bisect); the first is the baseline of the ratios")
+                         "default bisect), or packed-whole (prompts prefilled whole); the first is the "
+                         "baseline of the ratios")
     ap.add_argument("--policy", default="", help="agent: a training run's workdir (or WORKDIR/checkpoints): "
                     "its latest params instead of the base model")
     ap.add_argument("--sampling", choices=("greedy", "bisect", "sort"), default="greedy",
