@@ -3,21 +3,21 @@ that prefill it, decode turns and append context on the rows that need it (issue
 
 Two engines, the same trajectories (tests/rollout/test_engine.py):
 - "packed" (default): each distinct prompt is prefilled once and its cache copied to the G rows
-  of its group, and the tokens every prompt starts with (the instruction and chat template) are
-  computed once for all of them (`shared_prefix`: an eval batch of 20 prompts of ~155 tokens
-  computes ~135 + 20 x ~20 tokens, not 20 x ~155); a decode call runs only the rows still decoding, gathered into the next row
-  bucket (`row_buckets`: 2^k and 3 x 2^(k-1), at most the batch; config.rollout.row_buckets
-  "pow2": 2^k alone), and leaves the loop as soon as the running rows fit the bucket below (they
-  are re-packed and go on from where they were); an append computes only the rows that have
-  something to append, in their own bucket. Decode cost follows live rows: a decode step
-  computes at most 4/3 (3/2 for the smallest) of the rows that run at the call's start and at
-  most 3/2 (2) of those still running at its end ("pow2": at most 2x and 2x).
-  On a mesh the cache's rows are split over devices and each device packs its own live rows
-  into its part of the bucket (`packing.pack_rows`: buckets are per shard x shards, set by the
-  fullest shard), so the gather never crosses devices (issue 20); the bounds above then hold
-  for the fullest shard. A call whose bucket is the whole batch runs it in place (no gather of
-  the rows' windows), and an append's tokens are padded to `shapes.append_width` (96
-  observation tokens compute 96 positions, not 128).
+  of its group, and where there are many distinct prompts the tokens they all start with (the
+  chat template and the instruction) are computed once (`shared_prefix`: the demo's eval batch
+  of 20 prompts of ~160 tokens computes 1 x 192 + 20 x 64 positions, not 20 x 192); a decode
+  call runs only the rows still decoding, gathered into the next row bucket (`row_buckets`: 2^k
+  and 3 x 2^(k-1), at most the batch; config.rollout.row_buckets "pow2": 2^k alone), and leaves
+  the loop as soon as the running rows fit the bucket below (they are re-packed and go on from
+  where they were); an append computes only the rows that have something to append, in their own
+  bucket. Decode cost follows live rows: a decode step computes at most 4/3 (3/2 for the
+  smallest) of the rows that run at the call's start and at most 3/2 (2) of those still running
+  at its end ("pow2": at most 2x and 2x). On a mesh the cache's rows are split over devices and
+  each device packs its own live rows into its part of the bucket (`packing.pack_rows`: buckets
+  are per shard x shards, set by the fullest shard), so the gather never crosses devices (issue
+  20); the bounds above then hold for the fullest shard. A call whose bucket is the whole batch
+  runs it in place (no gather of the rows' windows), and an append's tokens are padded to
+  `shapes.append_width` (96 observation tokens compute 96 positions, not 128).
 - "padded": the engine before issue 21, kept for comparison: every row prefills its own prompt,
   and every row of the batch is computed in every decode step and every append, finished or not,
   appends padded to a multiple of the prompts' bucket.
@@ -144,9 +144,9 @@ class RowEngine:
             u_rows = row_bucket(len(uniq), self.b, self.buckets)
             shared, kw = shared_prefix(uniq, u_rows, bucket), {}
             if shared:  # the prompts' common start computed once, then each prompt's own tokens
-                pre, _ = _padded([uniq[0][:shared]], 1, append_width(shared, bucket))
+                pre, _ = _padded([uniq[0][:shared]], 1, round_up(shared, bucket))
                 kw = dict(prefix=jnp.asarray(pre), prefix_n=jnp.int32(shared))
-                width = append_width(max(len(p) for p in uniq) - shared, bucket)
+                width = round_up(max(len(p) for p in uniq) - shared, bucket)
             toks, n = _padded([p[shared:] for p in uniq], u_rows, width)
             self.state = prefill_shared(self.model, self.state, jnp.asarray(toks), jnp.asarray(n),
                                         jnp.asarray(owner), jnp.int32(self.start), window=window, **kw)
@@ -250,19 +250,21 @@ class RowEngine:
 def shared_prefix(prompts: list[list[int]], rows: int, bucket: int) -> int:
     """How many leading tokens to prefill once for all of `prompts` (distinct; `rows` of them
     after padding to the row bucket) before each prompt's own tokens: their common prefix, less
-    one token (every prompt keeps a token of its own, whose logits start its first turn), or 0
-    where splitting computes no fewer positions than prefilling each prompt whole (one prompt; a
-    short or no common start). Widths as the engine pads them: whole prompts to a multiple of
-    `bucket`, the parts to `shapes.append_width`."""
+    one token (every prompt keeps a token of its own, whose logits start its first turn), or 0.
+
+    0 unless the split at least halves the positions computed, widths padded to multiples of
+    `bucket` as the engine pads them: the split prefill is a program of its own (two passes
+    over the layers, so about twice a whole prefill's compile), worth it for many prompts (an
+    eval batch, a GRPO batch of many questions), not for a few (one prompt; the demo's GRPO
+    steps of 2 questions) or a short common start."""
     if len(prompts) < 2:
         return 0
-    common = len(os.path.commonprefix(prompts))
     longest = max(len(p) for p in prompts)
-    n = min(common, min(len(p) for p in prompts) - 1)
+    n = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1)
     if n <= 0:
         return 0
-    split = append_width(n, bucket) + rows * append_width(longest - n, bucket)
-    return n if split < rows * round_up(longest, bucket) else 0
+    split = round_up(n, bucket) + rows * round_up(longest - n, bucket)
+    return n if 2 * split <= rows * round_up(longest, bucket) else 0
 
 
 def _padded(seqs: list[list[int]], rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -195,16 +195,19 @@ def test_pow2_row_buckets_give_the_same_trajectories_from_fewer_bucket_sizes(tok
         make_agent(tok, "packed", row_buckets="thirds")
 
 
-def test_shared_prefix_is_the_common_start_where_it_saves_positions():
-    a = list(range(100, 140))                                # 40 tokens every prompt starts with
-    assert shared_prefix([a + [1]], 1, 32) == 0                              # one prompt: nothing to share
-    # split: 48 (40 in a width of 48) + 2 rows x 16, against 2 x 64 whole
-    assert shared_prefix([a + [1], a + [2, 3]], 2, 32) == 40
-    assert shared_prefix([a, a + [2, 3]], 2, 32) == 39                       # each prompt keeps a token
-    assert shared_prefix([[1] + a, [2] + a], 2, 32) == 0                     # no common start
-    # 3 of 20 tokens shared: 16 + 2 x 24 = 64 positions split, 2 x 32 = 64 whole: no gain
-    assert shared_prefix([a[:3] + [1] * 17, a[:3] + [2] * 17], 2, 32) == 0
-    assert shared_prefix([a[:3] + [1] * 17, a[:3] + [2] * 17], 2, 64) == 3  # 16 + 2 x 24 < 2 x 64
+def test_shared_prefix_is_the_common_start_where_it_halves_the_positions():
+    a = list(range(100, 200))                           # 100 tokens every prompt starts with
+    four = [a + [i] for i in range(4)]
+    assert shared_prefix(four[:1], 1, 32) == 0          # one prompt: nothing to share
+    # split: 128 (100 padded to 32s) + 4 rows x 32, against 4 x 128 whole: half
+    assert shared_prefix(four, 4, 32) == 100
+    assert shared_prefix(four[:2], 2, 32) == 0          # 128 + 2 x 32 = 192 of 256: not half
+    assert shared_prefix(four, 8, 32) == 100            # padded to 8 rows: 384 of 1024
+    # each prompt keeps a token of its own: 99 shared (128 + 4 x 32 of 4 x 128)
+    assert shared_prefix([a, a + [2, 3], a + [4], a + [5]], 4, 32) == 99
+    assert shared_prefix([[i] + a for i in range(4)], 4, 32) == 0     # no common start
+    # 20 of 40 tokens shared: 32 + 4 x 32 = 160 of 4 x 64 = 256 whole: not half
+    assert shared_prefix([a[:20] + [i] * 20 for i in range(4)], 4, 32) == 0
 
 
 def test_engine_stats_add_and_metrics():
