@@ -20,6 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_demo_learns_end_to_end_and_resumes(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        env.pop(name, None)  # the tests' shared cache (conftest.py): the demo runs as the README's command does
     cmd = [sys.executable, "-m", "searche1_jax.main", f"--workdir={tmp_path}"]
     log = tmp_path / "demo.log"
     with open(log, "w") as f:
