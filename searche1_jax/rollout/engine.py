@@ -150,8 +150,9 @@ class RowEngine:
             toks, n = _padded([p[shared:] for p in uniq], u_rows, width)
             self.state = prefill_shared(self.model, self.state, jnp.asarray(toks), jnp.asarray(n),
                                         jnp.asarray(owner), jnp.int32(self.start), window=window, **kw)
-            self.stats.prefill_tokens += shared + sum(len(p) - shared for p in uniq)
+            computed = shared + sum(len(p) - shared for p in uniq)
         else:
+            computed = sum(len(p) for p in prompts)
             toks, n = _padded(prompts, self.b, width)
             self.state = append(self.model, self.state, jnp.asarray(toks), jnp.asarray(n), jnp.int32(self.start),
                                 window=window)
@@ -161,8 +162,7 @@ class RowEngine:
         self.length[:] = [len(p) for p in prompts]
         self.stats.questions += len({tuple(p) for p in prompts})
         self.stats.rows += len(prompts)
-        if not self.packed:
-            self.stats.prefill_tokens += sum(len(p) for p in prompts)
+        self.stats.prefill_tokens += computed  # prompt tokens the model computed (padding excluded)
         self.stats.append_calls += 1
         self.stats.append_s += time.perf_counter() - t0
 
